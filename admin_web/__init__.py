@@ -1,0 +1,1 @@
+"""The admin site (aiohttp + jinja2), mounted at /admin."""

@@ -1,0 +1,1 @@
+"""Payments: Stripe Checkout, webhooks, refunds, Connect payouts; offline provider."""

@@ -1,0 +1,1 @@
+"""The running service: app assembly, CLI, conversation flows and their texts."""

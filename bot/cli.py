@@ -1,0 +1,107 @@
+"""The `autodoctor` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from aiohttp import web
+
+from core.config import Config, load_config
+from core.db import create_engine
+from core.errors import CoreError
+
+log = logging.getLogger("autodoctor.cli")
+
+
+def _configure_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    for noisy in ("aiohttp.access", "sqlalchemy.engine", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+async def _migrate(config: Config) -> str | None:
+    import migrations
+
+    engine = create_engine(config.database_url)
+    try:
+        await migrations.upgrade(engine)
+        return await migrations.current(engine)
+    finally:
+        await engine.dispose()
+
+
+async def _schema_revision(config: Config) -> tuple[str | None, str | None]:
+    from alembic.script import ScriptDirectory
+
+    import migrations
+
+    head = ScriptDirectory.from_config(migrations.alembic_config()).get_current_head()
+    engine = create_engine(config.database_url)
+    try:
+        return await migrations.current(engine), head
+    finally:
+        await engine.dispose()
+
+
+def cmd_migrate(args: argparse.Namespace, config: Config) -> int:
+    revision = asyncio.run(_migrate(config))
+    print(f"database at revision {revision}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, config: Config) -> int:
+    from bot.app import create_app
+
+    current, head = asyncio.run(_schema_revision(config))
+    if current != head:
+        print(f"error: the database is at revision {current}, the code needs {head}; "
+              "run `autodoctor migrate` first", file=sys.stderr)
+        return 2
+    host = args.host or config.server.host
+    port = args.port or config.server.port
+    app = create_app(config)
+    log.info("serving on http://%s:%s", host, port)
+    web.run_app(app, host=host, port=port, print=None, handle_signals=True,
+                access_log=None, shutdown_timeout=10)
+    log.info("stopped")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autodoctor", description=__doc__)
+    parser.add_argument("--config", help="config file (default: AUTODOCTOR_CONFIG or config.toml)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the service")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(func=cmd_serve)
+
+    migrate = sub.add_parser("migrate", help="upgrade the database to the latest schema")
+    migrate.set_defaults(func=cmd_migrate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose)
+    func: Callable[[argparse.Namespace, Config], int] = args.func
+    try:
+        config = load_config(args.config)
+        return func(args, config)
+    except CoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

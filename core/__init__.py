@@ -1,0 +1,1 @@
+"""The domain, free of any provider SDK."""

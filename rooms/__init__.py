@@ -1,0 +1,1 @@
+"""LiveKit rooms, participant tokens and join links, the LiveKit webhook."""

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot.app import create_app
+from core.config import Config
+from core.db import create_engine
+
+
+async def test_healthz_reports_database_ok(aiohttp_client: Any, config: Config,
+                                           engine: AsyncEngine) -> None:
+    client = await aiohttp_client(create_app(config, engine=engine))
+    resp = await client.get("/healthz")
+    assert resp.status == 200
+    assert await resp.json() == {"status": "ok", "db": "ok"}
+
+
+async def test_healthz_is_503_when_database_is_down(aiohttp_client: Any,
+                                                    config: Config) -> None:
+    # Nothing listens on port 1: the database is unreachable.
+    dead = create_engine("postgresql+asyncpg://nobody@127.0.0.1:1/none")
+    try:
+        client = await aiohttp_client(create_app(config, engine=dead))
+        resp = await client.get("/healthz")
+        assert resp.status == 503
+        assert (await resp.json())["db"] == "down"
+    finally:
+        await dead.dispose()
+
+
+async def test_metrics_in_prometheus_text_format(aiohttp_client: Any, config: Config,
+                                                 engine: AsyncEngine) -> None:
+    client = await aiohttp_client(create_app(config, engine=engine))
+    await client.get("/healthz")
+    resp = await client.get("/metrics")
+    assert resp.status == 200
+    assert resp.headers["Content-Type"].startswith("text/plain")
+    body = await resp.text()
+    assert 'autodoctor_http_requests_total{method="GET",route="/healthz",status="200"} 1.0' \
+        in body
+    assert "autodoctor_db_up 1.0" in body
+
+
+def test_unknown_override_is_refused(config: Config) -> None:
+    with pytest.raises(TypeError, match="telegarm"):
+        create_app(config, telegarm=object())

@@ -1,0 +1,164 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+import migrations
+from core.db import create_sessionmaker
+from core.models import (
+    Base,
+    Customer,
+    Identity,
+    InboundEvent,
+    Intake,
+    Mechanic,
+    OutboxItem,
+    SessionRequest,
+)
+
+NOW = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
+
+
+async def _tables(engine: AsyncEngine) -> set[str]:
+    async with engine.connect() as conn:
+        return set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
+
+
+async def _diff(engine: AsyncEngine) -> list[object]:
+    async with engine.connect() as conn:
+        return await conn.run_sync(
+            lambda c: compare_metadata(MigrationContext.configure(c), Base.metadata))
+
+
+async def test_migrations_upgrade_downgrade_upgrade_and_match_models(
+        empty_engine: AsyncEngine) -> None:
+    await migrations.upgrade(empty_engine)
+    assert set(Base.metadata.tables) <= await _tables(empty_engine)
+    assert await migrations.current(empty_engine) is not None
+    await migrations.downgrade(empty_engine, "base")
+    assert await _tables(empty_engine) <= {"alembic_version"}
+    await migrations.upgrade(empty_engine)
+    assert set(Base.metadata.tables) <= await _tables(empty_engine)
+    assert await _diff(empty_engine) == []
+
+
+async def test_migrated_schema_enforces_one_job_per_mechanic(empty_engine: AsyncEngine) -> None:
+    await migrations.upgrade(empty_engine)
+    await _assert_one_job_rule(empty_engine)
+
+
+async def _seed_requests(engine: AsyncEngine, n: int) -> tuple[int, list[int]]:
+    sessions = create_sessionmaker(engine)
+    async with sessions.begin() as s:
+        customer = Customer(display_name="Dana")
+        mechanic = Mechanic(name="Sam")
+        s.add_all([customer, mechanic])
+        await s.flush()
+        ids = []
+        for i in range(n):
+            intake = Intake(customer_id=customer.id, channel="web", plan="chat10")
+            s.add(intake)
+            await s.flush()
+            req = SessionRequest(ref=f"R-{1000 + i}", intake_id=intake.id,
+                                 customer_id=customer.id, plan="chat10", price_cents=999,
+                                 paid_at=NOW)
+            s.add(req)
+            await s.flush()
+            ids.append(req.id)
+        return mechanic.id, ids
+
+
+async def _assert_one_job_rule(engine: AsyncEngine) -> None:
+    mechanic_id, (first, second) = await _seed_requests(engine, 2)
+    sessions = create_sessionmaker(engine)
+    async with sessions.begin() as s:
+        req = await s.get(SessionRequest, first)
+        assert req is not None
+        req.status, req.mechanic_id = "accepted", mechanic_id
+    with pytest.raises(IntegrityError):
+        async with sessions.begin() as s:
+            req = await s.get(SessionRequest, second)
+            assert req is not None
+            req.status, req.mechanic_id = "accepted", mechanic_id
+    # Once the first job is over the mechanic may take another.
+    async with sessions.begin() as s:
+        req = await s.get(SessionRequest, first)
+        assert req is not None
+        req.status = "completed"
+    async with sessions.begin() as s:
+        req = await s.get(SessionRequest, second)
+        assert req is not None
+        req.status, req.mechanic_id = "accepted", mechanic_id
+    async with sessions.begin() as s:
+        accepted = (await s.scalars(select(SessionRequest.ref).where(
+            SessionRequest.status == "accepted"))).all()
+    assert accepted == ["R-1001"]
+
+
+async def test_models_enforce_one_job_per_mechanic(engine: AsyncEngine) -> None:
+    await _assert_one_job_rule(engine)
+
+
+async def test_unique_keys_for_idempotency(engine: AsyncEngine) -> None:
+    sessions = create_sessionmaker(engine)
+    async with sessions.begin() as s:
+        s.add(InboundEvent(provider="stripe", event_id="evt_1"))
+        s.add(OutboxItem(dedupe_key="offer:1:2", channel="web", address="v1", payload={}))
+        c = Customer()
+        s.add(c)
+        await s.flush()
+        s.add(Identity(channel="telegram", address="42", customer_id=c.id))
+    for row in (InboundEvent(provider="stripe", event_id="evt_1"),
+                OutboxItem(dedupe_key="offer:1:2", channel="web", address="v2", payload={}),
+                Identity(channel="telegram", address="42", customer_id=c.id)):
+        with pytest.raises(IntegrityError):
+            async with sessions.begin() as s:
+                s.add(row)
+    async with sessions.begin() as s:
+        # The same event id from another provider is a different event.
+        s.add(InboundEvent(provider="telegram", event_id="evt_1"))
+
+
+async def test_identity_must_belong_to_someone(engine: AsyncEngine) -> None:
+    sessions = create_sessionmaker(engine)
+    with pytest.raises(IntegrityError):
+        async with sessions.begin() as s:
+            s.add(Identity(channel="sms", address="+15550001"))
+
+
+async def test_foreign_keys_are_enforced(engine: AsyncEngine) -> None:
+    sessions = create_sessionmaker(engine)
+    with pytest.raises(IntegrityError):
+        async with sessions.begin() as s:
+            s.add(Identity(channel="sms", address="+15550001", customer_id=999_999))
+
+
+async def test_timestamps_round_trip_as_aware_utc(engine: AsyncEngine) -> None:
+    sessions = create_sessionmaker(engine)
+    cet = timezone(timedelta(hours=1))
+    async with sessions.begin() as s:
+        c = Customer(created_at=datetime(2026, 3, 1, 10, 30, tzinfo=cet))
+        s.add(c)
+    async with sessions() as s:
+        loaded = await s.scalar(select(Customer).where(Customer.id == c.id)
+                                .execution_options(populate_existing=True))
+        assert loaded is not None
+        assert loaded.created_at == NOW
+        assert loaded.created_at.utcoffset() == timedelta(0)
+        # Comparisons in SQL see the same instant.
+        later = await s.scalar(select(Customer.id).where(
+            Customer.created_at < NOW + timedelta(seconds=1)))
+        assert later == c.id
+
+
+async def test_naive_datetimes_are_refused(engine: AsyncEngine) -> None:
+    sessions = create_sessionmaker(engine)
+    with pytest.raises(Exception, match="naive datetime"):
+        async with sessions.begin() as s:
+            s.add(Customer(created_at=datetime(2026, 3, 1, 10, 30)))
