@@ -10,20 +10,27 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+import channels.web
+from billing.offline import OfflinePayments
+from bot.flows import route
 from core.clock import Clock
 from core.config import Config
 from core.db import create_engine, ping
+from core.engine import Engine
+from core.payments import PaymentPort
 from core.runtime import Runtime
 
 log = logging.getLogger("autodoctor.app")
 
 RUNTIME = web.AppKey("runtime", Runtime)
+ENGINE = web.AppKey("engine", Engine)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def create_app(config: Config, *, engine: AsyncEngine | None = None,
-               clock: Clock | None = None, **overrides: Any) -> web.Application:
+               clock: Clock | None = None, payments: PaymentPort | None = None,
+               **overrides: Any) -> web.Application:
     """Build the aiohttp application; overrides swap one part (tests, local runs)."""
     if overrides:
         raise TypeError(f"create_app got unknown overrides: {', '.join(sorted(overrides))}")
@@ -32,13 +39,16 @@ def create_app(config: Config, *, engine: AsyncEngine | None = None,
         engine = create_engine(config.database_url,
                                busy_timeout_ms=config.database.sqlite_busy_timeout_ms,
                                echo=config.database.echo)
-    runtime = Runtime.build(config, engine, clock)
+    runtime = Runtime.build(config, engine, payments or OfflinePayments(config), clock)
+    conversation_engine = Engine(runtime, route)
 
     app = web.Application(middlewares=[_metrics_middleware],
                           client_max_size=config.uploads.max_bytes + 256 * 1024)
     app[RUNTIME] = runtime
+    app[ENGINE] = conversation_engine
     app.router.add_get("/healthz", healthz, name="healthz")
     app.router.add_get("/metrics", metrics, name="metrics")
+    channels.web.setup(app, runtime, conversation_engine)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         for channel, enabled in config.channel_status().items():

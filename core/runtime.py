@@ -9,7 +9,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from core.clock import Clock, SystemClock
 from core.config import Config
 from core.db import Sessionmaker, create_sessionmaker
+from core.hub import Hub
 from core.metrics import Metrics
+from core.payments import PaymentPort
 
 
 @dataclass
@@ -17,10 +19,13 @@ class Runtime:
     config: Config
     engine: AsyncEngine
     sessions: Sessionmaker
+    payments: PaymentPort
     clock: Clock = field(default_factory=SystemClock)
     metrics: Metrics = field(default_factory=Metrics)
+    hub: Hub = field(default_factory=Hub)
 
     @classmethod
-    def build(cls, config: Config, engine: AsyncEngine, clock: Clock | None = None) -> Runtime:
+    def build(cls, config: Config, engine: AsyncEngine, payments: PaymentPort,
+              clock: Clock | None = None) -> Runtime:
         return cls(config=config, engine=engine, sessions=create_sessionmaker(engine),
-                   clock=clock or SystemClock())
+                   payments=payments, clock=clock or SystemClock())

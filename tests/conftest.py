@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from billing.offline import OfflinePayments
 from core.clock import ManualClock
 from core.config import Config, load_config, normalize_database_url
 from core.db import create_engine
@@ -99,7 +100,7 @@ def clock() -> ManualClock:
 
 @pytest.fixture
 def runtime(config: Config, engine: AsyncEngine, clock: ManualClock) -> Runtime:
-    return Runtime.build(config, engine, clock)
+    return Runtime.build(config, engine, OfflinePayments(config), clock)
 
 
 @pytest.fixture

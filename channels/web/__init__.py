@@ -1,1 +1,49 @@
+"""The web channel: the widget's WebSocket, its script, uploads, the demo and mechanic pages."""
 
+from __future__ import annotations
+
+from pathlib import Path
+
+import jinja2
+from aiohttp import web
+
+from channels.web.upload import WidgetUpload
+from channels.web.ws import WidgetSocket
+from core.engine import Engine
+from core.runtime import Runtime
+
+HERE = Path(__file__).resolve().parent
+_pages = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
+                            autoescape=True)
+
+
+def setup(app: web.Application, runtime: Runtime, engine: Engine) -> None:
+    """Add the widget's routes to the app."""
+    socket = WidgetSocket(runtime, engine)
+    upload = WidgetUpload(runtime)
+    widget_js = (HERE / "static" / "widget.js")
+
+    async def script(request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(widget_js, headers={
+            "Content-Type": "application/javascript; charset=utf-8",
+            "Cache-Control": "no-cache"})
+
+    async def demo(request: web.Request) -> web.Response:
+        return _page("demo.html")
+
+    async def mechanic_console(request: web.Request) -> web.Response:
+        return _page("mechanic.html", invite=request.match_info["invite"][:64])
+
+    app.router.add_get("/", demo, name="demo")
+    app.router.add_get("/widget.js", script, name="widget_js")
+    app.router.add_get("/ws/widget", socket.handle, name="widget_ws")
+    app.router.add_post("/widget/upload", upload.handle, name="widget_upload")
+    app.router.add_get("/m/{invite}", mechanic_console, name="mechanic_console")
+
+
+def _page(name: str, **context: str) -> web.Response:
+    html = _pages.get_template(name).render(**context)
+    return web.Response(text=html, content_type="text/html", headers={
+        "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+                                   "style-src 'self' 'unsafe-inline'; connect-src 'self'",
+        "X-Content-Type-Options": "nosniff"})

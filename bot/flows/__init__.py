@@ -1,0 +1,13 @@
+"""The conversation flows; route() picks one for each message by who sent it."""
+
+from __future__ import annotations
+
+from bot.flows import customer, mechanic
+from core.engine import Context
+
+
+async def route(ctx: Context) -> None:
+    if ctx.identity.mechanic_id is not None:
+        await mechanic.handle(ctx)
+    else:
+        await customer.handle(ctx)

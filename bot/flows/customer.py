@@ -1,0 +1,402 @@
+"""The customer intake: tier → vehicle → mileage → problem → photos → summary → payment link."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from bot.choices import match_choice
+from bot.texts import text
+from core.engine import Context
+from core.intake import (
+    attach_files,
+    cancel_unpaid,
+    count_files,
+    parse_odometer,
+    parse_vehicle,
+    problem_is_described,
+    start_intake,
+)
+from core.messages import Button, Link
+from core.models import Checkout, Intake
+from core.payments import checkout_for
+from core.vin import VinError
+from core.vin import validate as validate_vin
+
+log = logging.getLogger("autodoctor.flows.customer")
+
+Step = Callable[[Context, Intake], Awaitable[None]]
+
+# What people type for the commands that work at any step.
+COMMANDS = {
+    "help": "help", "?": "help", "menu": "help",
+    "status": "status",
+    "cancel": "cancel", "stop": "cancel",
+    "start over": "restart", "restart": "restart", "start": "restart", "new": "restart",
+    "reset": "restart",
+}
+DONE_WORDS = {"done", "skip", "no", "none", "next", "continue", "that's all", "thats all"}
+
+
+def _command(ctx: Context) -> str | None:
+    action = ctx.inbound.action or ""
+    if action.startswith("cmd:"):
+        return COMMANDS.get(action[4:])
+    said = ctx.text.strip().lower().lstrip("/").rstrip(".!")
+    return COMMANDS.get(said)
+
+
+def _label(key: str) -> str:
+    return text("label", key=key)
+
+
+def _said(ctx: Context) -> str:
+    """What the person chose: a button payload, or what they typed."""
+    return ctx.inbound.action or ctx.text
+
+
+def _set(ctx: Context, **changes: Any) -> None:
+    # JSON columns are not tracked in place: assign a new dict.
+    ctx.conversation.data = {**ctx.conversation.data, **changes}
+
+
+async def handle(ctx: Context) -> None:
+    """Entry point for every message from a customer."""
+    intake = await _current_intake(ctx)
+    command = _command(ctx)
+    if command is not None:
+        await COMMAND_HANDLERS[command](ctx, intake)
+        return
+    if intake is None or ctx.conversation.step == "start":
+        await _begin(ctx)
+        return
+    if ctx.inbound.attachments and ctx.conversation.step != "photos":
+        await _attach(ctx, intake)
+        if not ctx.text:
+            return
+    await STEPS.get(ctx.conversation.step, _ask_again)(ctx, intake)
+
+
+async def _current_intake(ctx: Context) -> Intake | None:
+    if ctx.conversation.intake_id is None:
+        return None
+    intake = await ctx.session.get(Intake, ctx.conversation.intake_id)
+    if intake is None or intake.status in ("cancelled", "expired"):
+        return None
+    return intake
+
+
+def _go(ctx: Context, step: str) -> None:
+    ctx.conversation.step = step
+
+
+# ------------------------------------------------------------------ commands
+
+
+async def _help(ctx: Context, intake: Intake | None) -> None:
+    await ctx.say(text("help"))
+    if intake is not None:
+        await _ask_again(ctx, intake)
+
+
+async def _status(ctx: Context, intake: Intake | None) -> None:
+    plan = ctx.config.plans.get(intake.plan) if intake and intake.plan else None
+    await ctx.say(text("status", intake=intake, plan=plan,
+                       step=_STEP_NAMES.get(ctx.conversation.step, ctx.conversation.step)))
+    if intake is not None and intake.status == "awaiting_payment":
+        await _remind_payment(ctx, intake)
+
+
+async def _cancel(ctx: Context, intake: Intake | None) -> None:
+    if intake is None or not await cancel_unpaid(ctx.session, intake, ctx.now):
+        await ctx.say(text("nothing_to_cancel"))
+        return
+    log.info("intake=%s cancelled by customer=%s", intake.id, intake.customer_id)
+    ctx.conversation.intake_id = None
+    ctx.conversation.data = {}
+    _go(ctx, "start")
+    await ctx.say(text("cancelled"))
+
+
+async def _restart(ctx: Context, intake: Intake | None) -> None:
+    if intake is not None:
+        await cancel_unpaid(ctx.session, intake, ctx.now)
+        await ctx.say(text("starting_over"))
+    await _begin(ctx)
+
+
+COMMAND_HANDLERS: dict[str, Callable[[Context, Intake | None], Awaitable[None]]] = {
+    "help": _help, "status": _status, "cancel": _cancel, "restart": _restart,
+}
+
+
+# ------------------------------------------------------------------ steps
+
+
+def _plan_buttons(ctx: Context) -> list[Button]:
+    return [Button(text("plan_label", plan=plan), f"plan:{code}")
+            for code, plan in ctx.config.plans.items()]
+
+
+async def _begin(ctx: Context) -> None:
+    intake = await start_intake(ctx.session, ctx.identity.customer_id or 0,
+                                ctx.identity.channel, ctx.now)
+    ctx.conversation.intake_id = intake.id
+    ctx.conversation.data = {}
+    _go(ctx, "plan")
+    await ctx.say(text("greeting") + "\n" + text("plan_choice", plans=ctx.config.plans),
+                  _plan_buttons(ctx))
+
+
+async def _step_plan(ctx: Context, intake: Intake) -> None:
+    choice = match_choice(_said(ctx), _plan_buttons(ctx))
+    if choice is None:
+        await ctx.say(text("plan_not_understood", plans=ctx.config.plans), _plan_buttons(ctx))
+        return
+    intake.plan = choice.payload.split(":", 1)[1]
+    intake.updated_at = ctx.now
+    if await _back_to_summary(ctx, intake):
+        return
+    await _ask_vehicle(ctx, intake)
+
+
+async def _ask_vehicle(ctx: Context, intake: Intake) -> None:
+    _go(ctx, "vehicle")
+    assert intake.plan is not None
+    await ctx.say(text("ask_vin", plan=ctx.config.plan(intake.plan)),
+                  [Button(_label("no_vin"), "vehicle:no_vin")])
+
+
+async def _step_vehicle(ctx: Context, intake: Intake) -> None:
+    said = _said(ctx).strip()
+    if said == "vehicle:no_vin" or said.lower() in ("no vin", "novin", "no", "skip",
+                                                     "don't know", "dont know"):
+        _go(ctx, "ymm")
+        await ctx.say(text("ask_ymm"))
+        return
+    vehicle = parse_vehicle(said, max_year=ctx.now.year + 1) if " " in said else None
+    if vehicle is not None:
+        # They gave year/make/model straight away; that's an answer too.
+        await _set_vehicle(ctx, intake, vehicle.year, vehicle.make, vehicle.model, vin=None)
+        return
+    try:
+        info = validate_vin(said, current_year=ctx.now.year)
+    except VinError as exc:
+        await ctx.say(text("vin_invalid", reason=str(exc)),
+                      [Button(_label("no_vin"), "vehicle:no_vin")])
+        return
+    await ctx.say(text("vin_ok", info=info))
+    await _set_vehicle(ctx, intake, info.year, info.make, None, vin=info.vin)
+
+
+async def _set_vehicle(ctx: Context, intake: Intake, year: int | None, make: str | None,
+                       model: str | None, *, vin: str | None) -> None:
+    intake.vin, intake.vehicle_year = vin, year
+    intake.vehicle_make, intake.vehicle_model = make, model
+    intake.updated_at = ctx.now
+    if await _back_to_summary(ctx, intake):
+        return
+    _go(ctx, "odometer")
+    await ctx.say(text("ask_odometer"), [Button(_label("skip"), "odometer:skip")])
+
+
+async def _step_ymm(ctx: Context, intake: Intake) -> None:
+    vehicle = parse_vehicle(ctx.text, max_year=ctx.now.year + 1)
+    if vehicle is None:
+        await ctx.say(text("ymm_invalid", max_year=ctx.now.year + 1))
+        return
+    await _set_vehicle(ctx, intake, vehicle.year, vehicle.make, vehicle.model, vin=None)
+
+
+async def _step_odometer(ctx: Context, intake: Intake) -> None:
+    said = _said(ctx).strip()
+    if said == "odometer:skip" or said.lower() in DONE_WORDS | {"don't know", "dont know"}:
+        intake.odometer = intake.odometer_unit = None
+    else:
+        reading = parse_odometer(said)
+        if reading is None:
+            await ctx.say(text("odometer_invalid"), [Button(_label("skip"), "odometer:skip")])
+            return
+        intake.odometer, intake.odometer_unit = reading
+    intake.updated_at = ctx.now
+    if await _back_to_summary(ctx, intake):
+        return
+    _go(ctx, "problem")
+    await ctx.say(text("ask_problem"))
+
+
+async def _step_problem(ctx: Context, intake: Intake) -> None:
+    if not problem_is_described(ctx.text):
+        await ctx.say(text("problem_too_short", min_words=4))
+        return
+    intake.problem = ctx.text.strip()
+    intake.updated_at = ctx.now
+    if await _back_to_summary(ctx, intake):
+        return
+    _go(ctx, "photos")
+    await ctx.say(text("ask_photos"), [Button(_label("skip"), "photos:done")])
+
+
+async def _attach(ctx: Context, intake: Intake) -> int:
+    limit = ctx.config.uploads.max_files_per_intake
+    result = await attach_files(ctx.session, intake, ctx.identity, ctx.inbound.attachments,
+                                limit)
+    if result.refused and result.total >= limit:
+        await ctx.say(text("photos_full", max=limit), [Button(_label("done"), "photos:done")])
+    elif result.refused:
+        await ctx.say(text("attachment_refused"))
+    if result.attached:
+        await ctx.say(text("photos_received", count=result.total, max=limit),
+                      [Button(_label("done"), "photos:done")])
+    return result.attached
+
+
+async def _step_photos(ctx: Context, intake: Intake) -> None:
+    if ctx.inbound.attachments:
+        await _attach(ctx, intake)
+        if not ctx.text:
+            return
+    said = _said(ctx).strip().lower()
+    if said == "photos:done" or said in DONE_WORDS:
+        await _summary(ctx, intake)
+        return
+    await ctx.say(text("photos_expected"), [Button(_label("done"), "photos:done")])
+
+
+def _summary_buttons(intake: Intake) -> list[Button]:
+    return [Button(_label("confirm"), "confirm"),
+            Button(_label("edit_plan"), "edit:plan"),
+            Button(_label("edit_vehicle"), "edit:vehicle"),
+            Button(_label("edit_odometer"), "edit:odometer"),
+            Button(_label("edit_problem"), "edit:problem"),
+            Button(_label("edit_photos"), "edit:photos")]
+
+
+async def _summary(ctx: Context, intake: Intake) -> None:
+    _go(ctx, "summary")
+    _set(ctx, editing=False)
+    assert intake.plan is not None
+    await ctx.say(text("summary", intake=intake, plan=ctx.config.plan(intake.plan),
+                       files=await count_files(ctx.session, intake)),
+                  _summary_buttons(intake))
+
+
+async def _back_to_summary(ctx: Context, intake: Intake) -> bool:
+    """After correcting one field from the summary, go straight back to it."""
+    if not ctx.conversation.data.get("editing"):
+        return False
+    await _summary(ctx, intake)
+    return True
+
+
+_EDITS: dict[str, Step] = {}
+
+
+async def _step_summary(ctx: Context, intake: Intake) -> None:
+    said = _said(ctx).strip()
+    if said.lower() in ("yes", "ok", "okay", "pay", "confirm", "correct", "y"):
+        said = "confirm"
+    choice = match_choice(said, _summary_buttons(intake))
+    if choice is None:
+        await ctx.say(text("summary_not_understood"), _summary_buttons(intake))
+        return
+    if choice.payload == "confirm":
+        await _confirm(ctx, intake)
+        return
+    _set(ctx, editing=True)
+    await _EDITS[choice.payload.split(":", 1)[1]](ctx, intake)
+
+
+async def _edit_plan(ctx: Context, intake: Intake) -> None:
+    _go(ctx, "plan")
+    await ctx.say(text("plan_choice", plans=ctx.config.plans), _plan_buttons(ctx))
+
+
+async def _edit_odometer(ctx: Context, intake: Intake) -> None:
+    _go(ctx, "odometer")
+    await ctx.say(text("ask_odometer"), [Button(_label("skip"), "odometer:skip")])
+
+
+async def _edit_problem(ctx: Context, intake: Intake) -> None:
+    _go(ctx, "problem")
+    await ctx.say(text("ask_problem"))
+
+
+async def _edit_photos(ctx: Context, intake: Intake) -> None:
+    _go(ctx, "photos")
+    await ctx.say(text("ask_photos"), [Button(_label("done"), "photos:done")])
+
+
+_EDITS.update(plan=_edit_plan, vehicle=_ask_vehicle, odometer=_edit_odometer,
+              problem=_edit_problem, photos=_edit_photos)
+
+
+async def _confirm(ctx: Context, intake: Intake) -> None:
+    assert intake.plan is not None
+    plan = ctx.config.plan(intake.plan)
+    try:
+        checkout = await checkout_for(ctx.session, ctx.runtime.payments, ctx.config, intake,
+                                      ctx.now)
+    except Exception:
+        # The provider is down: keep the intake as it is so the customer can simply retry.
+        log.exception("intake=%s checkout could not be created", intake.id)
+        await ctx.say(text("payment_unavailable"), _summary_buttons(intake))
+        return
+    intake.status = "awaiting_payment"
+    intake.submitted_at = intake.updated_at = ctx.now
+    _go(ctx, "awaiting_payment")
+    log.info("intake=%s checkout=%s awaiting payment", intake.id, checkout.ref)
+    await ctx.say(text("payment_link", plan=plan), link=_pay_link(checkout, plan))
+
+
+def _pay_link(checkout: Checkout, plan: Any) -> Link:
+    assert checkout.url is not None
+    return Link(text("pay_label", plan=plan), checkout.url)
+
+
+async def _remind_payment(ctx: Context, intake: Intake) -> None:
+    assert intake.plan is not None
+    plan = ctx.config.plan(intake.plan)
+    checkout = await checkout_for(ctx.session, ctx.runtime.payments, ctx.config, intake,
+                                  ctx.now)
+    await ctx.say(text("waiting_for_payment", plan=plan), link=_pay_link(checkout, plan))
+
+
+async def _step_awaiting_payment(ctx: Context, intake: Intake) -> None:
+    if intake.status == "awaiting_payment":
+        await _remind_payment(ctx, intake)
+    else:
+        await _status(ctx, intake)
+
+
+async def _ask_again(ctx: Context, intake: Intake) -> None:
+    """Repeat the question of the current step (after help, or an unknown step)."""
+    step = ctx.conversation.step
+    if step == "plan":
+        await _edit_plan(ctx, intake)
+    elif step == "vehicle":
+        await _ask_vehicle(ctx, intake)
+    elif step == "ymm":
+        await ctx.say(text("ask_ymm"))
+    elif step == "odometer":
+        await _edit_odometer(ctx, intake)
+    elif step == "problem":
+        await _edit_problem(ctx, intake)
+    elif step == "photos":
+        await _edit_photos(ctx, intake)
+    elif step == "summary":
+        await _summary(ctx, intake)
+    elif step == "awaiting_payment" and intake.status == "awaiting_payment":
+        await _remind_payment(ctx, intake)
+
+
+STEPS: dict[str, Step] = {
+    "plan": _step_plan, "vehicle": _step_vehicle, "ymm": _step_ymm,
+    "odometer": _step_odometer, "problem": _step_problem, "photos": _step_photos,
+    "summary": _step_summary, "awaiting_payment": _step_awaiting_payment,
+}
+
+_STEP_NAMES = {"plan": "choosing a tier", "vehicle": "your vehicle", "ymm": "your vehicle",
+               "odometer": "the mileage", "problem": "the problem description",
+               "photos": "photos", "summary": "the summary"}

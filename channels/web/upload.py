@@ -1,0 +1,71 @@
+"""POST /widget/upload: one file per request, checked before it is stored."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import BodyPartReader, web
+from sqlalchemy import select
+
+from channels.web.ws import CHANNEL, RateLimiter, visitor_address
+from core.files import UploadRejected, store_upload
+from core.models import Identity
+from core.runtime import Runtime
+
+log = logging.getLogger("autodoctor.channels.web")
+
+_STATUS = {"too_large": 413, "unsupported_type": 415, "empty": 400}
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+class WidgetUpload:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.limiter = RateLimiter(runtime.config.rate_limits.widget_messages_per_minute)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        limit = self.runtime.config.uploads.max_bytes
+        token = request.headers.get("X-Visitor-Token", "")
+        if not 16 <= len(token) <= 128:
+            return _error(401, "no_visitor", "Open the chat first, then attach the file.")
+        address = visitor_address(token)
+        async with self.runtime.sessions() as session:
+            identity = await session.scalar(select(Identity).where(
+                Identity.channel == CHANNEL, Identity.address == address))
+        if identity is None:
+            return _error(401, "no_visitor", "Open the chat first, then attach the file.")
+        if not self.limiter.allow(address):
+            return _error(429, "rate_limited", "Too many uploads; please wait a minute.")
+        if request.content_length is not None and request.content_length > limit + 64 * 1024:
+            return _error(413, "too_large", f"Files can be up to {limit / 1e6:.0f} MB.")
+        if not request.content_type.startswith("multipart/"):
+            return _error(400, "bad_request", 'Send the file as multipart/form-data, "file".')
+        reader = await request.multipart()
+        part = await reader.next()
+        while part is not None and (not isinstance(part, BodyPartReader)
+                                    or part.name != "file"):
+            part = await reader.next()
+        if part is None:
+            return _error(400, "bad_request", 'No "file" field in the upload.')
+        data = bytearray()
+        while chunk := await part.read_chunk(64 * 1024):
+            data.extend(chunk)
+            if len(data) > limit:
+                return _error(413, "too_large", f"That file is larger than "
+                                                f"{limit / 1e6:.0f} MB; please send a "
+                                                "smaller one.")
+        now = self.runtime.clock.now()
+        try:
+            async with self.runtime.sessions.begin() as session:
+                record = await store_upload(session, self.runtime.config, identity, bytes(data),
+                                            part.filename, now)
+        except UploadRejected as exc:
+            return _error(_STATUS.get(exc.code, 400), exc.code, str(exc))
+        log.info("upload file=%s identity=%s type=%s bytes=%s", record.public_id, identity.id,
+                 record.content_type, record.size_bytes)
+        return web.json_response({"file": record.public_id, "content_type": record.content_type,
+                                  "size": record.size_bytes, "name": record.original_name},
+                                 status=201)

@@ -1,0 +1,289 @@
+"""The widget WebSocket (GET /ws/widget): the JSON protocol in DESIGN.md, nothing more.
+
+Replies are not sent from the request that caused them: every bot message is a transcript row,
+and each open socket pushes the rows newer than the last one it sent. So a reconnect with
+`resume_after` replays exactly what was missed, and nothing is sent twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import secrets
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import WSMsgType, web
+from sqlalchemy import select
+
+from core.engine import Engine
+from core.mechanics import redeem_invite
+from core.messages import Inbound
+from core.models import Identity, Message
+from core.runtime import Runtime
+
+log = logging.getLogger("autodoctor.channels.web")
+
+CHANNEL = "web"
+MAX_ATTACHMENTS_PER_MESSAGE = 10
+REPLAY_BATCH = 200
+
+
+def visitor_address(token: str) -> str:
+    """The identity address for a visitor token: a hash, so the database holds no bearer token."""
+    return "v_" + hashlib.sha256(token.encode()).hexdigest()[:40]
+
+
+def new_visitor_token() -> str:
+    return secrets.token_urlsafe(24)
+
+
+class RateLimiter:
+    """A token bucket per key: `rate` events per `per` seconds, bursts up to `rate`."""
+
+    def __init__(self, rate: int, per: float = 60.0) -> None:
+        self.rate, self.per = rate, per
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def allow(self, key: str) -> bool:
+        now = time.monotonic()
+        tokens, last = self._buckets.get(key, (float(self.rate), now))
+        tokens = min(float(self.rate), tokens + (now - last) * self.rate / self.per)
+        if tokens < 1:
+            self._buckets[key] = (tokens, now)
+            return False
+        self._buckets[key] = (tokens - 1, now)
+        if len(self._buckets) > 100_000:  # forget idle visitors
+            self._buckets.clear()
+        return True
+
+
+class ProtocolError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class WidgetSocket:
+    """Serves GET /ws/widget."""
+
+    def __init__(self, runtime: Runtime, engine: Engine) -> None:
+        self.runtime = runtime
+        self.engine = engine
+        cfg = runtime.config.widget
+        self.max_frame = cfg.max_frame_bytes
+        self.max_text = cfg.max_text_chars
+        self.limiter = RateLimiter(runtime.config.rate_limits.widget_messages_per_minute)
+        self.allowed_origins = {_origin(o) for o in cfg.allowed_origins}
+        self.allowed_origins.add(_origin(runtime.config.public_url))
+
+    def origin_allowed(self, request: web.Request) -> bool:
+        origin = request.headers.get("Origin")
+        if origin is None:
+            return True  # not a browser: the Origin check guards browsers against other sites
+        return _origin(origin) in self.allowed_origins | {f"{request.scheme}://{request.host}"}
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if not self.origin_allowed(request):
+            log.warning("widget socket refused origin=%r", request.headers.get("Origin"))
+            raise web.HTTPForbidden(text="This site is not allowed to open the chat widget.")
+        # aiohttp itself closes (1009) only far above our own limit; below it we answer
+        # an oversized frame with an error frame and keep the connection.
+        ws = web.WebSocketResponse(heartbeat=30, max_msg_size=max(4 * self.max_frame, 1 << 20))
+        await ws.prepare(request)
+        session = _Connection(self, ws)
+        try:
+            await session.run()
+        finally:
+            await session.close()
+        return ws
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url.strip())
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+class _Connection:
+    def __init__(self, server: WidgetSocket, ws: web.WebSocketResponse) -> None:
+        self.server = server
+        self.runtime = server.runtime
+        self.ws = ws
+        self.address: str | None = None
+        self.identity_id: int | None = None
+        self.last_sent = 0
+        self.wakeup: asyncio.Event | None = None
+        self.pusher: asyncio.Task[None] | None = None
+        self.send_lock = asyncio.Lock()
+
+    async def run(self) -> None:
+        async for msg in self.ws:
+            if msg.type == WSMsgType.TEXT:
+                try:
+                    await self.on_frame(msg.data)
+                except ProtocolError as exc:
+                    await self.error(exc.code, str(exc))
+                except Exception:
+                    log.exception("widget frame failed identity=%s", self.identity_id)
+                    await self.error("internal", "Something went wrong on our side and your "
+                                                 "message was not processed. Please send it "
+                                                 "again.")
+            elif msg.type == WSMsgType.BINARY:
+                await self.error("binary_not_supported",
+                                 "Send JSON text frames; upload files with POST /widget/upload.")
+            elif msg.type == WSMsgType.ERROR:
+                log.info("widget socket error: %s", self.ws.exception())
+
+    async def close(self) -> None:
+        if self.pusher is not None:
+            self.pusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.pusher
+        if self.identity_id is not None and self.wakeup is not None:
+            self.runtime.hub.unsubscribe(self.identity_id, self.wakeup)
+
+    async def send_json(self, frame: dict[str, Any]) -> None:
+        async with self.send_lock:
+            if not self.ws.closed:
+                await self.ws.send_str(json.dumps(frame, ensure_ascii=False))
+
+    async def error(self, code: str, message: str) -> None:
+        await self.send_json({"type": "error", "code": code, "message": message})
+
+    async def on_frame(self, data: str) -> None:
+        if len(data.encode()) > self.server.max_frame:
+            raise ProtocolError("frame_too_large",
+                                f"That message is too large (the limit is "
+                                f"{self.server.max_frame} bytes).")
+        try:
+            frame = json.loads(data)
+        except ValueError:
+            raise ProtocolError("bad_json", "Frames must be JSON objects.") from None
+        if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
+            raise ProtocolError("bad_frame", 'Frames must be JSON objects with a "type".')
+        kind = frame["type"]
+        if kind == "hello":
+            await self.on_hello(frame)
+            return
+        if kind not in ("message", "action"):
+            raise ProtocolError("unknown_type", f"Unknown frame type {kind[:40]!r}; expected "
+                                                "hello, message or action.")
+        if self.address is None:
+            raise ProtocolError("hello_required", 'Send {"type": "hello"} first.')
+        if not self.server.limiter.allow(self.address):
+            raise ProtocolError("rate_limited", "You're sending messages very quickly; please "
+                                                "wait a few seconds and try again.")
+        if kind == "message":
+            await self.on_message(frame)
+        else:
+            await self.on_action(frame)
+
+    async def on_hello(self, frame: dict[str, Any]) -> None:
+        if self.address is not None:
+            raise ProtocolError("already_started", "This connection already said hello.")
+        token, resume_after, invite = (frame.get("visitor"), frame.get("resume_after"),
+                                       frame.get("mechanic_invite"))
+        if token is not None and (not isinstance(token, str) or not 16 <= len(token) <= 128):
+            raise ProtocolError("bad_visitor", "The visitor token is not valid.")
+        if resume_after is not None and (not isinstance(resume_after, int)
+                                         or isinstance(resume_after, bool) or resume_after < 0):
+            raise ProtocolError("bad_resume_after", "resume_after must be a message id or null.")
+        if invite is not None and (not isinstance(invite, str) or len(invite) > 64):
+            raise ProtocolError("invalid_invite", "That mechanic invite is not valid.")
+        identity = await self._identity(visitor_address(token)) if token else None
+        if identity is None:
+            token, resume_after = new_visitor_token(), None
+        self.address = visitor_address(token)
+        if invite is not None:
+            identity = await self._link_mechanic(invite)
+        await self.send_json({"type": "welcome", "visitor": token})
+        if identity is not None:
+            await self._start_pushing(identity.id, resume_after or 0)
+            return
+        # A first visit: the engine creates the customer and greets them.
+        await self.server.engine.receive(Inbound(channel=CHANNEL, address=self.address,
+                                                 action="cmd:start"))
+        identity = await self._identity(self.address)
+        assert identity is not None
+        await self._start_pushing(identity.id, 0)
+
+    async def _link_mechanic(self, code: str) -> Identity:
+        assert self.address is not None
+        async with self.runtime.sessions.begin() as session:
+            mechanic = await redeem_invite(session, code, CHANNEL, self.address,
+                                           self.runtime.clock.now())
+        if mechanic is None:
+            raise ProtocolError("invalid_invite", "That mechanic invite is unknown or was "
+                                                  "already used on another device.")
+        identity = await self._identity(self.address)
+        assert identity is not None
+        return identity
+
+    async def _identity(self, address: str) -> Identity | None:
+        async with self.runtime.sessions() as session:
+            return await session.scalar(select(Identity).where(Identity.channel == CHANNEL,
+                                                               Identity.address == address))
+
+    async def _start_pushing(self, identity_id: int, after: int) -> None:
+        # Subscribe before reading, so a message committed in between still wakes us.
+        self.identity_id = identity_id
+        self.wakeup = self.runtime.hub.subscribe(identity_id)
+        self.last_sent = after
+        await self.push_new()
+        self.pusher = asyncio.create_task(self._push_forever())
+
+    async def _push_forever(self) -> None:
+        assert self.wakeup is not None
+        while not self.ws.closed:
+            await self.wakeup.wait()
+            self.wakeup.clear()
+            await self.push_new()
+
+    async def push_new(self) -> None:
+        """Send every bot message newer than the last one sent, in order."""
+        async with self.runtime.sessions() as session:
+            while True:
+                rows = (await session.scalars(
+                    select(Message).where(Message.identity_id == self.identity_id,
+                                          Message.direction == "out",
+                                          Message.id > self.last_sent)
+                    .order_by(Message.id).limit(REPLAY_BATCH))).all()
+                for row in rows:
+                    body = row.body or {}
+                    await self.send_json({"type": "message", "id": row.id, "text": row.text,
+                                          "buttons": body.get("buttons", []),
+                                          "link": body.get("link")})
+                    self.last_sent = row.id
+                if len(rows) < REPLAY_BATCH:
+                    return
+
+    async def on_message(self, frame: dict[str, Any]) -> None:
+        text = frame.get("text", "")
+        attachments = frame.get("attachments", [])
+        if not isinstance(text, str):
+            raise ProtocolError("bad_frame", '"text" must be a string.')
+        if len(text) > self.server.max_text:
+            raise ProtocolError("text_too_long", f"Messages can be up to {self.server.max_text} "
+                                                 "characters; please send a shorter one.")
+        if (not isinstance(attachments, list) or len(attachments) > MAX_ATTACHMENTS_PER_MESSAGE
+                or not all(isinstance(a, str) and len(a) <= 64 for a in attachments)):
+            raise ProtocolError("bad_attachments",
+                                f'"attachments" must be a list of up to '
+                                f"{MAX_ATTACHMENTS_PER_MESSAGE} file ids.")
+        if not text.strip() and not attachments:
+            raise ProtocolError("empty_message", "That message was empty.")
+        assert self.address is not None
+        await self.server.engine.receive(Inbound(channel=CHANNEL, address=self.address,
+                                                 text=text, attachments=tuple(attachments)))
+
+    async def on_action(self, frame: dict[str, Any]) -> None:
+        payload = frame.get("payload")
+        if not isinstance(payload, str) or not payload or len(payload) > 255:
+            raise ProtocolError("bad_frame", '"payload" must be a non-empty string.')
+        assert self.address is not None
+        await self.server.engine.receive(Inbound(channel=CHANNEL, address=self.address,
+                                                 action=payload))

@@ -1,0 +1,42 @@
+"""Every message to a person is first a transcript row and an outbox row, in one transaction."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.messages import Outbound
+from core.models import Identity, Message, OutboxItem
+from core.sql import insert_ignore
+
+# Channels delivered straight from the transcript (an open socket, a terminal), not by a
+# provider: their outbox rows are born 'sent' and serve only as the dedupe guard.
+TRANSCRIPT_CHANNELS = frozenset({"web", "console"})
+
+
+async def enqueue(session: AsyncSession, identity: Identity, outbound: Outbound, now: datetime,
+                  *, conversation_id: int | None = None,
+                  consultation_id: int | None = None) -> Message | None:
+    """Store the message and queue its delivery; None if its dedupe_key was already queued."""
+    dedupe_key = outbound.dedupe_key or f"msg:{uuid.uuid4().hex}"
+    direct = identity.channel in TRANSCRIPT_CHANNELS
+    outbox_id = await insert_ignore(session, OutboxItem, {
+        "dedupe_key": dedupe_key, "channel": identity.channel, "address": identity.address,
+        "identity_id": identity.id, "payload": outbound.to_body(),
+        "status": "sent" if direct else "pending", "sent_at": now if direct else None,
+        "next_attempt_at": now, "created_at": now, "attempts": 0,
+    }, ["dedupe_key"])
+    if outbox_id is None:
+        return None
+    message = Message(identity_id=identity.id, conversation_id=conversation_id,
+                      consultation_id=consultation_id, direction="out",
+                      channel=identity.channel, text=outbound.text, body=outbound.to_body(),
+                      created_at=now)
+    session.add(message)
+    await session.flush()
+    await session.execute(update(OutboxItem).where(OutboxItem.id == outbox_id)
+                          .values(message_id=message.id))
+    return message

@@ -1,0 +1,55 @@
+"""The payment port the intake calls; billing/ implements it (Stripe, or offline test mode)."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.config import Config
+from core.models import Checkout, Intake
+
+
+class PaymentPort(Protocol):
+    provider: str
+
+    async def create_checkout(self, session: AsyncSession, checkout: Checkout) -> str:
+        """Open a hosted payment page for this (already added) checkout; returns its URL."""
+        ...
+
+
+def new_checkout_ref() -> str:
+    return "co_" + secrets.token_urlsafe(18)
+
+
+async def checkout_for(session: AsyncSession, port: PaymentPort, config: Config,
+                       intake: Intake, now: datetime) -> Checkout:
+    """The intake's open, unexpired checkout, or a new one: one payable link at a time."""
+    existing = await session.scalar(
+        select(Checkout).where(Checkout.intake_id == intake.id, Checkout.plan == intake.plan,
+                               Checkout.status == "open",
+                               Checkout.expires_at > now)
+        .order_by(Checkout.id.desc()).limit(1))
+    if existing is not None and existing.url:
+        return existing
+    # A savepoint: if the provider fails, no half-made checkout row is left behind.
+    async with session.begin_nested():
+        return await _open_checkout(session, port, config, intake, now)
+
+
+async def _open_checkout(session: AsyncSession, port: PaymentPort, config: Config,
+                         intake: Intake, now: datetime) -> Checkout:
+    assert intake.plan is not None
+    plan = config.plan(intake.plan)
+    checkout = Checkout(
+        ref=new_checkout_ref(), intake_id=intake.id, customer_id=intake.customer_id,
+        plan=intake.plan, amount_cents=plan.price_cents, currency=config.billing.currency,
+        provider=port.provider, status="open", created_at=now,
+        expires_at=now + timedelta(seconds=config.billing.checkout_ttl_seconds))
+    session.add(checkout)
+    await session.flush()
+    checkout.url = await port.create_checkout(session, checkout)
+    return checkout

@@ -1,0 +1,39 @@
+"""Test helpers: drive the bot the way its users do."""
+
+from __future__ import annotations
+
+from core.engine import Engine
+from core.messages import Inbound, Outbound
+
+
+class Chat:
+    """One person talking to the bot through the engine (like Rasa's CollectingOutputChannel)."""
+
+    def __init__(self, engine: Engine, channel: str = "console", address: str = "tester") -> None:
+        self.engine, self.channel, self.address = engine, channel, address
+        self.received: list[Outbound] = []
+
+    async def send(self, text: str = "", *, action: str | None = None,
+                   attachments: tuple[str, ...] = (), provider_id: str | None = None
+                   ) -> list[Outbound]:
+        replies = await self.engine.receive(Inbound(
+            channel=self.channel, address=self.address, text=text, action=action,
+            attachments=attachments, provider_id=provider_id))
+        self.received.extend(replies)
+        return replies
+
+    async def tap(self, label_part: str) -> list[Outbound]:
+        """Tap the button whose label contains label_part on the last message that had one."""
+        for message in reversed(self.received):
+            for button in message.buttons:
+                if label_part.lower() in button.label.lower():
+                    return await self.send(action=button.payload)
+        raise AssertionError(f"no button {label_part!r} in {self.received[-1:]}")
+
+    @property
+    def last(self) -> str:
+        return self.received[-1].text if self.received else ""
+
+
+def joined(replies: list[Outbound]) -> str:
+    return "\n".join(r.text for r in replies)
