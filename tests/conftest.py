@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -123,3 +125,22 @@ def pg_database() -> Iterator[str]:
         yield PG_URL.rsplit("/", 1)[0] + "/" + name
     finally:
         asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+async def make_client(aiohttp_client: Any, engine: AsyncEngine,
+                      clock: ManualClock) -> AsyncIterator[Callable[..., Awaitable[TestClient]]]:
+    """Start the whole app on the test database; closed before the database goes away."""
+    from bot.app import create_app
+
+    clients: list[TestClient] = []
+
+    async def make(config: Config, **overrides: Any) -> TestClient:
+        overrides.setdefault("clock", clock)
+        client = await aiohttp_client(create_app(config, engine=engine, **overrides))
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()

@@ -34,6 +34,7 @@ def setup(app: web.Application, runtime: Runtime, engine: Engine) -> None:
     async def mechanic_console(request: web.Request) -> web.Response:
         return _page("mechanic.html", invite=request.match_info["invite"][:64])
 
+    app.on_shutdown.append(socket.close_all)
     app.router.add_get("/", demo, name="demo")
     app.router.add_get("/widget.js", script, name="widget_js")
     app.router.add_get("/ws/widget", socket.handle, name="widget_ws")

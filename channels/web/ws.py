@@ -80,6 +80,12 @@ class WidgetSocket:
         self.limiter = RateLimiter(runtime.config.rate_limits.widget_messages_per_minute)
         self.allowed_origins = {_origin(o) for o in cfg.allowed_origins}
         self.allowed_origins.add(_origin(runtime.config.public_url))
+        self.open: set[web.WebSocketResponse] = set()
+
+    async def close_all(self, app: web.Application) -> None:
+        """On shutdown: tell every widget to reconnect later (1001), so nothing is cut mid-way."""
+        for ws in list(self.open):
+            await ws.close(code=1001, message=b"server restarting")
 
     def origin_allowed(self, request: web.Request) -> bool:
         origin = request.headers.get("Origin")
@@ -95,11 +101,13 @@ class WidgetSocket:
         # an oversized frame with an error frame and keep the connection.
         ws = web.WebSocketResponse(heartbeat=30, max_msg_size=max(4 * self.max_frame, 1 << 20))
         await ws.prepare(request)
-        session = _Connection(self, ws)
+        self.open.add(ws)
+        connection = _Connection(self, ws)
         try:
-            await session.run()
+            await connection.run()
         finally:
-            await session.close()
+            self.open.discard(ws)
+            await connection.close()
         return ws
 
 
@@ -119,6 +127,7 @@ class _Connection:
         self.wakeup: asyncio.Event | None = None
         self.pusher: asyncio.Task[None] | None = None
         self.send_lock = asyncio.Lock()
+        self.closing = False
 
     async def run(self) -> None:
         async for msg in self.ws:
@@ -139,10 +148,16 @@ class _Connection:
                 log.info("widget socket error: %s", self.ws.exception())
 
     async def close(self) -> None:
-        if self.pusher is not None:
-            self.pusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.pusher
+        if self.pusher is not None and self.wakeup is not None:
+            # Let the pusher finish what it is sending rather than cutting a query in half.
+            self.closing = True
+            self.wakeup.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(self.pusher), 5)
+            except (TimeoutError, asyncio.CancelledError):
+                self.pusher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self.pusher
         if self.identity_id is not None and self.wakeup is not None:
             self.runtime.hub.unsubscribe(self.identity_id, self.wakeup)
 
@@ -238,9 +253,11 @@ class _Connection:
 
     async def _push_forever(self) -> None:
         assert self.wakeup is not None
-        while not self.ws.closed:
+        while True:
             await self.wakeup.wait()
             self.wakeup.clear()
+            if self.closing or self.ws.closed:
+                return
             await self.push_new()
 
     async def push_new(self) -> None:

@@ -3,16 +3,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.app import create_app
 from core.config import Config
 from core.db import create_engine
 
 
-async def test_healthz_reports_database_ok(aiohttp_client: Any, config: Config,
-                                           engine: AsyncEngine) -> None:
-    client = await aiohttp_client(create_app(config, engine=engine))
+async def test_healthz_reports_database_ok(make_client: Any, config: Config) -> None:
+    client = await make_client(config)
     resp = await client.get("/healthz")
     assert resp.status == 200
     assert await resp.json() == {"status": "ok", "db": "ok"}
@@ -31,9 +29,8 @@ async def test_healthz_is_503_when_database_is_down(aiohttp_client: Any,
         await dead.dispose()
 
 
-async def test_metrics_in_prometheus_text_format(aiohttp_client: Any, config: Config,
-                                                 engine: AsyncEngine) -> None:
-    client = await aiohttp_client(create_app(config, engine=engine))
+async def test_metrics_in_prometheus_text_format(make_client: Any, config: Config) -> None:
+    client = await make_client(config)
     await client.get("/healthz")
     resp = await client.get("/metrics")
     assert resp.status == 200
