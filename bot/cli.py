@@ -72,6 +72,15 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def cmd_console(args: argparse.Namespace, config: Config) -> int:
+    import getpass
+
+    from bot.console import run_console
+
+    asyncio.run(run_console(config, args.as_name or getpass.getuser()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autodoctor", description=__doc__)
     parser.add_argument("--config", help="config file (default: AUTODOCTOR_CONFIG or config.toml)")
@@ -85,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate = sub.add_parser("migrate", help="upgrade the database to the latest schema")
     migrate.set_defaults(func=cmd_migrate)
+
+    console = sub.add_parser("console", help="chat with the bot in the terminal as a customer")
+    console.add_argument("--as", dest="as_name",
+                         help="who you are (default: your login); the conversation is kept")
+    console.set_defaults(func=cmd_console)
     return parser
 
 
