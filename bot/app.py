@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 import channels.web
 from billing.offline import OfflinePayments
 from bot.flows import route
+from bot.texts import text
 from core.clock import Clock
 from core.config import Config
 from core.db import create_engine, ping
@@ -39,7 +40,8 @@ def create_app(config: Config, *, engine: AsyncEngine | None = None,
         engine = create_engine(config.database_url,
                                busy_timeout_ms=config.database.sqlite_busy_timeout_ms,
                                echo=config.database.echo)
-    runtime = Runtime.build(config, engine, payments or OfflinePayments(config), clock)
+    runtime = Runtime.build(config, engine, payments or OfflinePayments(config), text,
+                            clock)
     conversation_engine = Engine(runtime, route)
 
     app = web.Application(middlewares=[_metrics_middleware],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import re
 import sys
 from collections.abc import Callable, Sequence
 
@@ -81,6 +82,40 @@ def cmd_console(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+async def _invite(config: Config, args: argparse.Namespace) -> dict[str, object]:
+    import dataclasses
+
+    from core.clock import SystemClock
+    from core.db import create_sessionmaker
+    from core.mechanics import invite_mechanic
+
+    engine = create_engine(config.database_url)
+    try:
+        async with create_sessionmaker(engine).begin() as session:
+            invitation = await invite_mechanic(session, config, args.name, SystemClock().now(),
+                                               senior=args.senior, phone=args.phone)
+    finally:
+        await engine.dispose()
+    return dataclasses.asdict(invitation)
+
+
+def cmd_mechanic_invite(args: argparse.Namespace, config: Config) -> int:
+    import json
+
+    if args.phone and not re.fullmatch(r"\+[1-9]\d{6,14}", args.phone):
+        print("error: --phone must be in E.164 form, e.g. +15551234567", file=sys.stderr)
+        return 2
+    info = asyncio.run(_invite(config, args))
+    if args.json:
+        print(json.dumps(info))
+    else:
+        print(f"Invited {args.name} (mechanic {info['mechanic_id']}). Send them one of:\n"
+              f"  Telegram: {info['telegram_link']}\n"
+              f"  SMS:      text \"{info['sms_join']}\" to the service number\n"
+              f"  Web:      {info['web_link']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autodoctor", description=__doc__)
     parser.add_argument("--config", help="config file (default: AUTODOCTOR_CONFIG or config.toml)")
@@ -94,6 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate = sub.add_parser("migrate", help="upgrade the database to the latest schema")
     migrate.set_defaults(func=cmd_migrate)
+
+    mechanic = sub.add_parser("mechanic", help="manage mechanics")
+    mechanic_sub = mechanic.add_subparsers(dest="mechanic_command", required=True)
+    invite = mechanic_sub.add_parser("invite", help="create a mechanic and a single-use invite")
+    invite.add_argument("name")
+    invite.add_argument("--senior", action="store_true", help="may take Full Diagnostic")
+    invite.add_argument("--phone", help="their mobile number, E.164")
+    invite.add_argument("--json", action="store_true", help="print JSON")
+    invite.set_defaults(func=cmd_mechanic_invite)
 
     console = sub.add_parser("console", help="chat with the bot in the terminal as a customer")
     console.add_argument("--as", dest="as_name",

@@ -8,6 +8,7 @@ from typing import TextIO
 
 from billing.offline import OfflinePayments
 from bot.flows import route
+from bot.texts import text
 from core.config import Config
 from core.db import create_engine
 from core.engine import Engine
@@ -37,7 +38,7 @@ async def run_console(config: Config, address: str, stdin: TextIO = sys.stdin,
                       stdout: TextIO = sys.stdout) -> None:
     engine = create_engine(config.database_url,
                            busy_timeout_ms=config.database.sqlite_busy_timeout_ms)
-    runtime = Runtime.build(config, engine, OfflinePayments(config))
+    runtime = Runtime.build(config, engine, OfflinePayments(config), text)
     bot = Engine(runtime, route)
     loop = asyncio.get_running_loop()
     buttons: tuple[Button, ...] = ()

@@ -3,23 +3,63 @@
 from __future__ import annotations
 
 import logging
+import secrets
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.config import Config
+from core.messages import Outbound
 from core.models import Identity, Mechanic, MechanicInvite
+from core.outbox import enqueue
+from core.runtime import Runtime
+
+# No 0/O/1/I/L: codes are typed from SMS by hand.
+_CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
+
+
+@dataclass(frozen=True)
+class Invitation:
+    mechanic_id: int
+    invite_code: str
+    telegram_link: str
+    sms_join: str
+    web_link: str
+
+
+def invitation(config: Config, mechanic_id: int, code: str) -> Invitation:
+    return Invitation(
+        mechanic_id=mechanic_id, invite_code=code,
+        telegram_link=f"https://t.me/{config.telegram.bot_username}?start=m_{code}",
+        sms_join=f"JOIN {code}",
+        web_link=f"{config.public_url.rstrip('/')}/m/{code}")
+
+
+async def invite_mechanic(session: AsyncSession, config: Config, name: str, now: datetime,
+                          *, senior: bool = False, phone: str | None = None) -> Invitation:
+    """Create a mechanic and a single-use invite to link one chat to them."""
+    mechanic = Mechanic(name=name.strip()[:200], is_senior=senior, phone=phone, created_at=now)
+    session.add(mechanic)
+    await session.flush()
+    code = "".join(secrets.choice(_CODE_ALPHABET) for _ in range(8))
+    session.add(MechanicInvite(code=code, mechanic_id=mechanic.id, created_at=now))
+    await session.flush()
+    log.info("mechanic=%s invited", mechanic.id)
+    return invitation(config, mechanic.id, code)
 
 log = logging.getLogger("autodoctor.mechanics")
 
 
-async def redeem_invite(session: AsyncSession, code: str, channel: str, address: str,
-                        now: datetime) -> Mechanic | None:
+async def redeem_invite(session: AsyncSession, runtime: Runtime, code: str, channel: str,
+                        address: str, now: datetime) -> Mechanic | None:
     """Bind (channel, address) to the invited mechanic; None if the code is unknown or used.
 
     Single use: the conditional UPDATE claims the invite, so two redemptions cannot both win.
     Redeeming again from the address it was first used on is fine (a reloaded console).
     """
+    code = code.strip().upper()
     invite = await session.scalar(select(MechanicInvite).where(MechanicInvite.code == code))
     if invite is None:
         return None
@@ -45,6 +85,10 @@ async def redeem_invite(session: AsyncSession, code: str, channel: str, address:
     await session.flush()
     invite.used_by_identity_id = identity.id
     mechanic = await session.get(Mechanic, invite.mechanic_id)
+    assert mechanic is not None
+    await enqueue(session, identity, Outbound(
+        channel=channel, address=address, text=runtime.texts("linked", name=mechanic.name),
+        dedupe_key=f"linked:{invite.id}"), now)
     log.info("mechanic=%s linked channel=%s identity=%s", invite.mechanic_id, channel,
              identity.id)
     return mechanic

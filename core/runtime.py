@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -20,12 +21,14 @@ class Runtime:
     engine: AsyncEngine
     sessions: Sessionmaker
     payments: PaymentPort
+    # Renders a named text (bot.texts.text): core services write messages without owning them.
+    texts: Callable[..., str]
     clock: Clock = field(default_factory=SystemClock)
     metrics: Metrics = field(default_factory=Metrics)
     hub: Hub = field(default_factory=Hub)
 
     @classmethod
     def build(cls, config: Config, engine: AsyncEngine, payments: PaymentPort,
-              clock: Clock | None = None) -> Runtime:
+              texts: Callable[..., str], clock: Clock | None = None) -> Runtime:
         return cls(config=config, engine=engine, sessions=create_sessionmaker(engine),
-                   payments=payments, clock=clock or SystemClock())
+                   payments=payments, texts=texts, clock=clock or SystemClock())

@@ -15,6 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from billing.offline import OfflinePayments
+from bot.texts import text as render_text
 from core.clock import ManualClock
 from core.config import Config, load_config, normalize_database_url
 from core.db import create_engine
@@ -65,26 +66,40 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def empty_engine(backend: str, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    """An engine on an empty, private database: a SQLite file or a fresh PostgreSQL schema."""
-    if backend == "sqlite":
-        engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'test.db'}")
-        yield engine
-        await engine.dispose()
-        return
-    await require_postgres()
+async def engine_factory(backend: str, tmp_path: Path) -> AsyncIterator[Callable[[], AsyncEngine]]:
+    """Makes engines on one private database (a SQLite file or a fresh PostgreSQL schema),
+    as separate processes sharing it would have."""
+    engines: list[AsyncEngine] = []
     schema = f"t_{uuid.uuid4().hex[:16]}"
-    admin = create_engine(PG_URL)
-    async with admin.begin() as conn:
-        await conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    engine = create_engine(PG_URL, connect_args={"server_settings": {"search_path": schema}})
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
+    if backend == "sqlite":
+        def make() -> AsyncEngine:
+            engines.append(create_engine(f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"))
+            return engines[-1]
+    else:
+        await require_postgres()
+        admin = create_engine(PG_URL)
         async with admin.begin() as conn:
-            await conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        await admin.dispose()
+            await conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+
+        def make() -> AsyncEngine:
+            engines.append(create_engine(
+                PG_URL, connect_args={"server_settings": {"search_path": schema}}))
+            return engines[-1]
+    try:
+        yield make
+    finally:
+        for made in engines:
+            await made.dispose()
+        if backend != "sqlite":
+            async with admin.begin() as conn:
+                await conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+            await admin.dispose()
+
+
+@pytest.fixture
+def empty_engine(engine_factory: Callable[[], AsyncEngine]) -> AsyncEngine:
+    """An engine on an empty, private database."""
+    return engine_factory()
 
 
 @pytest.fixture
@@ -102,7 +117,7 @@ def clock() -> ManualClock:
 
 @pytest.fixture
 def runtime(config: Config, engine: AsyncEngine, clock: ManualClock) -> Runtime:
-    return Runtime.build(config, engine, OfflinePayments(config), clock)
+    return Runtime.build(config, engine, OfflinePayments(config), render_text, clock)
 
 
 @pytest.fixture

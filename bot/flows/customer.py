@@ -63,6 +63,12 @@ def _set(ctx: Context, **changes: Any) -> None:
 
 async def handle(ctx: Context) -> None:
     """Entry point for every message from a customer."""
+    if (ctx.inbound.action or "").startswith("accept:"):
+        # A forged or stale mechanic payload from a customer: refuse, change nothing.
+        log.warning("customer=%s sent mechanic payload %r; refused", ctx.identity.customer_id,
+                    ctx.inbound.action)
+        await ctx.say(text("not_a_mechanic"))
+        return
     intake = await _current_intake(ctx)
     command = _command(ctx)
     if command is not None:

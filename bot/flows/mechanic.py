@@ -1,12 +1,65 @@
-"""Messages from linked mechanics. Offers, accept and availability arrive with dispatch."""
+"""Messages from linked mechanics: accept offers, availability, status, release."""
 
 from __future__ import annotations
 
+import logging
+
 from bot.texts import text
+from core import dispatch
+from core.dispatch import Outcome
 from core.engine import Context
 from core.models import Mechanic
+
+log = logging.getLogger("autodoctor.flows.mechanic")
+
+AVAILABLE = {"available", "online", "on", "start"}
+AWAY = {"away", "offline", "off", "pause"}
+
+
+def _ref(raw: str) -> str:
+    """'R-4821', 'r-4821' or just '4821' (as typed in an SMS reply) → 'R-4821'."""
+    raw = raw.strip().upper()
+    return f"R-{raw}" if raw.isdigit() else raw
 
 
 async def handle(ctx: Context) -> None:
     mechanic = await ctx.session.get(Mechanic, ctx.identity.mechanic_id)
-    await ctx.say(text("mechanic_help", name=mechanic.name if mechanic else "there"))
+    assert mechanic is not None
+    action = ctx.inbound.action or ""
+    said = ctx.text.strip().lower().lstrip("/")
+    if action.startswith("accept:"):
+        await _accept(ctx, mechanic, _ref(action.split(":", 1)[1]))
+    elif said.startswith("accept ") and len(said.split()) == 2:
+        await _accept(ctx, mechanic, _ref(said.split()[1]))
+    elif said in AVAILABLE:
+        mechanic.is_available = True
+        await ctx.say(text("mechanic_available"))
+    elif said in AWAY:
+        mechanic.is_available = False
+        await ctx.say(text("mechanic_away"))
+    elif said == "status":
+        job = await dispatch.holds_job(ctx.session, mechanic.id)
+        await ctx.say(text("mechanic_status", mechanic=mechanic, job=job))
+    elif said == "release":
+        released = await dispatch.release(ctx.session, ctx.runtime, mechanic.id, ctx.now)
+        await ctx.say(text("released", ref=released.ref) if released
+                      else text("nothing_to_release"))
+    else:
+        await ctx.say(text("mechanic_help", name=mechanic.name) + "\n"
+                      + text("mechanic_commands"))
+
+
+async def _accept(ctx: Context, mechanic: Mechanic, ref: str) -> None:
+    result = await dispatch.accept(ctx.session, ctx.runtime, ref, mechanic.id, ctx.now)
+    outcome = result.outcome
+    if outcome is Outcome.ACCEPTED:
+        return  # the details message was queued by dispatch
+    replies = {
+        Outcome.ALREADY_YOURS: text("accept_already_yours", ref=ref),
+        Outcome.TAKEN: text("accept_taken", ref=ref),
+        Outcome.CLOSED: text("accept_closed", ref=ref),
+        Outcome.BUSY: text("accept_busy"),
+        Outcome.NOT_OFFERED: text("accept_not_offered"),
+        Outcome.NOT_FOUND: text("accept_not_offered"),
+    }
+    await ctx.say(replies[outcome])

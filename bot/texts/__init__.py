@@ -16,7 +16,7 @@ def _module(lang: str) -> Any:
     return env.get_template(f"{lang}.j2").module
 
 
-def text(name: str, lang: str = "en", **context: Any) -> str:
+def text(key: str, /, *, lang: str = "en", **context: Any) -> str:
     """Render one text by name, e.g. text("vin_invalid", reason=...)."""
-    macro = getattr(_module(lang), name)
+    macro = getattr(_module(lang), key)
     return str(macro(**context)).strip()

@@ -229,7 +229,7 @@ class _Connection:
     async def _link_mechanic(self, code: str) -> Identity:
         assert self.address is not None
         async with self.runtime.sessions.begin() as session:
-            mechanic = await redeem_invite(session, code, CHANNEL, self.address,
+            mechanic = await redeem_invite(session, self.runtime, code, CHANNEL, self.address,
                                            self.runtime.clock.now())
         if mechanic is None:
             raise ProtocolError("invalid_invite", "That mechanic invite is unknown or was "

@@ -1,0 +1,313 @@
+"""Dispatch: offer paid requests to eligible mechanics, race-safe accept, release, assign.
+
+The one-job rule is the database's: a conditional UPDATE decides who wins a request, and the
+partial unique index refuses a second job for one mechanic, even across processes.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.messages import Button, Outbound
+from core.models import (
+    AuditLog,
+    Availability,
+    Consultation,
+    Customer,
+    File,
+    Identity,
+    Intake,
+    Mechanic,
+    Offer,
+    SessionRequest,
+)
+from core.outbox import enqueue
+from core.runtime import Runtime
+
+log = logging.getLogger("autodoctor.dispatch")
+
+OPEN_STATUSES = ("pending", "unattended")
+# Which identity of a mechanic gets the offer when they are linked on several channels.
+CHANNEL_PREFERENCE = {"telegram": 0, "sms": 1, "web": 2, "console": 3}
+
+
+class Outcome(enum.Enum):
+    ACCEPTED = "accepted"
+    ALREADY_YOURS = "already_yours"
+    TAKEN = "taken"
+    CLOSED = "closed"
+    BUSY = "busy"
+    NOT_OFFERED = "not_offered"
+    NOT_FOUND = "not_found"
+
+
+@dataclass(frozen=True)
+class AcceptResult:
+    outcome: Outcome
+    request: SessionRequest | None = None
+
+
+def mechanic_share(runtime: Runtime, price_cents: int) -> int:
+    """What the mechanic is paid: price minus the platform fee, in integer cents."""
+    fee = price_cents * runtime.config.billing.fee_bps // 10000
+    return price_cents - fee
+
+
+async def holds_job(session: AsyncSession, mechanic_id: int) -> SessionRequest | None:
+    """The request a mechanic is working on, if any (accepted, or in a session)."""
+    busy = await session.scalar(select(SessionRequest).where(
+        SessionRequest.mechanic_id == mechanic_id, SessionRequest.status == "accepted"))
+    if busy is not None:
+        return busy
+    live = await session.scalar(select(Consultation.request_id).where(
+        Consultation.mechanic_id == mechanic_id,
+        Consultation.status.in_(("waiting", "live"))))
+    return await session.get(SessionRequest, live) if live is not None else None
+
+
+def _in_window(windows: list[Availability], tz: str, now: datetime) -> bool:
+    if not windows:
+        return True  # no windows set: no time restriction
+    try:
+        local = now.astimezone(ZoneInfo(tz))
+    except (KeyError, ValueError):
+        local = now
+    minute = local.hour * 60 + local.minute
+    return any(w.weekday == local.weekday() and w.start_minute <= minute < w.end_minute
+               for w in windows)
+
+
+async def eligible_mechanics(session: AsyncSession, runtime: Runtime, plan_code: str,
+                             now: datetime) -> list[tuple[Mechanic, Identity]]:
+    """Active, available, reachable, inside a window, holding no job, senior if needed."""
+    plan = runtime.config.plan(plan_code)
+    busy_requests = select(SessionRequest.mechanic_id).where(
+        SessionRequest.status == "accepted", SessionRequest.mechanic_id.is_not(None))
+    busy_sessions = select(Consultation.mechanic_id).where(
+        Consultation.status.in_(("waiting", "live")))
+    query = (select(Mechanic, Identity).join(Identity, Identity.mechanic_id == Mechanic.id)
+             .where(Mechanic.is_active, Mechanic.is_available, Identity.reachable,
+                    Mechanic.id.not_in(busy_requests), Mechanic.id.not_in(busy_sessions))
+             .order_by(Mechanic.id))
+    if plan.senior_only:
+        query = query.where(Mechanic.is_senior)
+    rows = (await session.execute(query)).all()
+    windows: dict[int, list[Availability]] = {}
+    if rows:
+        for w in (await session.scalars(select(Availability).where(
+                Availability.mechanic_id.in_({m.id for m, _ in rows})))).all():
+            windows.setdefault(w.mechanic_id, []).append(w)
+    best: dict[int, tuple[Mechanic, Identity]] = {}
+    for mechanic, identity in rows:
+        if not _in_window(windows.get(mechanic.id, []), mechanic.timezone, now):
+            continue
+        current = best.get(mechanic.id)
+        rank = CHANNEL_PREFERENCE.get(identity.channel, 9)
+        if current is None or rank < CHANNEL_PREFERENCE.get(current[1].channel, 9):
+            best[mechanic.id] = (mechanic, identity)
+    return list(best.values())
+
+
+async def customer_identity(session: AsyncSession, request: SessionRequest) -> Identity | None:
+    """Where to reach the customer: the channel they did the intake on."""
+    intake = await session.get(Intake, request.intake_id)
+    query = select(Identity).where(Identity.customer_id == request.customer_id)
+    if intake is not None:
+        query = query.order_by((Identity.channel == intake.channel).desc(), Identity.id)
+    return await session.scalar(query.limit(1))
+
+
+async def offer_request(session: AsyncSession, runtime: Runtime, request: SessionRequest,
+                        now: datetime) -> int:
+    """Offer a pending request to every eligible mechanic not yet offered it; returns count.
+
+    With nobody eligible the request goes straight to the admin queue.
+    """
+    intake = await session.get(Intake, request.intake_id)
+    assert intake is not None
+    plan = runtime.config.plan(request.plan)
+    files = int(await session.scalar(select(func.count()).select_from(File)
+                                     .where(File.intake_id == intake.id)) or 0)
+    # Still holding an open offer, or released this request: not offered (again).
+    already = set((await session.scalars(select(Offer.mechanic_id).where(
+        Offer.request_id == request.id, Offer.status.in_(("offered", "declined"))))).all())
+    text = runtime.texts("offer", request=request, plan=plan, intake=intake, files=files,
+                         payout_cents=mechanic_share(runtime, request.price_cents))
+    sent = 0
+    for mechanic, identity in await eligible_mechanics(session, runtime, request.plan, now):
+        if mechanic.id in already:
+            continue
+        offer = await session.scalar(select(Offer).where(Offer.request_id == request.id,
+                                                         Offer.mechanic_id == mechanic.id))
+        if offer is None:
+            offer = Offer(request_id=request.id, mechanic_id=mechanic.id, created_at=now)
+            session.add(offer)
+        offer.identity_id, offer.status, offer.answered_at = identity.id, "offered", None
+        round_no = request.accepted_at.timestamp() if request.accepted_at else 0
+        await enqueue(session, identity, Outbound(
+            channel=identity.channel, address=identity.address, text=text,
+            buttons=(Button("Accept", f"accept:{request.ref}"),),
+            dedupe_key=f"offer:{request.id}:{mechanic.id}:{round_no:.0f}"), now)
+        sent += 1
+    log.info("request=%s offered to %s mechanics", request.ref, sent)
+    if sent == 0 and not already and request.status == "pending":
+        await mark_unattended(session, runtime, request, now)
+    return sent
+
+
+async def mark_unattended(session: AsyncSession, runtime: Runtime, request: SessionRequest,
+                          now: datetime) -> bool:
+    """pending → unattended (conditionally); alerts admins and reassures the customer once."""
+    from core.admins import alert_admins
+
+    changed = await session.execute(
+        update(SessionRequest).where(SessionRequest.id == request.id,
+                                     SessionRequest.status == "pending")
+        .values(status="unattended", unattended_at=now).returning(SessionRequest.id))
+    if changed.scalar_one_or_none() is None:
+        return False
+    await session.refresh(request)
+    plan = runtime.config.plan(request.plan)
+    minutes = max(0, int((now - request.paid_at).total_seconds() // 60))
+    await alert_admins(session, runtime, f"unattended:{request.id}",
+                       runtime.texts("admin_unattended", request=request, plan=plan,
+                                     minutes=minutes), now)
+    customer = await customer_identity(session, request)
+    if customer is not None:
+        await enqueue(session, customer, Outbound(
+            channel=customer.channel, address=customer.address,
+            text=runtime.texts("customer_unattended"),
+            dedupe_key=f"unattended:{request.id}:customer"), now)
+    log.info("request=%s unattended", request.ref)
+    return True
+
+
+async def accept(session: AsyncSession, runtime: Runtime, ref: str, mechanic_id: int,
+                 now: datetime, *, admin: str | None = None) -> AcceptResult:
+    """The mechanic takes the request, if it is still open and they hold no other job.
+
+    `admin` assigns without an offer (unattended queue); the rules are otherwise the same.
+    """
+    request = await session.scalar(select(SessionRequest).where(SessionRequest.ref == ref))
+    if request is None:
+        return AcceptResult(Outcome.NOT_FOUND)
+    offer = await session.scalar(select(Offer).where(Offer.request_id == request.id,
+                                                     Offer.mechanic_id == mechanic_id))
+    if request.status == "accepted" and request.mechanic_id == mechanic_id:
+        return AcceptResult(Outcome.ALREADY_YOURS, request)
+    if admin is None and offer is None:
+        log.warning("request=%s accept refused: mechanic=%s was not offered it", ref,
+                    mechanic_id)
+        return AcceptResult(Outcome.NOT_OFFERED, request)
+    if request.status == "accepted":
+        return AcceptResult(Outcome.TAKEN, request)
+    if request.status not in OPEN_STATUSES:
+        return AcceptResult(Outcome.CLOSED, request)
+    if await holds_job(session, mechanic_id) is not None:
+        return AcceptResult(Outcome.BUSY, request)
+    try:
+        async with session.begin_nested():
+            won = (await session.execute(
+                update(SessionRequest)
+                .where(SessionRequest.id == request.id,
+                       SessionRequest.status.in_(OPEN_STATUSES))
+                .values(status="accepted", mechanic_id=mechanic_id, accepted_at=now)
+                .returning(SessionRequest.id))).scalar_one_or_none()
+    except IntegrityError:
+        # The partial unique index: this mechanic won another request a moment ago.
+        return AcceptResult(Outcome.BUSY, request)
+    await session.refresh(request)
+    if won is None:
+        return AcceptResult(Outcome.TAKEN if request.status == "accepted" else Outcome.CLOSED,
+                            request)
+    await _after_accept(session, runtime, request, mechanic_id, now, admin=admin)
+    return AcceptResult(Outcome.ACCEPTED, request)
+
+
+async def _after_accept(session: AsyncSession, runtime: Runtime, request: SessionRequest,
+                        mechanic_id: int, now: datetime, *, admin: str | None) -> None:
+    mechanic = await session.get(Mechanic, mechanic_id)
+    intake = await session.get(Intake, request.intake_id)
+    customer = await session.get(Customer, request.customer_id)
+    assert mechanic is not None and intake is not None and customer is not None
+    plan = runtime.config.plan(request.plan)
+    stamp = f"{now.timestamp():.0f}"
+    offers = (await session.scalars(select(Offer).where(Offer.request_id == request.id))).all()
+    for offer in offers:
+        if offer.status != "offered":
+            continue
+        offer.answered_at = now
+        offer.status = "accepted" if offer.mechanic_id == mechanic_id else "taken"
+        identity = await session.get(Identity, offer.identity_id) if offer.identity_id else None
+        if identity is None:
+            continue
+        text = (runtime.texts("offer_accepted_by_you", ref=request.ref)
+                if offer.status == "accepted" else runtime.texts("offer_taken", ref=request.ref))
+        await enqueue(session, identity, Outbound(
+            channel=identity.channel, address=identity.address, text=text,
+            edit_of=offer.provider_message_id,
+            dedupe_key=f"offer-closed:{request.id}:{offer.mechanic_id}:{stamp}"), now)
+    winner = await _mechanic_identity(session, mechanic_id)
+    if winner is not None:
+        await enqueue(session, winner, Outbound(
+            channel=winner.channel, address=winner.address,
+            text=runtime.texts("accepted_details", request=request, plan=plan, intake=intake,
+                               customer_name=customer.display_name),
+            dedupe_key=f"accepted:{request.id}:{mechanic_id}:{stamp}"), now)
+    target = await customer_identity(session, request)
+    if target is not None:
+        await enqueue(session, target, Outbound(
+            channel=target.channel, address=target.address,
+            text=runtime.texts("customer_matched", mechanic_name=mechanic.name, plan=plan),
+            dedupe_key=f"matched:{request.id}:{mechanic_id}:{stamp}"), now)
+    session.add(AuditLog(actor=admin or f"mechanic:{mechanic_id}",
+                         action="assign" if admin else "accept", subject=request.ref,
+                         details={"mechanic_id": mechanic_id}, created_at=now))
+    log.info("request=%s mechanic=%s %s", request.ref, mechanic_id,
+             f"assigned by {admin}" if admin else "accepted")
+
+
+async def _mechanic_identity(session: AsyncSession, mechanic_id: int) -> Identity | None:
+    identities = (await session.scalars(select(Identity).where(
+        Identity.mechanic_id == mechanic_id, Identity.reachable))).all()
+    return min(identities, key=lambda i: CHANNEL_PREFERENCE.get(i.channel, 9), default=None)
+
+
+async def release(session: AsyncSession, runtime: Runtime, mechanic_id: int,
+                  now: datetime) -> SessionRequest | None:
+    """The mechanic hands back their accepted request; it is offered again."""
+    request = await session.scalar(select(SessionRequest).where(
+        SessionRequest.mechanic_id == mechanic_id, SessionRequest.status == "accepted"))
+    if request is None:
+        return None
+    released = (await session.execute(
+        update(SessionRequest).where(SessionRequest.id == request.id,
+                                     SessionRequest.status == "accepted",
+                                     SessionRequest.mechanic_id == mechanic_id)
+        .values(status="pending", mechanic_id=None)
+        .returning(SessionRequest.id))).scalar_one_or_none()
+    if released is None:
+        return None
+    await session.refresh(request)
+    await session.execute(update(Offer).where(Offer.request_id == request.id,
+                                              Offer.mechanic_id == mechanic_id)
+                          .values(status="declined", answered_at=now))
+    session.add(AuditLog(actor=f"mechanic:{mechanic_id}", action="release",
+                         subject=request.ref, details={}, created_at=now))
+    target = await customer_identity(session, request)
+    if target is not None:
+        await enqueue(session, target, Outbound(
+            channel=target.channel, address=target.address,
+            text=runtime.texts("customer_rematching", plan=runtime.config.plan(request.plan)),
+            dedupe_key=f"released:{request.id}:{mechanic_id}:{now.timestamp():.0f}"), now)
+    log.info("request=%s released by mechanic=%s", request.ref, mechanic_id)
+    await offer_request(session, runtime, request, now)
+    return request

@@ -1,0 +1,256 @@
+"""Dispatch: offers, the accept race, the one-job rule, release."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot.flows import route
+from core import dispatch
+from core.engine import Engine
+from core.messages import Inbound
+from core.models import (
+    Admin,
+    AuditLog,
+    Availability,
+    Identity,
+    Mechanic,
+    Offer,
+    OutboxItem,
+    SessionRequest,
+)
+from core.runtime import Runtime
+from tests.factories import linked_mechanic, paid_request, sent_to
+
+
+async def offer(runtime: Runtime, request: SessionRequest) -> int:
+    async with runtime.sessions.begin() as s:
+        fresh = await s.get(SessionRequest, request.id)
+        assert fresh is not None
+        return await dispatch.offer_request(s, runtime, fresh, runtime.clock.now())
+
+
+async def status_of(runtime: Runtime, request: SessionRequest) -> tuple[str, int | None]:
+    async with runtime.sessions() as s:
+        fresh = await s.get(SessionRequest, request.id)
+        assert fresh is not None
+        return fresh.status, fresh.mechanic_id
+
+
+async def tap_accept(engine: Engine, mechanic: object, ref: str) -> str:
+    replies = await engine.receive(Inbound(channel=mechanic.channel,  # type: ignore[attr-defined]
+                                           address=mechanic.address,  # type: ignore[attr-defined]
+                                           action=f"accept:{ref}"))
+    return "\n".join(r.text for r in replies)
+
+
+async def test_offer_goes_to_every_eligible_mechanic_with_an_accept_button(
+        runtime: Runtime) -> None:
+    sam = await linked_mechanic(runtime, "Sam")
+    ann = await linked_mechanic(runtime, "Ann", senior=True)
+    request = await paid_request(runtime, "video15")
+    assert await offer(runtime, request) == 2
+    for mechanic in (sam, ann):
+        texts = await sent_to(runtime, mechanic)
+        assert texts[-1].startswith(f"New request {request.ref}: Standard Video (45 min, "
+                                    "you earn $24.00)")
+        assert "Vehicle: 2015 Honda Civic" in texts[-1]
+    async with runtime.sessions() as s:
+        item = await s.scalar(select(OutboxItem).where(OutboxItem.address == sam.address)
+                              .order_by(OutboxItem.id.desc()))
+        offers = (await s.scalars(select(Offer))).all()
+    assert item is not None and item.payload["buttons"] == [
+        {"label": "Accept", "payload": f"accept:{request.ref}"}]
+    assert {o.mechanic_id for o in offers} == {sam.mechanic_id, ann.mechanic_id}
+    # Offering again sends nothing twice.
+    assert await offer(runtime, request) == 0
+
+
+async def test_only_eligible_mechanics_are_offered(runtime: Runtime) -> None:
+    junior = await linked_mechanic(runtime, "Junior")
+    senior = await linked_mechanic(runtime, "Senior", senior=True)
+    away = await linked_mechanic(runtime, "Away", senior=True)
+    inactive = await linked_mechanic(runtime, "Inactive", senior=True)
+    off_hours = await linked_mechanic(runtime, "Night", senior=True)
+    on_hours = await linked_mechanic(runtime, "Day", senior=True)
+    unreachable = await linked_mechanic(runtime, "Blocked", senior=True)
+    busy = await linked_mechanic(runtime, "Busy", senior=True)
+    now = runtime.clock.now()  # a Monday, 12:00 UTC
+    async with runtime.sessions.begin() as s:
+        await s.execute(update(Mechanic).where(Mechanic.id == away.mechanic_id)
+                        .values(is_available=False))
+        await s.execute(update(Mechanic).where(Mechanic.id == inactive.mechanic_id)
+                        .values(is_active=False))
+        s.add(Availability(mechanic_id=off_hours.mechanic_id, weekday=now.weekday(),
+                           start_minute=0, end_minute=60))
+        s.add(Availability(mechanic_id=on_hours.mechanic_id, weekday=now.weekday(),
+                           start_minute=11 * 60, end_minute=13 * 60))
+        blocked = await s.get(type(unreachable), unreachable.id)
+        assert blocked is not None
+        blocked.reachable = False
+    job = await paid_request(runtime, "chat10", address="other")
+    async with runtime.sessions.begin() as s:
+        await s.execute(update(SessionRequest).where(SessionRequest.id == job.id)
+                        .values(status="accepted", mechanic_id=busy.mechanic_id))
+    request = await paid_request(runtime, "diagnostic")
+    await offer(runtime, request)
+    async with runtime.sessions() as s:
+        offered = set((await s.scalars(select(Offer.mechanic_id).where(
+            Offer.request_id == request.id))).all())
+    assert offered == {senior.mechanic_id, on_hours.mechanic_id}
+    assert junior.mechanic_id not in offered
+
+
+async def test_no_eligible_mechanic_sends_request_to_admin_queue(runtime: Runtime) -> None:
+    async with runtime.sessions.begin() as s:
+        s.add(Admin(email="ops@example.com", password_hash="x", notify_channel="telegram",
+                    notify_address="999"))
+    request = await paid_request(runtime, "diagnostic")
+    assert await offer(runtime, request) == 0
+    assert (await status_of(runtime, request))[0] == "unattended"
+    async with runtime.sessions() as s:
+        alerts = (await s.scalars(select(OutboxItem).where(OutboxItem.address == "999"))).all()
+    assert len(alerts) == 1 and request.ref in alerts[0].payload["text"]
+
+
+async def test_fifty_mechanics_tap_accept_at_once_exactly_one_wins(runtime: Runtime) -> None:
+    mechanics = [await linked_mechanic(runtime, f"M{i}") for i in range(50)]
+    request = await paid_request(runtime, "chat10")
+    await offer(runtime, request)
+    engine = Engine(runtime, route)
+    replies = await asyncio.gather(*(tap_accept(engine, m, request.ref) for m in mechanics))
+    taken = [r for r in replies if "already taken" in r]
+    status, winner = await status_of(runtime, request)
+    assert status == "accepted" and winner is not None
+    assert len(taken) == 49
+    winner_identity = next(m for m in mechanics if m.mechanic_id == winner)
+    texts = await sent_to(runtime, winner_identity)
+    assert any(t.startswith(f"It's yours: {request.ref}") for t in texts)
+    # Every loser's offer was closed with "taken"; the customer heard once.
+    async with runtime.sessions() as s:
+        offers = (await s.scalars(select(Offer).where(Offer.request_id == request.id))).all()
+    assert sorted(o.status for o in offers).count("taken") == 49
+    loser = next(m for m in mechanics if m.mechanic_id != winner)
+    assert f"Request {request.ref} was taken by another mechanic." in await sent_to(runtime,
+                                                                                    loser)
+    customer_texts = await sent_to(runtime, type(loser)(channel="console", address="cust"))
+    assert sum("accepted your Quick Chat request" in t for t in customer_texts) == 1
+
+
+async def test_accept_race_across_two_app_instances(engine_factory: object, runtime: Runtime,
+                                                    engine: AsyncEngine) -> None:
+    other = Runtime.build(runtime.config, engine_factory(),  # type: ignore[operator]
+                          runtime.payments, runtime.texts, runtime.clock)
+    mechanics = [await linked_mechanic(runtime, f"X{i}") for i in range(20)]
+    request = await paid_request(runtime, "chat10")
+    await offer(runtime, request)
+    first, second = Engine(runtime, route), Engine(other, route)
+    replies = await asyncio.gather(*(
+        tap_accept(first if i % 2 else second, m, request.ref) for i, m in enumerate(mechanics)))
+    assert sum("already taken" in r for r in replies) == 19
+    assert (await status_of(runtime, request))[0] == "accepted"
+
+
+async def test_a_mechanic_holding_a_job_cannot_accept_another(runtime: Runtime) -> None:
+    sam = await linked_mechanic(runtime, "Sam")
+    first = await paid_request(runtime, address="c1")
+    second = await paid_request(runtime, address="c2")
+    await offer(runtime, first)
+    await offer(runtime, second)
+    engine = Engine(runtime, route)
+    await tap_accept(engine, sam, first.ref)
+    reply = await tap_accept(engine, sam, second.ref)
+    assert "already have a request in progress" in reply
+    assert await status_of(runtime, second) == ("pending", None)
+    assert "already yours" in await tap_accept(engine, sam, first.ref)
+
+
+async def test_one_mechanic_tapping_two_offers_at_once_on_two_servers_wins_one(
+        engine_factory: object, runtime: Runtime) -> None:
+    # The same mechanic on two chats, answered by two processes: the read-check can pass in
+    # both; the conditional UPDATE and the partial unique index leave exactly one job.
+    other = Runtime.build(runtime.config, engine_factory(),  # type: ignore[operator]
+                          runtime.payments, runtime.texts, runtime.clock)
+    sam = await linked_mechanic(runtime, "Sam")
+    async with runtime.sessions.begin() as s:
+        s.add(Identity(channel="console", address="sam-laptop", mechanic_id=sam.mechanic_id))
+    second_chat = Identity(channel="console", address="sam-laptop")
+    engines = Engine(runtime, route), Engine(other, route)
+    for round_no in range(5):
+        first = await paid_request(runtime, address=f"a{round_no}")
+        second = await paid_request(runtime, address=f"b{round_no}")
+        await offer(runtime, first)
+        await offer(runtime, second)
+        await asyncio.gather(tap_accept(engines[0], sam, first.ref),
+                             tap_accept(engines[1], second_chat, second.ref))
+        statuses = sorted([(await status_of(runtime, first))[0],
+                           (await status_of(runtime, second))[0]])
+        assert statuses == ["accepted", "pending"]
+        async with runtime.sessions.begin() as s:
+            await s.execute(update(SessionRequest).where(SessionRequest.status == "accepted")
+                            .values(status="completed"))
+
+
+@pytest.mark.parametrize("who", ["customer", "stranger", "unoffered mechanic"])
+async def test_accept_payload_from_someone_not_offered_is_refused(runtime: Runtime,
+                                                                  who: str) -> None:
+    sam = await linked_mechanic(runtime, "Sam")
+    request = await paid_request(runtime)
+    await offer(runtime, request)
+    engine = Engine(runtime, route)
+    if who == "customer":
+        reply = await engine.receive(Inbound(channel="console", address="cust",
+                                             action=f"accept:{request.ref}"))
+        assert "for mechanics only" in reply[0].text
+    elif who == "stranger":
+        reply = await engine.receive(Inbound(channel="web", address="v_forger",
+                                             action=f"accept:{request.ref}"))
+        assert "for mechanics only" in reply[0].text
+    else:
+        late = await linked_mechanic(runtime, "Late")
+        assert "wasn't offered to you" in await tap_accept(engine, late, request.ref)
+    assert await status_of(runtime, request) == ("pending", None)
+    assert sam.mechanic_id is not None
+
+
+async def test_release_offers_the_request_again_to_others(runtime: Runtime) -> None:
+    sam = await linked_mechanic(runtime, "Sam")
+    ann = await linked_mechanic(runtime, "Ann")
+    request = await paid_request(runtime)
+    await offer(runtime, request)
+    engine = Engine(runtime, route)
+    await tap_accept(engine, sam, request.ref)
+    runtime.clock.advance(60)  # type: ignore[attr-defined]
+    reply = await engine.receive(Inbound(channel=sam.channel, address=sam.address,
+                                         text="release"))
+    assert f"You released {request.ref}" in reply[0].text
+    assert await status_of(runtime, request) == ("pending", None)
+    ann_texts = await sent_to(runtime, ann)
+    assert sum(t.startswith(f"New request {request.ref}") for t in ann_texts) == 2
+    assert sum(t.startswith(f"New request {request.ref}") for t in
+               await sent_to(runtime, sam)) == 1
+    assert "accepted your" in (await tap_accept(engine, ann, request.ref) or "accepted your")
+    assert await status_of(runtime, request) == ("accepted", ann.mechanic_id)
+    async with runtime.sessions() as s:
+        actions = (await s.scalars(select(AuditLog.action).order_by(AuditLog.id))).all()
+    assert actions == ["accept", "release", "accept"]
+
+
+async def test_mechanic_availability_commands(runtime: Runtime) -> None:
+    sam = await linked_mechanic(runtime, "Sam")
+    engine = Engine(runtime, route)
+    say = lambda t: engine.receive(Inbound(channel=sam.channel, address=sam.address,  # noqa: E731
+                                           text=t))
+    assert "You're away" in (await say("away"))[0].text
+    request = await paid_request(runtime)
+    await offer(runtime, request)
+    assert (await status_of(runtime, request))[0] == "unattended"
+    assert "You're available" in (await say("available"))[0].text
+    assert "Sam: available." in (await say("status"))[0].text
+    later = await paid_request(runtime, address="c2", paid_at=runtime.clock.now()
+                               + timedelta(seconds=1))
+    assert await offer(runtime, later) == 1
