@@ -27,6 +27,7 @@ from core.models import (
     Intake,
     Mechanic,
     Offer,
+    OutboxItem,
     SessionRequest,
 )
 from core.outbox import enqueue
@@ -152,10 +153,12 @@ async def offer_request(session: AsyncSession, runtime: Runtime, request: Sessio
             session.add(offer)
         offer.identity_id, offer.status, offer.answered_at = identity.id, "offered", None
         round_no = request.accepted_at.timestamp() if request.accepted_at else 0
+        key = f"offer:{request.id}:{mechanic.id}:{round_no:.0f}"
         await enqueue(session, identity, Outbound(
             channel=identity.channel, address=identity.address, text=text,
-            buttons=(Button("Accept", f"accept:{request.ref}"),),
-            dedupe_key=f"offer:{request.id}:{mechanic.id}:{round_no:.0f}"), now)
+            buttons=(Button("Accept", f"accept:{request.ref}"),), dedupe_key=key), now)
+        offer.outbox_id = await session.scalar(select(OutboxItem.id).where(
+            OutboxItem.dedupe_key == key))
         sent += 1
     log.info("request=%s offered to %s mechanics", request.ref, sent)
     if sent == 0 and not already and request.status == "pending":
@@ -166,8 +169,6 @@ async def offer_request(session: AsyncSession, runtime: Runtime, request: Sessio
 async def mark_unattended(session: AsyncSession, runtime: Runtime, request: SessionRequest,
                           now: datetime) -> bool:
     """pending → unattended (conditionally); alerts admins and reassures the customer once."""
-    from core.admins import alert_admins
-
     changed = await session.execute(
         update(SessionRequest).where(SessionRequest.id == request.id,
                                      SessionRequest.status == "pending")
@@ -175,6 +176,16 @@ async def mark_unattended(session: AsyncSession, runtime: Runtime, request: Sess
     if changed.scalar_one_or_none() is None:
         return False
     await session.refresh(request)
+    await notify_unattended(session, runtime, request, now)
+    log.info("request=%s unattended", request.ref)
+    return True
+
+
+async def notify_unattended(session: AsyncSession, runtime: Runtime, request: SessionRequest,
+                            now: datetime) -> Identity | None:
+    """Alert the admins and reassure the customer (once each); returns the customer's chat."""
+    from core.admins import alert_admins
+
     plan = runtime.config.plan(request.plan)
     minutes = max(0, int((now - request.paid_at).total_seconds() // 60))
     await alert_admins(session, runtime, f"unattended:{request.id}",
@@ -186,8 +197,7 @@ async def mark_unattended(session: AsyncSession, runtime: Runtime, request: Sess
             channel=customer.channel, address=customer.address,
             text=runtime.texts("customer_unattended"),
             dedupe_key=f"unattended:{request.id}:customer"), now)
-    log.info("request=%s unattended", request.ref)
-    return True
+    return customer
 
 
 async def accept(session: AsyncSession, runtime: Runtime, ref: str, mechanic_id: int,

@@ -48,6 +48,8 @@ class Context:
     now: datetime
     replies: list[Outbound] = field(default_factory=list)
     touched: set[int] = field(default_factory=set)
+    # Work to do once the transaction has committed (e.g. a refund call to the provider).
+    after_commit: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
 
     @property
     def config(self) -> Config:
@@ -109,7 +111,7 @@ class Engine:
         async with self._person_lock((inbound.channel, inbound.address)):
             for attempt in range(4):
                 try:
-                    replies, touched = await self._receive_once(inbound)
+                    ctx = await self._receive_once(inbound)
                     break
                 except (IntegrityError, DBAPIError) as exc:
                     # A race with another process (first contact, lock timeout): try again.
@@ -118,13 +120,21 @@ class Engine:
                     log.info("retrying channel=%s after %s", inbound.channel,
                              type(exc.orig).__name__ if exc.orig else exc)
                     await asyncio.sleep(0.05 * (attempt + 1))
-        self.runtime.hub.publish(touched)
+        if ctx is None:
+            return []
+        self.runtime.hub.publish(ctx.touched)
+        for work in ctx.after_commit:
+            try:
+                await work()
+            except Exception:
+                log.exception("after-commit work failed channel=%s", inbound.channel)
         metrics = self.runtime.metrics
         metrics.messages_in.labels(inbound.channel).inc()
         metrics.reply_seconds.labels(inbound.channel).observe(time.perf_counter() - started)
-        return replies
+        return ctx.replies
 
-    async def _receive_once(self, inbound: Inbound) -> tuple[list[Outbound], set[int]]:
+    async def _receive_once(self, inbound: Inbound) -> Context | None:
+        """One attempt in one transaction; None for a duplicate delivery."""
         now = inbound.received_at or self.runtime.clock.now()
         async with self.runtime.sessions.begin() as session:
             if inbound.provider_id is not None:
@@ -134,7 +144,7 @@ class Engine:
                 if fresh is None:
                     log.info("duplicate channel=%s provider_id=%s ignored", inbound.channel,
                              inbound.provider_id)
-                    return [], set()
+                    return None
             identity = await resolve_identity(session, inbound, now)
             conversation = await load_conversation(session, identity, now)
             session.add(Message(
@@ -147,7 +157,7 @@ class Engine:
             await self.router(ctx)
             conversation.version += 1
             conversation.updated_at = now
-        return ctx.replies, ctx.touched
+        return ctx
 
 
 def _retryable(exc: DBAPIError) -> bool:

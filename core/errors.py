@@ -9,3 +9,19 @@ class CoreError(Exception):
 
 class ConfigError(CoreError):
     """A setting is missing, unknown or of the wrong kind; the message names the key."""
+
+
+class DeliveryError(CoreError):
+    """A channel could not deliver a message."""
+
+
+class RetryLater(DeliveryError):
+    """Temporary (5xx, timeout, 429): try again, after retry_after seconds if the provider said."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentFailure(DeliveryError):
+    """Will never work (bot blocked, invalid number): stop and mark the address unreachable."""

@@ -21,6 +21,13 @@ class PaymentPort(Protocol):
         ...
 
 
+class RefundPort(Protocol):
+    async def __call__(self, session: AsyncSession, checkout_ref: str, reason: str,
+                       now: datetime) -> object:
+        """Refund the checkout in full, once, however often it is asked."""
+        ...
+
+
 def new_checkout_ref() -> str:
     return "co_" + secrets.token_urlsafe(18)
 

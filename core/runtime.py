@@ -12,7 +12,7 @@ from core.config import Config
 from core.db import Sessionmaker, create_sessionmaker
 from core.hub import Hub
 from core.metrics import Metrics
-from core.payments import PaymentPort
+from core.payments import PaymentPort, RefundPort
 
 
 @dataclass
@@ -24,11 +24,14 @@ class Runtime:
     # Renders a named text (bot.texts.text): core services write messages without owning them.
     texts: Callable[..., str]
     clock: Clock = field(default_factory=SystemClock)
+    # Refunds go through billing; None where no payment provider can refund (logged).
+    refund: RefundPort | None = None
     metrics: Metrics = field(default_factory=Metrics)
     hub: Hub = field(default_factory=Hub)
 
     @classmethod
     def build(cls, config: Config, engine: AsyncEngine, payments: PaymentPort,
-              texts: Callable[..., str], clock: Clock | None = None) -> Runtime:
+              texts: Callable[..., str], clock: Clock | None = None,
+              refund: RefundPort | None = None) -> Runtime:
         return cls(config=config, engine=engine, sessions=create_sessionmaker(engine),
-                   payments=payments, texts=texts, clock=clock or SystemClock())
+                   payments=payments, texts=texts, clock=clock or SystemClock(), refund=refund)

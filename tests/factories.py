@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import select
 
 from core.mechanics import invite_mechanic, redeem_invite
-from core.models import Customer, Identity, Intake, OutboxItem, SessionRequest
+from core.models import Conversation, Customer, Identity, Intake, OutboxItem, SessionRequest
 from core.runtime import Runtime
 
 _refs = itertools.count(4821)
@@ -24,8 +24,9 @@ async def paid_request(runtime: Runtime, plan: str = "chat10", *, address: str =
         customer = Customer(display_name=f"Customer {address}", created_at=now)
         s.add(customer)
         await s.flush()
-        s.add(Identity(channel=channel, address=address, customer_id=customer.id,
-                       created_at=now))
+        identity = Identity(channel=channel, address=address, customer_id=customer.id,
+                            created_at=now)
+        s.add(identity)
         intake = Intake(customer_id=customer.id, channel=channel, status="paid", plan=plan,
                         vehicle_year=2015, vehicle_make="Honda", vehicle_model="Civic",
                         problem=problem, created_at=now, updated_at=now)
@@ -36,6 +37,9 @@ async def paid_request(runtime: Runtime, plan: str = "chat10", *, address: str =
                                  price_cents=runtime.config.plan(plan).price_cents,
                                  status="pending", paid_at=now, created_at=now)
         s.add(request)
+        await s.flush()
+        s.add(Conversation(identity_id=identity.id, flow="customer", step="matching", data={},
+                           intake_id=intake.id, created_at=now, updated_at=now))
     return request
 
 

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bot.choices import match_choice
+from bot.flows import paid
 from bot.texts import text
 from core.engine import Context
 from core.intake import (
@@ -71,6 +72,9 @@ async def handle(ctx: Context) -> None:
         return
     intake = await _current_intake(ctx)
     command = _command(ctx)
+    if intake is not None and intake.status == "paid":
+        await paid.handle(ctx, intake, command)
+        return
     if command is not None:
         await COMMAND_HANDLERS[command](ctx, intake)
         return

@@ -1,0 +1,195 @@
+"""The outbox dispatcher: claims due rows with a lease, sends them through their channel.
+
+Per-chat order: only the oldest pending row of each chat can be claimed, so a message never
+overtakes one still waiting to be retried. A row leased by a process that died is claimable
+again once its lease runs out. Waiting rows are woken at once by the hub on commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from sqlalchemy import and_, exists, select, update
+from sqlalchemy.orm import aliased
+
+from core.errors import PermanentFailure, RetryLater
+from core.messages import Outbound
+from core.models import Identity, Offer, OutboxItem
+from core.ratelimit import ChannelLimiter
+from core.runtime import Runtime
+from core.sql import dialect
+
+log = logging.getLogger("autodoctor.outbox")
+
+MAX_ATTEMPTS = 12
+BASE_BACKOFF = 1.0
+MAX_BACKOFF = 300.0
+
+
+class Sender(Protocol):
+    """A channel's way out: returns the provider's message id."""
+
+    async def send(self, outbound: Outbound) -> str | None: ...
+
+
+@dataclass
+class DeliveryStats:
+    sent: int = 0
+    retried: int = 0
+    failed: int = 0
+
+
+def backoff(attempts: int, rng: random.Random | None = None) -> float:
+    """Exponential backoff with ±20% jitter, capped."""
+    delay = min(MAX_BACKOFF, BASE_BACKOFF * 2 ** max(0, attempts - 1))
+    return delay * (0.8 + 0.4 * (rng or random).random())
+
+
+class OutboxDispatcher:
+    def __init__(self, runtime: Runtime, senders: Mapping[str, Sender],
+                 limiters: Mapping[str, ChannelLimiter] | None = None, *,
+                 lease_seconds: float = 60, batch: int = 100,
+                 worker_id: str | None = None) -> None:
+        self.runtime = runtime
+        self.senders = dict(senders)
+        self.limiters = dict(limiters or {})
+        self.lease = timedelta(seconds=lease_seconds)
+        self.batch = batch
+        self.worker_id = worker_id or f"w-{uuid.uuid4().hex[:12]}"
+
+    async def claim(self, now: datetime) -> list[OutboxItem]:
+        """Lease the oldest due row of each chat (FOR UPDATE SKIP LOCKED on PostgreSQL)."""
+        if not self.senders:
+            return []
+        earlier = aliased(OutboxItem)
+        due = (select(OutboxItem.id).where(
+            OutboxItem.status == "pending", OutboxItem.channel.in_(self.senders),
+            OutboxItem.next_attempt_at <= now,
+            (OutboxItem.lease_until.is_(None)) | (OutboxItem.lease_until < now),
+            ~exists().where(and_(earlier.channel == OutboxItem.channel,
+                                 earlier.address == OutboxItem.address,
+                                 earlier.status == "pending", earlier.id < OutboxItem.id)))
+            .order_by(OutboxItem.id).limit(self.batch))
+        async with self.runtime.sessions.begin() as session:
+            if dialect(session) == "postgresql":
+                due = due.with_for_update(skip_locked=True)
+            ids = (await session.scalars(due)).all()
+            if not ids:
+                return []
+            rows = (await session.scalars(
+                update(OutboxItem).where(OutboxItem.id.in_(ids))
+                .values(lease_owner=self.worker_id, lease_until=now + self.lease)
+                .returning(OutboxItem).execution_options(populate_existing=True))).all()
+        return sorted(rows, key=lambda r: r.id)
+
+    async def run_once(self, now: datetime | None = None) -> DeliveryStats:
+        """Claim and deliver everything due now; chats in parallel, each chat in order."""
+        now = now or self.runtime.clock.now()
+        stats = DeliveryStats()
+        rows = await self.claim(now)
+        await asyncio.gather(*(self._deliver(row, stats) for row in rows))
+        return stats
+
+    async def _deliver(self, row: OutboxItem, stats: DeliveryStats) -> None:
+        out = Outbound.from_body(row.channel, row.address, row.payload, row.dedupe_key)
+        limiter = self.limiters.get(row.channel)
+        if limiter is not None:
+            await limiter.acquire(row.address)
+        try:
+            provider_id = await self.senders[row.channel].send(out)
+        except RetryLater as exc:
+            await self._retry(row, exc, stats, limiter)
+            return
+        except PermanentFailure as exc:
+            await self._fail(row, str(exc), stats, unreachable=True)
+            return
+        except Exception as exc:  # noqa: BLE001 - an unknown error is treated as temporary
+            log.exception("outbox=%s send raised", row.id)
+            await self._retry(row, RetryLater(repr(exc)), stats, limiter)
+            return
+        now = self.runtime.clock.now()
+        async with self.runtime.sessions.begin() as session:
+            await session.execute(
+                update(OutboxItem).where(OutboxItem.id == row.id,
+                                         OutboxItem.lease_owner == self.worker_id)
+                .values(status="sent", sent_at=now, provider_message_id=provider_id,
+                        attempts=row.attempts + 1, lease_owner=None, lease_until=None))
+            if provider_id:
+                # The offer keeps the message id so "Taken by another mechanic" can edit it.
+                await session.execute(update(Offer).where(Offer.outbox_id == row.id)
+                                      .values(provider_message_id=provider_id))
+        self.runtime.metrics.messages_out.labels(row.channel).inc()
+        stats.sent += 1
+
+    async def _retry(self, row: OutboxItem, exc: RetryLater, stats: DeliveryStats,
+                     limiter: ChannelLimiter | None) -> None:
+        attempts = row.attempts + 1
+        if attempts >= MAX_ATTEMPTS:
+            await self._fail(row, f"gave up after {attempts} attempts: {exc}", stats,
+                             unreachable=False)
+            return
+        delay = exc.retry_after if exc.retry_after is not None else backoff(attempts)
+        if exc.retry_after is not None and limiter is not None:
+            chat = limiter.chat(row.address)
+            if chat is not None:
+                chat.pause(exc.retry_after)
+        now = self.runtime.clock.now()
+        async with self.runtime.sessions.begin() as session:
+            await session.execute(
+                update(OutboxItem).where(OutboxItem.id == row.id)
+                .values(attempts=attempts, next_attempt_at=now + timedelta(seconds=delay),
+                        last_error=str(exc)[:1000], lease_owner=None, lease_until=None))
+        log.info("outbox=%s channel=%s retry in %.1fs (%s)", row.id, row.channel, delay, exc)
+        stats.retried += 1
+
+    async def _fail(self, row: OutboxItem, reason: str, stats: DeliveryStats, *,
+                    unreachable: bool) -> None:
+        async with self.runtime.sessions.begin() as session:
+            await session.execute(
+                update(OutboxItem).where(OutboxItem.id == row.id)
+                .values(status="failed", attempts=row.attempts + 1, last_error=reason[:1000],
+                        lease_owner=None, lease_until=None))
+            if unreachable:
+                await session.execute(
+                    update(Identity).where(Identity.channel == row.channel,
+                                           Identity.address == row.address)
+                    .values(reachable=False, unreachable_reason=reason[:255]))
+        log.warning("outbox=%s channel=%s failed: %s", row.id, row.channel, reason)
+        stats.failed += 1
+
+    async def next_due_in(self, now: datetime) -> float | None:
+        async with self.runtime.sessions() as session:
+            due = await session.scalar(
+                select(OutboxItem.next_attempt_at).where(
+                    OutboxItem.status == "pending", OutboxItem.channel.in_(self.senders))
+                .order_by(OutboxItem.next_attempt_at).limit(1))
+        return None if due is None else max(0.0, (due - now).total_seconds())
+
+    async def run_forever(self, idle_poll: float = 1.0) -> None:
+        """Deliver until cancelled; wakes at once when the hub says rows were committed."""
+        wakeup = self.runtime.hub.outbox_wakeup
+        while True:
+            wakeup.clear()
+            try:
+                stats = await self.run_once()
+                if stats.sent or stats.retried or stats.failed:
+                    continue
+                wait = await self.next_due_in(self.runtime.clock.now())
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("outbox dispatcher round failed")
+                wait = idle_poll
+            # Polling also picks up rows committed by other processes.
+            timeout = idle_poll if wait is None else min(wait, idle_poll)
+            try:
+                await asyncio.wait_for(wakeup.wait(), timeout)
+            except TimeoutError:
+                pass

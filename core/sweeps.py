@@ -1,0 +1,191 @@
+"""Timeouts as sweeps: conditional UPDATE … RETURNING, notifications only for rows changed.
+
+Several processes may sweep at once: a row changes in exactly one of them, and every message
+also carries a dedupe key, so nothing is sent twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, exists, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.dispatch import customer_identity, notify_unattended
+from core.messages import Button, Outbound
+from core.models import (
+    Checkout,
+    Consultation,
+    Identity,
+    Message,
+    Offer,
+    Refund,
+    SessionRequest,
+)
+from core.outbox import enqueue
+from core.runtime import Runtime
+
+log = logging.getLogger("autodoctor.sweeps")
+
+
+@dataclass
+class CleanupStats:
+    unattended: int = 0
+    expired: int = 0
+    no_show: int = 0
+    orphaned: int = 0
+    refunded: int = 0
+    refunds_failed: int = 0
+
+    def total(self) -> int:
+        return sum(getattr(self, f.name) for f in fields(self))
+
+
+async def run_sweeps(runtime: Runtime, now: datetime | None = None) -> CleanupStats:
+    """Run every timeout once; each in its own transaction."""
+    now = now or runtime.clock.now()
+    stats = CleanupStats()
+    touched: set[int] = set()
+    for sweep in (_unattended, _expired, _no_show, _orphaned):
+        async with runtime.sessions.begin() as session:
+            await sweep(session, runtime, now, stats, touched)
+    stats.refunded, stats.refunds_failed = await refund_due(runtime, now)
+    runtime.hub.publish(touched)
+    if stats.total():
+        log.info("sweep %s", stats)
+    return stats
+
+
+async def _tell(session: AsyncSession, identity: Identity | None, text: str, key: str,
+                now: datetime, touched: set[int], buttons: tuple[Button, ...] = ()) -> None:
+    if identity is None:
+        return
+    message = await enqueue(session, identity, Outbound(
+        channel=identity.channel, address=identity.address, text=text, buttons=buttons,
+        dedupe_key=key), now)
+    if message is not None:
+        touched.add(identity.id)
+
+
+async def _unattended(session: AsyncSession, runtime: Runtime, now: datetime,
+                      stats: CleanupStats, touched: set[int]) -> None:
+    cutoff = now - timedelta(seconds=runtime.config.timeouts.unattended_after_seconds)
+    changed = (await session.scalars(
+        update(SessionRequest)
+        .where(SessionRequest.status == "pending", SessionRequest.paid_at < cutoff)
+        .values(status="unattended", unattended_at=now)
+        .returning(SessionRequest).execution_options(populate_existing=True))).all()
+    for request in changed:
+        customer = await notify_unattended(session, runtime, request, now)
+        if customer is not None:
+            touched.add(customer.id)
+        log.info("request=%s unattended", request.ref)
+    stats.unattended += len(changed)
+
+
+async def _expired(session: AsyncSession, runtime: Runtime, now: datetime,
+                   stats: CleanupStats, touched: set[int]) -> None:
+    cutoff = now - timedelta(seconds=runtime.config.timeouts.expire_after_seconds)
+    changed = (await session.scalars(
+        update(SessionRequest)
+        .where(SessionRequest.status.in_(("pending", "unattended")),
+               SessionRequest.paid_at < cutoff)
+        .values(status="expired", closed_at=now, close_reason="unmatched")
+        .returning(SessionRequest).execution_options(populate_existing=True))).all()
+    for request in changed:
+        await withdraw_offers(session, runtime, request, now, touched)
+        await _tell(session, await customer_identity(session, request),
+                    runtime.texts("customer_expired", plan=runtime.config.plan(request.plan)),
+                    f"expired:{request.id}", now, touched)
+        log.info("request=%s expired unmatched", request.ref)
+    stats.expired += len(changed)
+
+
+async def withdraw_offers(session: AsyncSession, runtime: Runtime, request: SessionRequest,
+                          now: datetime, touched: set[int]) -> None:
+    """Open offers of a closed request: marked withdrawn, their messages edited to say so."""
+    offers = (await session.scalars(
+        update(Offer).where(Offer.request_id == request.id, Offer.status == "offered")
+        .values(status="withdrawn", answered_at=now).returning(Offer))).all()
+    for offer in offers:
+        identity = await session.get(Identity, offer.identity_id) if offer.identity_id else None
+        if identity is None:
+            continue
+        message = await enqueue(session, identity, Outbound(
+            channel=identity.channel, address=identity.address,
+            text=runtime.texts("offer_withdrawn", ref=request.ref),
+            edit_of=offer.provider_message_id,
+            dedupe_key=f"withdrawn:{request.id}:{offer.mechanic_id}"), now)
+        if message is not None:
+            touched.add(identity.id)
+
+
+async def _no_show(session: AsyncSession, runtime: Runtime, now: datetime,
+                   stats: CleanupStats, touched: set[int]) -> None:
+    cutoff = now - timedelta(seconds=runtime.config.timeouts.no_show_after_seconds)
+    customer_wrote = exists().where(and_(
+        Message.direction == "in", Message.created_at > SessionRequest.accepted_at,
+        Message.identity_id.in_(select(Identity.id).where(
+            Identity.customer_id == SessionRequest.customer_id))))
+    joined = exists().where(and_(Consultation.request_id == SessionRequest.id,
+                                 Consultation.started_at.is_not(None)))
+    changed = (await session.scalars(
+        update(SessionRequest)
+        .where(SessionRequest.status == "accepted", SessionRequest.accepted_at < cutoff,
+               ~customer_wrote, ~joined)
+        .values(status="cancelled", closed_at=now, close_reason="no_show")
+        .returning(SessionRequest).execution_options(populate_existing=True))).all()
+    for request in changed:
+        await session.execute(update(Consultation).where(
+            Consultation.request_id == request.id, Consultation.status == "waiting")
+            .values(status="cancelled", ended_at=now, end_reason="no_show"))
+        plan = runtime.config.plan(request.plan)
+        await _tell(session, await customer_identity(session, request),
+                    runtime.texts("customer_no_show", plan=plan), f"no_show:{request.id}",
+                    now, touched,
+                    (Button(runtime.texts("label", key="rematch"), f"rematch:{request.ref}"),))
+        mechanic = (await session.scalars(select(Identity).where(
+            Identity.mechanic_id == request.mechanic_id, Identity.reachable))).first()
+        await _tell(session, mechanic, runtime.texts("mechanic_no_show", ref=request.ref),
+                    f"no_show:{request.id}:mechanic", now, touched)
+        log.info("request=%s cancelled: customer did not join", request.ref)
+    stats.no_show += len(changed)
+
+
+async def _orphaned(session: AsyncSession, runtime: Runtime, now: datetime,
+                    stats: CleanupStats, touched: set[int]) -> None:
+    still_accepted = select(SessionRequest.id).where(SessionRequest.status == "accepted")
+    changed = (await session.scalars(
+        update(Consultation)
+        .where(Consultation.status == "waiting", Consultation.request_id.not_in(still_accepted))
+        .values(status="cancelled", ended_at=now, end_reason="orphaned")
+        .returning(Consultation.id))).all()
+    stats.orphaned += len(changed)
+
+
+async def refund_due(runtime: Runtime, now: datetime) -> tuple[int, int]:
+    """Refund every paid checkout whose request closed unserved; retried on each sweep."""
+    if runtime.refund is None:
+        return 0, 0
+    async with runtime.sessions() as session:
+        due = (await session.execute(
+            select(Checkout.ref, SessionRequest.close_reason)
+            .join(SessionRequest, SessionRequest.checkout_id == Checkout.id)
+            .where(Checkout.status == "paid",
+                   SessionRequest.status.in_(("expired", "cancelled")),
+                   SessionRequest.close_reason.in_(("unmatched", "customer_cancelled")),
+                   ~exists().where(and_(Refund.checkout_id == Checkout.id,
+                                        Refund.status == "succeeded"))))).all()
+    done = failed = 0
+    for ref, reason in due:
+        try:
+            async with runtime.sessions.begin() as session:
+                await runtime.refund(session, ref, reason or "unmatched", now)
+            done += 1
+        except Exception:
+            # Left as it is: the next sweep tries again with the same idempotency key.
+            log.exception("checkout=%s refund failed; will retry", ref)
+            failed += 1
+    return done, failed

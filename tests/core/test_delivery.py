@@ -1,0 +1,139 @@
+"""The outbox dispatcher against a scripted provider: retries, 429s, order, leases."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+
+from sqlalchemy import select
+
+from core.clock import ManualClock
+from core.delivery import OutboxDispatcher
+from core.errors import PermanentFailure, RetryLater
+from core.messages import Outbound
+from core.models import Customer, Identity, OutboxItem
+from core.outbox import enqueue
+from core.runtime import Runtime
+
+
+class ScriptedProvider:
+    """A provider stand-in: answers each send from a script, then succeeds; records sends."""
+
+    def __init__(self, clock: ManualClock, script: list[Exception | None] | None = None) -> None:
+        self.clock = clock
+        self.script = list(script or [])
+        self.delivered: list[tuple[str, str, datetime]] = []
+        self.attempts: list[tuple[str, str, datetime]] = []
+
+    async def send(self, outbound: Outbound) -> str:
+        self.attempts.append((outbound.address, outbound.text, self.clock.now()))
+        if self.script:
+            failure = self.script.pop(0)
+            if failure is not None:
+                raise failure
+        self.delivered.append((outbound.address, outbound.text, self.clock.now()))
+        return f"pm-{len(self.delivered)}"
+
+
+async def queue(runtime: Runtime, address: str, *texts: str) -> None:
+    now = runtime.clock.now()
+    async with runtime.sessions.begin() as s:
+        identity = await s.scalar(select(Identity).where(Identity.address == address))
+        if identity is None:
+            customer = Customer(created_at=now)
+            s.add(customer)
+            await s.flush()
+            identity = Identity(channel="flaky", address=address, customer_id=customer.id,
+                                created_at=now)
+            s.add(identity)
+            await s.flush()
+        for text in texts:
+            await enqueue(s, identity, Outbound("flaky", address, text), now)
+
+
+async def test_failures_then_429_every_message_once_in_order(runtime: Runtime,
+                                                             clock: ManualClock) -> None:
+    provider = ScriptedProvider(clock, [RetryLater("HTTP 500"), RetryLater("HTTP 502"),
+                                        RetryLater("HTTP 429", retry_after=2)])
+    dispatcher = OutboxDispatcher(runtime, {"flaky": provider})
+    await queue(runtime, "A", "a1", "a2", "a3")
+    await queue(runtime, "B", "b1", "b2")
+    start = clock.now()
+    for _ in range(40):
+        await dispatcher.run_once()
+        clock.advance(0.25)
+    assert [t for a, t, _ in provider.delivered if a == "A"] == ["a1", "a2", "a3"]
+    assert [t for a, t, _ in provider.delivered if a == "B"] == ["b1", "b2"]
+    assert len(provider.delivered) == 5
+    # The 429 asked for 2 s: the retry of that message came no sooner.
+    failed_429 = provider.attempts[2]
+    retry = next(at for a, t, at in provider.attempts[3:] if (a, t) == failed_429[:2])
+    assert (retry - failed_429[2]).total_seconds() >= 2
+    assert (provider.delivered[-1][2] - start).total_seconds() < 10
+    async with runtime.sessions() as s:
+        rows = (await s.scalars(select(OutboxItem).where(OutboxItem.channel == "flaky"))).all()
+    assert {r.status for r in rows} == {"sent"}
+    assert all(r.provider_message_id for r in rows)
+
+
+async def test_a_later_message_never_overtakes_one_waiting_to_retry(runtime: Runtime,
+                                                                    clock: ManualClock) -> None:
+    provider = ScriptedProvider(clock, [RetryLater("HTTP 429", retry_after=30)])
+    dispatcher = OutboxDispatcher(runtime, {"flaky": provider})
+    await queue(runtime, "A", "first", "second")
+    await dispatcher.run_once()
+    clock.advance(10)
+    await dispatcher.run_once()
+    assert provider.delivered == []
+    clock.advance(25)
+    await dispatcher.run_once()
+    await dispatcher.run_once()
+    assert [t for _, t, _ in provider.delivered] == ["first", "second"]
+
+
+async def test_lease_of_a_dead_worker_is_reclaimed(runtime: Runtime, clock: ManualClock) -> None:
+    provider = ScriptedProvider(clock)
+    await queue(runtime, "A", "hello")
+    dead = OutboxDispatcher(runtime, {"flaky": provider}, lease_seconds=60)
+    assert len(await dead.claim(clock.now())) == 1  # ...and then the process dies
+    alive = OutboxDispatcher(runtime, {"flaky": provider}, lease_seconds=60)
+    assert (await alive.run_once()).sent == 0
+    clock.advance(61)
+    assert (await alive.run_once()).sent == 1
+    assert [t for _, t, _ in provider.delivered] == ["hello"]
+
+
+async def test_permanent_failure_stops_and_marks_identity_unreachable(
+        runtime: Runtime, clock: ManualClock) -> None:
+    provider = ScriptedProvider(clock, [PermanentFailure("Forbidden: bot was blocked")])
+    dispatcher = OutboxDispatcher(runtime, {"flaky": provider})
+    await queue(runtime, "A", "hi", "are you there?")
+    await dispatcher.run_once()
+    clock.advance(600)
+    await dispatcher.run_once()
+    async with runtime.sessions() as s:
+        identity = await s.scalar(select(Identity).where(Identity.address == "A"))
+        statuses = (await s.scalars(select(OutboxItem.status).order_by(OutboxItem.id))).all()
+    assert identity is not None and not identity.reachable
+    assert "blocked" in (identity.unreachable_reason or "")
+    assert statuses[0] == "failed"
+    assert len(provider.attempts) == 2  # no retries of the failed one
+
+
+async def test_dispatcher_wakes_on_commit_without_waiting_for_a_poll(
+        runtime: Runtime, clock: ManualClock) -> None:
+    provider = ScriptedProvider(clock)
+    dispatcher = OutboxDispatcher(runtime, {"flaky": provider})
+    task = asyncio.create_task(dispatcher.run_forever(idle_poll=3600))
+    try:
+        await asyncio.sleep(0.1)
+        await queue(runtime, "A", "ping")
+        runtime.hub.publish([])
+        for _ in range(200):
+            if provider.delivered:
+                break
+            await asyncio.sleep(0.02)
+        assert [t for _, t, _ in provider.delivered] == ["ping"]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
