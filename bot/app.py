@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -17,9 +20,12 @@ from bot.texts import text
 from core.clock import Clock
 from core.config import Config
 from core.db import create_engine, ping
+from core.delivery import OutboxDispatcher, Sender
 from core.engine import Engine
 from core.payments import PaymentPort
+from core.ratelimit import ChannelLimiter
 from core.runtime import Runtime
+from core.sweeps import run_sweeps
 
 log = logging.getLogger("autodoctor.app")
 
@@ -29,10 +35,21 @@ ENGINE = web.AppKey("engine", Engine)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def build_runtime(config: Config, engine: AsyncEngine, *, clock: Clock | None = None,
+                  payments: PaymentPort | None = None) -> Runtime:
+    """The services every entry point shares (serve, sweep, console, assign)."""
+    return Runtime.build(config, engine, payments or OfflinePayments(config), text, clock)
+
+
 def create_app(config: Config, *, engine: AsyncEngine | None = None,
                clock: Clock | None = None, payments: PaymentPort | None = None,
+               senders: Mapping[str, Sender] | None = None, background: bool = True,
                **overrides: Any) -> web.Application:
-    """Build the aiohttp application; overrides swap one part (tests, local runs)."""
+    """Build the aiohttp application; overrides swap one part (tests, local runs).
+
+    background=False leaves out the sweep schedule and the outbox dispatcher, for tests
+    that run them by hand with a moved clock.
+    """
     if overrides:
         raise TypeError(f"create_app got unknown overrides: {', '.join(sorted(overrides))}")
     owns_engine = engine is None
@@ -40,9 +57,9 @@ def create_app(config: Config, *, engine: AsyncEngine | None = None,
         engine = create_engine(config.database_url,
                                busy_timeout_ms=config.database.sqlite_busy_timeout_ms,
                                echo=config.database.echo)
-    runtime = Runtime.build(config, engine, payments or OfflinePayments(config), text,
-                            clock)
+    runtime = build_runtime(config, engine, clock=clock, payments=payments)
     conversation_engine = Engine(runtime, route)
+    dispatcher = OutboxDispatcher(runtime, senders or {}, _limiters(config))
 
     app = web.Application(middlewares=[_metrics_middleware],
                           client_max_size=config.uploads.max_bytes + 256 * 1024)
@@ -60,7 +77,42 @@ def create_app(config: Config, *, engine: AsyncEngine | None = None,
             await engine.dispose()
 
     app.cleanup_ctx.append(lifecycle)
+    if background:
+        app.cleanup_ctx.append(_sweeps(runtime))
+        if dispatcher.senders:
+            app.cleanup_ctx.append(_delivery(dispatcher))
     return app
+
+
+def _limiters(config: Config) -> dict[str, ChannelLimiter]:
+    limits = config.rate_limits
+    return {"telegram": ChannelLimiter(limits.telegram_per_second,
+                                       limits.telegram_per_chat_per_second),
+            "sms": ChannelLimiter(limits.sms_per_second, None)}
+
+
+def _sweeps(runtime: Runtime) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def schedule(app: web.Application) -> AsyncIterator[None]:
+        scheduler = AsyncIOScheduler(timezone="UTC")
+        scheduler.add_job(run_sweeps, "interval", args=[runtime], id="sweeps",
+                          seconds=runtime.config.timeouts.sweep_interval_seconds,
+                          max_instances=1, coalesce=True)
+        scheduler.start()
+        yield
+        scheduler.shutdown(wait=False)
+
+    return schedule
+
+
+def _delivery(dispatcher: OutboxDispatcher) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def deliver(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(dispatcher.run_forever(), name="outbox")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return deliver
 
 
 _SECRETS_NEEDED = {

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import logging
 import re
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from aiohttp import web
 
@@ -74,8 +76,6 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_console(args: argparse.Namespace, config: Config) -> int:
-    import getpass
-
     from bot.console import run_console
 
     asyncio.run(run_console(config, args.as_name or getpass.getuser()))
@@ -116,6 +116,62 @@ def cmd_mechanic_invite(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _runtime(config: Config) -> tuple[Any, Any]:
+    from bot.app import build_runtime
+
+    engine = create_engine(config.database_url,
+                           busy_timeout_ms=config.database.sqlite_busy_timeout_ms)
+    return engine, build_runtime(config, engine)
+
+
+def cmd_sweep(args: argparse.Namespace, config: Config) -> int:
+    import dataclasses
+    import json
+
+    from core.sweeps import run_sweeps
+
+    async def run() -> dict[str, int]:
+        engine, runtime = _runtime(config)
+        try:
+            return dataclasses.asdict(await run_sweeps(runtime))
+        finally:
+            await engine.dispose()
+
+    stats = asyncio.run(run())
+    print(json.dumps(stats) if args.json else
+          " ".join(f"{name}={count}" for name, count in stats.items()))
+    return 0
+
+
+def cmd_request_assign(args: argparse.Namespace, config: Config) -> int:
+    from core.dispatch import Outcome, assign
+
+    async def run() -> Outcome:
+        engine, runtime = _runtime(config)
+        try:
+            async with runtime.sessions.begin() as session:
+                result = await assign(session, runtime, args.ref.upper(), args.mechanic,
+                                      f"cli:{getpass.getuser()}", runtime.clock.now())
+            runtime.hub.publish([])
+            return result.outcome
+        finally:
+            await engine.dispose()
+
+    outcome = asyncio.run(run())
+    messages = {
+        Outcome.ACCEPTED: f"{args.ref.upper()} assigned to mechanic {args.mechanic}; both told",
+        Outcome.ALREADY_YOURS: f"{args.ref.upper()} is already with mechanic {args.mechanic}",
+        Outcome.TAKEN: f"{args.ref.upper()} was already accepted by another mechanic",
+        Outcome.CLOSED: f"{args.ref.upper()} is closed (expired, cancelled or completed)",
+        Outcome.BUSY: f"mechanic {args.mechanic} already holds a request or session",
+        Outcome.NOT_FOUND: f"no such request {args.ref.upper()} or active mechanic "
+                           f"{args.mechanic}",
+    }
+    ok = outcome in (Outcome.ACCEPTED, Outcome.ALREADY_YOURS)
+    print(messages.get(outcome, outcome.value), file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autodoctor", description=__doc__)
     parser.add_argument("--config", help="config file (default: AUTODOCTOR_CONFIG or config.toml)")
@@ -138,6 +194,17 @@ def build_parser() -> argparse.ArgumentParser:
     invite.add_argument("--phone", help="their mobile number, E.164")
     invite.add_argument("--json", action="store_true", help="print JSON")
     invite.set_defaults(func=cmd_mechanic_invite)
+
+    sweep = sub.add_parser("sweep", help="run the timeouts once (unattended, expiry, no-show)")
+    sweep.add_argument("--json", action="store_true", help="print JSON")
+    sweep.set_defaults(func=cmd_sweep)
+
+    request = sub.add_parser("request", help="manage session requests")
+    request_sub = request.add_subparsers(dest="request_command", required=True)
+    assign = request_sub.add_parser("assign", help="give an unattended request to a mechanic")
+    assign.add_argument("ref", help="the request reference, e.g. R-4821")
+    assign.add_argument("mechanic", type=int, help="the mechanic's id")
+    assign.set_defaults(func=cmd_request_assign)
 
     console = sub.add_parser("console", help="chat with the bot in the terminal as a customer")
     console.add_argument("--as", dest="as_name",

@@ -6,14 +6,12 @@ import asyncio
 import sys
 from typing import TextIO
 
-from billing.offline import OfflinePayments
+from bot.app import build_runtime
 from bot.flows import route
-from bot.texts import text
 from core.config import Config
 from core.db import create_engine
 from core.engine import Engine
 from core.messages import Button, Inbound, Outbound
-from core.runtime import Runtime
 
 CHANNEL = "console"
 
@@ -38,7 +36,7 @@ async def run_console(config: Config, address: str, stdin: TextIO = sys.stdin,
                       stdout: TextIO = sys.stdout) -> None:
     engine = create_engine(config.database_url,
                            busy_timeout_ms=config.database.sqlite_busy_timeout_ms)
-    runtime = Runtime.build(config, engine, OfflinePayments(config), text)
+    runtime = build_runtime(config, engine)
     bot = Engine(runtime, route)
     loop = asyncio.get_running_loop()
     buttons: tuple[Button, ...] = ()

@@ -242,6 +242,15 @@ async def accept(session: AsyncSession, runtime: Runtime, ref: str, mechanic_id:
     return AcceptResult(Outcome.ACCEPTED, request)
 
 
+async def assign(session: AsyncSession, runtime: Runtime, ref: str, mechanic_id: int,
+                 admin: str, now: datetime) -> AcceptResult:
+    """An admin gives an open request to a mechanic (the unattended queue); audit-logged."""
+    mechanic = await session.get(Mechanic, mechanic_id)
+    if mechanic is None or not mechanic.is_active:
+        return AcceptResult(Outcome.NOT_FOUND)
+    return await accept(session, runtime, ref, mechanic_id, now, admin=admin)
+
+
 async def _after_accept(session: AsyncSession, runtime: Runtime, request: SessionRequest,
                         mechanic_id: int, now: datetime, *, admin: str | None) -> None:
     mechanic = await session.get(Mechanic, mechanic_id)

@@ -44,3 +44,22 @@ async def test_metrics_in_prometheus_text_format(make_client: Any, config: Confi
 def test_unknown_override_is_refused(config: Config) -> None:
     with pytest.raises(TypeError, match="telegarm"):
         create_app(config, telegarm=object())
+
+
+async def test_running_app_sweeps_on_its_schedule(make_client: Any, config: Config,
+                                                  runtime: Any, clock: Any) -> None:
+    import asyncio
+
+    from core.config import with_changes
+    from tests.core.test_dispatch import status_of
+    from tests.factories import paid_request
+
+    config = with_changes(config, timeouts={"sweep_interval_seconds": 1})
+    await make_client(config, background=True)
+    request = await paid_request(runtime)
+    clock.advance(301)
+    for _ in range(100):
+        if (await status_of(runtime, request))[0] == "unattended":
+            break
+        await asyncio.sleep(0.1)
+    assert (await status_of(runtime, request))[0] == "unattended"
