@@ -48,6 +48,8 @@ class Context:
     now: datetime
     replies: list[Outbound] = field(default_factory=list)
     touched: set[int] = field(default_factory=set)
+    # A short answer to a button tap ("Accepted", "Already taken"), shown as a toast.
+    toast: str | None = None
     # Work to do once the transaction has committed (e.g. a refund call to the provider).
     after_commit: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
 
@@ -78,6 +80,15 @@ class Context:
 Router = Callable[[Context], Awaitable[None]]
 
 
+@dataclass(frozen=True)
+class Handled:
+    """What came of one inbound message."""
+
+    replies: list[Outbound]
+    toast: str | None
+    duplicate: bool = False
+
+
 class Engine:
     """Receives messages from every channel and runs them through the flows, in order."""
 
@@ -105,6 +116,10 @@ class Engine:
 
     async def receive(self, inbound: Inbound) -> list[Outbound]:
         """Handle one message; returns the replies to its sender (already stored and queued)."""
+        return (await self.handle(inbound)).replies
+
+    async def handle(self, inbound: Inbound) -> Handled:
+        """Like receive(), with the short answer for a button tap (a Telegram toast)."""
         inbound = replace(inbound, text=clean_text(inbound.text),
                           action=clean_text(inbound.action)[:255] if inbound.action else None)
         started = time.perf_counter()
@@ -121,7 +136,7 @@ class Engine:
                              type(exc.orig).__name__ if exc.orig else exc)
                     await asyncio.sleep(0.05 * (attempt + 1))
         if ctx is None:
-            return []
+            return Handled([], None, duplicate=True)
         self.runtime.hub.publish(ctx.touched)
         for work in ctx.after_commit:
             try:
@@ -131,7 +146,7 @@ class Engine:
         metrics = self.runtime.metrics
         metrics.messages_in.labels(inbound.channel).inc()
         metrics.reply_seconds.labels(inbound.channel).observe(time.perf_counter() - started)
-        return ctx.replies
+        return Handled(ctx.replies, ctx.toast)
 
     async def _receive_once(self, inbound: Inbound) -> Context | None:
         """One attempt in one transaction; None for a duplicate delivery."""

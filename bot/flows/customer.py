@@ -69,6 +69,7 @@ async def handle(ctx: Context) -> None:
         log.warning("customer=%s sent mechanic payload %r; refused", ctx.identity.customer_id,
                     ctx.inbound.action)
         await ctx.say(text("not_a_mechanic"))
+        ctx.toast = text("toast", outcome="not_offered")
         return
     intake = await _current_intake(ctx)
     command = _command(ctx)

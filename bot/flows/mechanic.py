@@ -52,6 +52,7 @@ async def handle(ctx: Context) -> None:
 async def _accept(ctx: Context, mechanic: Mechanic, ref: str) -> None:
     result = await dispatch.accept(ctx.session, ctx.runtime, ref, mechanic.id, ctx.now)
     outcome = result.outcome
+    ctx.toast = text("toast", outcome=outcome.value)
     if outcome is Outcome.ACCEPTED:
         return  # the details message was queued by dispatch
     replies = {
