@@ -1,0 +1,422 @@
+/* AutoDoctor chat widget: embed with
+ *   <script src="https://HOST/widget.js" defer></script>
+ * Optional attributes: data-open="true" (open at load), data-mechanic-invite="CODE".
+ * Self-contained: no build step, no dependencies. All text is rendered with textContent. */
+(function () {
+  "use strict";
+  if (window.AutoDoctorWidget) return; // included twice: keep the first
+
+  var script = document.currentScript;
+  var base = new URL(script && script.src ? script.src : "/widget.js", location.href);
+  var ORIGIN = base.origin;
+  var WS_URL = ORIGIN.replace(/^http/, "ws") + "/ws/widget";
+  var UPLOAD_URL = ORIGIN + "/widget/upload";
+  var attr = function (name) { return script ? script.getAttribute(name) : null; };
+  var INVITE = attr("data-mechanic-invite") || null;
+  var OPEN_AT_LOAD = attr("data-open") === "true";
+  var TOKEN_KEY = INVITE ? "autodoctor.visitor.mechanic." + INVITE : "autodoctor.visitor";
+  var HISTORY_LIMIT = 200;
+  var MAX_BACKOFF_MS = 15000;
+
+  // ---------------------------------------------------------------- storage
+  var store = {
+    get: function (key) {
+      try { return window.localStorage.getItem(key); } catch (e) { return null; }
+    },
+    set: function (key, value) {
+      try { window.localStorage.setItem(key, value); } catch (e) { /* private mode: memory only */ }
+    }
+  };
+
+  function loadHistory(token) {
+    try {
+      var saved = JSON.parse(store.get("autodoctor.history." + token) || "null");
+      if (saved && Array.isArray(saved.items)) return saved;
+    } catch (e) { /* corrupt: start afresh */ }
+    return { last: null, items: [] };
+  }
+
+  // ---------------------------------------------------------------- state
+  var token = store.get(TOKEN_KEY);
+  var history = token ? loadHistory(token) : { last: null, items: [] };
+  var lastId = history.last; // highest message id seen for this visitor
+  var queue = [];            // visitor items whose frame is not sent yet: {item, el}
+  var ws = null, ready = false, started = false, backoff = 1000, retryTimer = null;
+  var isOpen = false, wantOpen = OPEN_AT_LOAD, unread = 0;
+  var ui = null;
+
+  function saveHistory() {
+    if (!token) return;
+    history.last = lastId;
+    if (history.items.length > HISTORY_LIMIT) history.items.splice(0, history.items.length - HISTORY_LIMIT);
+    store.set("autodoctor.history." + token, JSON.stringify(history));
+  }
+
+  // ---------------------------------------------------------------- styles
+  var CSS = [
+    "#autodoctor-launcher,#autodoctor-widget{--ad-accent:#0b63ce;--ad-accent-dark:#084c9e;",
+    "font:14px/1.45 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;color:#1b2330;",
+    "box-sizing:border-box;z-index:2147483000;position:fixed;right:20px;bottom:20px}",
+    "#autodoctor-widget *,#autodoctor-launcher *{box-sizing:border-box;font:inherit}",
+    "#autodoctor-launcher{border:0;border-radius:999px;padding:12px 20px;cursor:pointer;",
+    "background:var(--ad-accent);color:#fff;font-weight:600;box-shadow:0 8px 24px rgba(11,99,206,.35)}",
+    "#autodoctor-launcher:hover{background:var(--ad-accent-dark)}",
+    "#autodoctor-launcher,#autodoctor-widget .ad-attach{display:inline-flex;align-items:center;",
+    "justify-content:center;gap:8px}",
+    "#autodoctor-launcher .ad-icon,#autodoctor-widget .ad-icon{width:18px;height:18px;fill:none;",
+    "stroke:currentColor;stroke-width:2;stroke-linecap:round;stroke-linejoin:round}",
+    "#autodoctor-launcher[hidden],#autodoctor-widget[hidden]{display:none}",
+    "#autodoctor-launcher .ad-badge{display:inline-block;min-width:20px;margin-left:8px;padding:0 6px;",
+    "border-radius:10px;background:#e5484d;font-size:12px;line-height:20px;text-align:center}",
+    "#autodoctor-widget{width:370px;max-width:calc(100vw - 24px);height:560px;",
+    "max-height:calc(100vh - 40px);display:flex;flex-direction:column;background:#fff;",
+    "border-radius:16px;overflow:hidden;box-shadow:0 16px 48px rgba(16,24,40,.22);",
+    "border:1px solid #e3e8ef}",
+    "#autodoctor-widget .ad-head{display:flex;align-items:center;gap:10px;padding:14px 16px;",
+    "background:linear-gradient(135deg,var(--ad-accent),#2f86f6);color:#fff}",
+    "#autodoctor-widget .ad-title{flex:1;font-weight:650;font-size:15px;margin:0}",
+    "#autodoctor-widget .ad-sub{display:block;font-weight:400;font-size:12px;opacity:.85}",
+    "#autodoctor-widget .ad-close{border:0;background:transparent;color:#fff;font-size:22px;",
+    "line-height:1;cursor:pointer;padding:2px 6px;border-radius:6px}",
+    "#autodoctor-widget .ad-close:hover{background:rgba(255,255,255,.18)}",
+    "#autodoctor-widget #ad-status{padding:4px 16px;font-size:12px;background:#fff7e0;color:#7a5a00}",
+    "#autodoctor-widget #ad-status:empty{display:none}",
+    "#autodoctor-widget .ad-log{flex:1;overflow-y:auto;padding:14px;background:#f5f7fb;",
+    "display:flex;flex-direction:column;gap:8px}",
+    "#autodoctor-widget .ad-msg{max-width:85%;padding:9px 12px;border-radius:14px;",
+    "white-space:pre-wrap;overflow-wrap:anywhere}",
+    "#autodoctor-widget .ad-bot{align-self:flex-start;background:#fff;border:1px solid #e3e8ef;",
+    "border-bottom-left-radius:4px}",
+    "#autodoctor-widget .ad-me{align-self:flex-end;background:var(--ad-accent);color:#fff;",
+    "border-bottom-right-radius:4px}",
+    "#autodoctor-widget .ad-me.ad-pending{opacity:.6}",
+    "#autodoctor-widget .ad-notice{align-self:center;max-width:95%;background:transparent;",
+    "color:#6b7482;font-size:12px;padding:2px 8px;text-align:center}",
+    "#autodoctor-widget .ad-actions{display:flex;flex-wrap:wrap;gap:6px;margin-top:8px}",
+    "#autodoctor-widget .ad-btn,#autodoctor-widget .ad-link{display:inline-block;padding:6px 12px;",
+    "border-radius:999px;border:1px solid var(--ad-accent);background:#fff;color:var(--ad-accent);",
+    "cursor:pointer;text-decoration:none;font-weight:550;font-size:13px;white-space:normal;text-align:left}",
+    "#autodoctor-widget .ad-btn:hover:not(:disabled){background:#eaf2fd}",
+    "#autodoctor-widget .ad-btn:disabled{opacity:.5;cursor:default}",
+    "#autodoctor-widget .ad-link{background:var(--ad-accent);color:#fff}",
+    "#autodoctor-widget .ad-link:hover{background:var(--ad-accent-dark)}",
+    "#autodoctor-widget .ad-form{display:flex;align-items:flex-end;gap:6px;padding:10px;",
+    "border-top:1px solid #e3e8ef;background:#fff}",
+    "#autodoctor-widget #ad-input{flex:1;resize:none;border:1px solid #cfd6e0;border-radius:10px;",
+    "padding:8px 10px;max-height:120px;min-height:38px;outline:none;color:#1b2330;background:#fff}",
+    "#autodoctor-widget #ad-input:focus{border-color:var(--ad-accent);box-shadow:0 0 0 3px rgba(11,99,206,.15)}",
+    "#autodoctor-widget .ad-attach,#autodoctor-widget #ad-send{border:0;border-radius:10px;",
+    "height:38px;cursor:pointer}",
+    "#autodoctor-widget .ad-attach{width:38px;flex:none;background:#eef1f6;color:#3d4756}",
+    "#autodoctor-widget .ad-attach:hover:not(:disabled){background:#e1e6ee}",
+    "#autodoctor-widget .ad-attach:disabled{opacity:.5;cursor:progress}",
+    "#autodoctor-widget #ad-send{flex:none;padding:0 16px;background:var(--ad-accent);color:#fff;font-weight:600}",
+    "#autodoctor-widget #ad-send:hover{background:var(--ad-accent-dark)}",
+    "#autodoctor-widget #ad-file{display:none}",
+    "@media (max-width:480px){#autodoctor-widget{right:0;bottom:0;width:100vw;max-width:100vw;",
+    "height:100vh;max-height:100vh;border-radius:0}}"
+  ].join("\n");
+
+  // ---------------------------------------------------------------- DOM
+  function el(tag, props, children) {
+    var node = document.createElement(tag);
+    Object.keys(props || {}).forEach(function (key) {
+      if (key === "text") node.textContent = props[key];
+      else if (key === "class") node.className = props[key];
+      else node.setAttribute(key, props[key]);
+    });
+    (children || []).forEach(function (child) { node.appendChild(child); });
+    return node;
+  }
+
+  // A line icon (no icon font or emoji font needed): one stroked SVG path.
+  function icon(path) {
+    var ns = "http://www.w3.org/2000/svg";
+    var svg = document.createElementNS(ns, "svg");
+    svg.setAttribute("viewBox", "0 0 24 24");
+    svg.setAttribute("aria-hidden", "true");
+    svg.setAttribute("class", "ad-icon");
+    var p = document.createElementNS(ns, "path");
+    p.setAttribute("d", path);
+    svg.appendChild(p);
+    return svg;
+  }
+  var ICON_CHAT = "M21 11.5a8.4 8.4 0 0 1-.9 3.8 8.5 8.5 0 0 1-7.6 4.7 8.4 8.4 0 0 1-3.8-.9L3 21" +
+    "l1.9-5.7a8.4 8.4 0 0 1-.9-3.8 8.5 8.5 0 0 1 4.7-7.6 8.4 8.4 0 0 1 3.8-.9h.5a8.5 8.5 0 0 1 8 8z";
+  var ICON_CLIP = "M21.4 11.1l-9.2 9.2a6 6 0 0 1-8.5-8.5l9.2-9.2a4 4 0 0 1 5.7 5.7l-9.2 9.2" +
+    "a2 2 0 0 1-2.8-2.8l8.5-8.5";
+
+  function mount() {
+    if (ui) return;
+    var style = el("style", { id: "autodoctor-widget-style" });
+    style.textContent = CSS;
+    document.head.appendChild(style);
+
+    var launcher = el("button", { id: "autodoctor-launcher", type: "button" });
+    launcher.appendChild(icon(ICON_CHAT));
+    launcher.appendChild(document.createTextNode("Chat with a mechanic"));
+    var badge = el("span", { class: "ad-badge", hidden: "" });
+    launcher.appendChild(badge);
+
+    var title = el("h2", { class: "ad-title", text: INVITE ? "Mechanic console" : "AutoDoctor" });
+    title.appendChild(el("span", { class: "ad-sub",
+      text: INVITE ? "AutoDoctor requests and chats" : "Talk to a certified mechanic" }));
+    var closeBtn = el("button", { class: "ad-close", type: "button", "aria-label": "Close chat",
+      text: "×" });
+    var log = el("div", { class: "ad-log", role: "log", "aria-live": "polite" });
+    var input = el("textarea", { id: "ad-input", rows: "1", maxlength: "4000",
+      placeholder: "Type a message…", "aria-label": "Message" });
+    var attach = el("button", { class: "ad-attach", type: "button", title: "Attach a photo, PDF or video",
+      "aria-label": "Attach a file" }, [icon(ICON_CLIP)]);
+    var file = el("input", { id: "ad-file", type: "file",
+      accept: "image/*,application/pdf,video/*", tabindex: "-1" });
+    var send = el("button", { id: "ad-send", type: "submit", text: "Send" });
+    var form = el("form", { class: "ad-form" }, [attach, file, input, send]);
+    var panel = el("section", { id: "autodoctor-widget", role: "dialog", hidden: "",
+      "aria-label": "AutoDoctor chat" }, [
+      el("header", { class: "ad-head" }, [title, closeBtn]),
+      el("div", { id: "ad-status", role: "status" }),
+      log, form
+    ]);
+    document.body.appendChild(launcher);
+    document.body.appendChild(panel);
+    ui = { launcher: launcher, badge: badge, panel: panel, log: log, input: input,
+      attach: attach, file: file, status: panel.querySelector("#ad-status") };
+
+    launcher.addEventListener("click", open);
+    closeBtn.addEventListener("click", close);
+    form.addEventListener("submit", function (event) { event.preventDefault(); sendTyped(); });
+    input.addEventListener("keydown", function (event) {
+      if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+        event.preventDefault();
+        sendTyped();
+      }
+    });
+    attach.addEventListener("click", function () { file.click(); });
+    file.addEventListener("change", function () {
+      if (file.files && file.files[0]) upload(file.files[0]);
+      file.value = "";
+    });
+
+    panel.addEventListener("keydown", function (event) { if (event.key === "Escape") close(); });
+
+    history.items.forEach(function (item) {
+      var bubble = render(item, false);
+      if (item.frame) { // typed while offline before a reload: still to be sent
+        bubble.classList.add("ad-pending");
+        queue.push({ item: item, el: bubble });
+      }
+    });
+    if (wantOpen) open();
+    else if (token) connect(); // a returning visitor: hear replies while closed
+  }
+
+  function scrollDown() { ui.log.scrollTop = ui.log.scrollHeight; }
+
+  function notice(text) {
+    var node = ui.log.appendChild(el("div", { class: "ad-msg ad-notice", text: text }));
+    scrollDown();
+    return node;
+  }
+
+  function safeUrl(url) {
+    try {
+      var parsed = new URL(url, ORIGIN);
+      return parsed.protocol === "http:" || parsed.protocol === "https:" ? parsed.href : null;
+    } catch (e) { return null; }
+  }
+
+  // item: {kind: "bot"|"me", text, buttons?, link?}
+  function render(item, live) {
+    var bubble = el("div", { class: "ad-msg " + (item.kind === "me" ? "ad-me" : "ad-bot"),
+      text: item.text || "" });
+    var actions = el("div", { class: "ad-actions" });
+    (item.buttons || []).forEach(function (b) {
+      var button = el("button", { class: "ad-btn", type: "button", text: String(b.label) });
+      button.addEventListener("click", function () {
+        actions.querySelectorAll(".ad-btn").forEach(function (x) { x.disabled = true; });
+        say({ type: "action", payload: String(b.payload) }, String(b.label));
+      });
+      actions.appendChild(button);
+    });
+    if (item.link && item.link.url) {
+      var href = safeUrl(String(item.link.url));
+      var label = String(item.link.label || item.link.url);
+      if (href) {
+        actions.appendChild(el("a", { class: "ad-link", href: href, target: "_blank",
+          rel: "noopener", text: label }));
+      } else {
+        actions.appendChild(el("span", { class: "ad-link-text", text: label + ": " + item.link.url }));
+      }
+    }
+    if (actions.childNodes.length) bubble.appendChild(actions);
+    ui.log.appendChild(bubble);
+    scrollDown();
+    if (live && item.kind === "bot" && !isOpen) {
+      unread += 1;
+      ui.badge.textContent = String(unread);
+      ui.badge.hidden = false;
+    }
+    return bubble;
+  }
+
+  function setStatus(text) { if (ui) ui.status.textContent = text; }
+
+  // ---------------------------------------------------------------- connection
+  function connect() {
+    if (started) return;
+    started = true;
+    openSocket();
+    window.addEventListener("online", function () { if (!ws) reconnectNow(); });
+  }
+
+  function openSocket() {
+    retryTimer = null;
+    if (!ui.status.textContent) setStatus("Connecting…");
+    var socket = ws = new WebSocket(WS_URL);
+    socket.onopen = function () {
+      socket.send(JSON.stringify({ type: "hello", visitor: token || null,
+        resume_after: token ? lastId : null, mechanic_invite: INVITE }));
+    };
+    socket.onmessage = function (event) {
+      var frame;
+      try { frame = JSON.parse(event.data); } catch (e) { return; }
+      if (frame && typeof frame === "object") receive(frame);
+    };
+    socket.onclose = function () {
+      if (ws !== socket) return;
+      ws = null;
+      ready = false;
+      setStatus("Reconnecting…");
+      retryTimer = setTimeout(openSocket, backoff);
+      backoff = Math.min(backoff * 2, MAX_BACKOFF_MS);
+    };
+  }
+
+  function reconnectNow() {
+    if (retryTimer) { clearTimeout(retryTimer); openSocket(); }
+  }
+
+  function receive(frame) {
+    if (frame.type === "welcome") {
+      adopt(frame.visitor);
+      ready = true;
+      backoff = 1000;
+      setStatus("");
+      flush();
+    } else if (frame.type === "message") {
+      var id = typeof frame.id === "number" ? frame.id : Number(frame.id);
+      var known = frame.id != null && isFinite(id);
+      if (known && lastId !== null && id <= lastId) return; // already shown
+      var item = { kind: "bot", text: String(frame.text || ""),
+        buttons: Array.isArray(frame.buttons) ? frame.buttons : [], link: frame.link || null };
+      if (known) lastId = id;
+      history.items.push(item);
+      saveHistory();
+      render(item, true);
+    } else if (frame.type === "error") {
+      notice(String(frame.message || frame.code || "Something went wrong."));
+      if (!ready && (frame.code === "bad_visitor" || frame.code === "bad_resume_after")) {
+        if (frame.code === "bad_visitor") token = null; // stale storage: start afresh
+        lastId = null;
+        if (ws) ws.close();
+      } else if (!ready) {
+        setStatus(""); // connected, but the server refused the hello (e.g. a bad invite)
+      }
+    }
+  }
+
+  function adopt(visitor) {
+    if (!visitor || visitor === token) return;
+    var had = token;
+    token = String(visitor);
+    store.set(TOKEN_KEY, token);
+    if (had) {
+      // The server gave us a new identity: the old transcript is not this visitor's.
+      history = loadHistory(token);
+      lastId = history.last;
+      ui.log.textContent = "";
+      history.items.forEach(function (item) { render(item, false); });
+      queue.forEach(function (q) { history.items.push(q.item); ui.log.appendChild(q.el); });
+    }
+    saveHistory(); // also keeps what was typed before the first welcome
+  }
+
+  function flush() {
+    while (ready && ws && ws.readyState === WebSocket.OPEN && queue.length) {
+      var next = queue.shift();
+      ws.send(JSON.stringify(next.item.frame));
+      delete next.item.frame;
+      next.el.classList.remove("ad-pending");
+      saveHistory();
+    }
+  }
+
+  // Show the visitor's own bubble now; send the frame now or after reconnecting.
+  function say(frame, shownText) {
+    var item = { kind: "me", text: shownText, frame: frame };
+    history.items.push(item);
+    saveHistory();
+    var bubble = render(item, false);
+    if (!ready) bubble.classList.add("ad-pending");
+    queue.push({ item: item, el: bubble });
+    connect();
+    flush();
+  }
+
+  function sendTyped() {
+    var text = ui.input.value.trim();
+    if (!text) return;
+    ui.input.value = "";
+    say({ type: "message", text: text }, text);
+    ui.input.focus();
+  }
+
+  // ---------------------------------------------------------------- uploads
+  function upload(file) {
+    if (!token) { notice("Still connecting, please try again in a moment."); return; }
+    ui.attach.disabled = true;
+    var progress = notice("Uploading " + file.name + "…");
+    var body = new FormData();
+    body.append("file", file, file.name);
+    fetch(UPLOAD_URL, { method: "POST", body: body, headers: { "X-Visitor-Token": token } })
+      .then(function (response) {
+        return response.json().catch(function () { return {}; }).then(function (data) {
+          if (response.ok && data && data.file != null) {
+            say({ type: "message", text: "", attachments: [data.file] }, "📎 " + file.name);
+          } else {
+            var err = data && data.error;
+            notice(err && err.message ? String(err.message)
+              : "The upload failed (" + response.status + "). Please try again.");
+          }
+        });
+      })
+      .catch(function () { notice("The upload failed: no connection. Please try again."); })
+      .then(function () { progress.remove(); ui.attach.disabled = false; });
+  }
+
+  // ---------------------------------------------------------------- public API
+  function open() {
+    wantOpen = true;
+    if (!ui) return;
+    isOpen = true;
+    ui.panel.hidden = false;
+    ui.launcher.hidden = true;
+    unread = 0;
+    ui.badge.hidden = true;
+    connect();
+    scrollDown();
+    ui.input.focus({ preventScroll: true });
+  }
+
+  function close() {
+    wantOpen = isOpen = false;
+    if (!ui) return;
+    ui.panel.hidden = true;
+    ui.launcher.hidden = false;
+  }
+
+  window.AutoDoctorWidget = { open: open, close: close };
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", mount);
+  else mount();
+})();
