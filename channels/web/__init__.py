@@ -39,6 +39,7 @@ def setup(app: web.Application, runtime: Runtime, engine: Engine) -> None:
     app.router.add_get("/widget.js", script, name="widget_js")
     app.router.add_get("/ws/widget", socket.handle, name="widget_ws")
     app.router.add_post("/widget/upload", upload.handle, name="widget_upload")
+    app.router.add_route("OPTIONS", "/widget/upload", upload.preflight)
     app.router.add_get("/m/{invite}", mechanic_console, name="mechanic_console")
 
 

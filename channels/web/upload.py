@@ -7,7 +7,7 @@ import logging
 from aiohttp import BodyPartReader, web
 from sqlalchemy import select
 
-from channels.web.ws import CHANNEL, RateLimiter, visitor_address
+from channels.web.ws import CHANNEL, Origins, RateLimiter, visitor_address
 from core.files import UploadRejected, store_upload
 from core.models import Identity
 from core.runtime import Runtime
@@ -25,8 +25,30 @@ class WidgetUpload:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.limiter = RateLimiter(runtime.config.rate_limits.widget_messages_per_minute)
+        self.origins = Origins(runtime)
+
+    def _cors(self, request: web.Request, response: web.Response) -> web.Response:
+        origin = request.headers.get("Origin")
+        if origin is not None and self.origins.allows(request):
+            response.headers.update({
+                "Access-Control-Allow-Origin": origin, "Vary": "Origin",
+                "Access-Control-Allow-Methods": "POST",
+                "Access-Control-Allow-Headers": "X-Visitor-Token",
+                "Access-Control-Max-Age": "600"})
+        return response
+
+    async def preflight(self, request: web.Request) -> web.Response:
+        """A site embedding the widget asks first whether it may upload here."""
+        if not self.origins.allows(request):
+            return _error(403, "origin_not_allowed", "This site may not upload to the chat.")
+        return self._cors(request, web.Response(status=204))
 
     async def handle(self, request: web.Request) -> web.Response:
+        if not self.origins.allows(request):
+            return _error(403, "origin_not_allowed", "This site may not upload to the chat.")
+        return self._cors(request, await self._upload(request))
+
+    async def _upload(self, request: web.Request) -> web.Response:
         limit = self.runtime.config.uploads.max_bytes
         token = request.headers.get("X-Visitor-Token", "")
         if not 16 <= len(token) <= 128:

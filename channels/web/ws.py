@@ -62,6 +62,20 @@ class RateLimiter:
         return True
 
 
+class Origins:
+    """The sites allowed to embed the widget: our own, plus [widget] allowed_origins."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.allowed = {_origin(o) for o in runtime.config.widget.allowed_origins}
+        self.allowed.add(_origin(runtime.config.public_url))
+
+    def allows(self, request: web.Request) -> bool:
+        origin = request.headers.get("Origin")
+        if origin is None:
+            return True  # not a browser: the Origin check guards browsers against other sites
+        return _origin(origin) in self.allowed | {f"{request.scheme}://{request.host}"}
+
+
 class ProtocolError(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -78,8 +92,7 @@ class WidgetSocket:
         self.max_frame = cfg.max_frame_bytes
         self.max_text = cfg.max_text_chars
         self.limiter = RateLimiter(runtime.config.rate_limits.widget_messages_per_minute)
-        self.allowed_origins = {_origin(o) for o in cfg.allowed_origins}
-        self.allowed_origins.add(_origin(runtime.config.public_url))
+        self.origins = Origins(runtime)
         self.open: set[web.WebSocketResponse] = set()
 
     async def close_all(self, app: web.Application) -> None:
@@ -87,14 +100,8 @@ class WidgetSocket:
         for ws in list(self.open):
             await ws.close(code=1001, message=b"server restarting")
 
-    def origin_allowed(self, request: web.Request) -> bool:
-        origin = request.headers.get("Origin")
-        if origin is None:
-            return True  # not a browser: the Origin check guards browsers against other sites
-        return _origin(origin) in self.allowed_origins | {f"{request.scheme}://{request.host}"}
-
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        if not self.origin_allowed(request):
+        if not self.origins.allows(request):
             log.warning("widget socket refused origin=%r", request.headers.get("Origin"))
             raise web.HTTPForbidden(text="This site is not allowed to open the chat widget.")
         # aiohttp itself closes (1009) only far above our own limit; below it we answer

@@ -334,3 +334,29 @@ async def test_hostile_text_over_the_socket_is_stored_verbatim(client: TestClien
     async with create_sessionmaker(engine)() as s:
         texts = (await s.scalars(select(Message.text).where(Message.direction == "in"))).all()
     assert "<img src=x onerror=alert(1)>[31m" + "é" * 3000 in texts
+
+
+async def test_uploads_from_an_allowed_site_pass_the_browsers_cors_check(
+        make_client: MakeClient, config: Config) -> None:
+    config = with_changes(config, widget={"allowed_origins": ["https://garage.example"]})
+    client = await make_client(config)
+    ok = await client.options("/widget/upload", headers={
+        "Origin": "https://garage.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "x-visitor-token"})
+    assert ok.status == 204
+    assert ok.headers["Access-Control-Allow-Origin"] == "https://garage.example"
+    assert "X-Visitor-Token" in ok.headers["Access-Control-Allow-Headers"]
+    refused = await client.options("/widget/upload", headers={
+        "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+    assert refused.status == 403 and "Access-Control-Allow-Origin" not in refused.headers
+    w = Widget(client)
+    await _to_photos(w)
+    form = aiohttp.FormData()
+    form.add_field("file", PNG, filename="p.png", content_type="image/png")
+    resp = await client.post("/widget/upload", data=form, headers={
+        "X-Visitor-Token": w.visitor or "", "Origin": "https://garage.example"})
+    assert resp.status == 201
+    assert resp.headers["Access-Control-Allow-Origin"] == "https://garage.example"
+    evil = await client.post("/widget/upload", data=b"", headers={
+        "X-Visitor-Token": w.visitor or "", "Origin": "https://evil.example"})
+    assert evil.status == 403
