@@ -22,6 +22,7 @@ from core.config import Config
 from core.db import create_engine, ping
 from core.delivery import OutboxDispatcher, Sender
 from core.engine import Engine
+from core.hub import PgBridge
 from core.payments import PaymentPort
 from core.ratelimit import ChannelLimiter
 from core.runtime import Runtime
@@ -72,7 +73,15 @@ def create_app(config: Config, *, engine: AsyncEngine | None = None,
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         for channel, enabled in config.channel_status().items():
             log.info("channel %s: %s", channel, "on" if enabled else _off_reason(channel))
+        bridge = None
+        if engine.dialect.name == "postgresql":
+            # Several serve processes: wake sockets and dispatchers in the others too.
+            dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+            bridge = PgBridge(runtime.hub, dsn)
+            await bridge.start()
         yield
+        if bridge is not None:
+            await bridge.stop()
         if owns_engine:
             await engine.dispose()
 

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import uuid
 from collections import defaultdict
 from collections.abc import Iterable
+from typing import Any
+
+log = logging.getLogger("autodoctor.hub")
 
 
 class Hub:
@@ -17,6 +22,7 @@ class Hub:
     def __init__(self) -> None:
         self._waiters: dict[int, set[asyncio.Event]] = defaultdict(set)
         self.outbox_wakeup = asyncio.Event()
+        self.bridge: PgBridge | None = None
 
     def subscribe(self, identity_id: int) -> asyncio.Event:
         event = asyncio.Event()
@@ -31,6 +37,13 @@ class Hub:
                 del self._waiters[identity_id]
 
     def publish(self, identity_ids: Iterable[int]) -> None:
+        """Wake local waiters, and other processes when a bridge is attached."""
+        ids = set(identity_ids)
+        self.wake(ids)
+        if self.bridge is not None:
+            self.bridge.forward(ids)
+
+    def wake(self, identity_ids: Iterable[int]) -> None:
         for identity_id in identity_ids:
             for event in self._waiters.get(identity_id, ()):
                 event.set()
@@ -38,3 +51,58 @@ class Hub:
 
     def connected(self) -> int:
         return sum(len(v) for v in self._waiters.values())
+
+
+CHANNEL = "autodoctor_wakeup"
+
+
+class PgBridge:
+    """Carries wake-ups between processes sharing PostgreSQL, with LISTEN/NOTIFY.
+
+    Best effort by design: a lost notification only delays delivery until the next poll or
+    reconnect, because the database, not the notification, holds every message.
+    """
+
+    def __init__(self, hub: Hub, dsn: str) -> None:
+        self.hub = hub
+        self.dsn = dsn
+        self.origin = uuid.uuid4().hex[:8]
+        self._conn: Any = None
+        self._pending: set[asyncio.Task[None]] = set()
+        self._lock = asyncio.Lock()  # one asyncpg connection runs one command at a time
+
+    async def start(self) -> None:
+        import asyncpg
+
+        self._conn = await asyncpg.connect(self.dsn)
+        await self._conn.add_listener(CHANNEL, self._on_notify)
+        self.hub.bridge = self
+
+    async def stop(self) -> None:
+        self.hub.bridge = None
+        for task in list(self._pending):
+            task.cancel()
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+    def forward(self, identity_ids: set[int]) -> None:
+        if self._conn is None:
+            return
+        payload = self.origin + ":" + ",".join(str(i) for i in sorted(identity_ids))
+        task = asyncio.create_task(self._notify(payload[:7900]))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _notify(self, payload: str) -> None:
+        try:
+            async with self._lock:
+                await self._conn.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
+        except Exception:  # noqa: BLE001 - best effort, see the class docstring
+            log.warning("wake-up notify failed", exc_info=True)
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        origin, _, ids = payload.partition(":")
+        if origin == self.origin:
+            return
+        self.hub.wake(int(i) for i in ids.split(",") if i.isdigit())

@@ -153,7 +153,8 @@ async def make_client(aiohttp_client: Any, engine: AsyncEngine,
     async def make(config: Config, **overrides: Any) -> TestClient:
         overrides.setdefault("clock", clock)
         overrides.setdefault("background", False)
-        client = await aiohttp_client(create_app(config, engine=engine, **overrides))
+        overrides.setdefault("engine", engine)
+        client = await aiohttp_client(create_app(config, **overrides))
         clients.append(client)
         return client
 

@@ -360,3 +360,21 @@ async def test_uploads_from_an_allowed_site_pass_the_browsers_cors_check(
     evil = await client.post("/widget/upload", data=b"", headers={
         "X-Visitor-Token": w.visitor or "", "Origin": "https://evil.example"})
     assert evil.status == 403
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+async def test_reply_written_by_another_server_reaches_the_open_socket(
+        make_client: MakeClient, config: Config, engine_factory: Any) -> None:
+    # Two `serve` processes share PostgreSQL: the widget is connected to the first; the second
+    # handles a message for the same visitor (say, from another tab). With SQLite there is
+    # one process, so this is PostgreSQL's LISTEN/NOTIFY path.
+    first = await make_client(config)
+    second = await make_client(config, engine=engine_factory())
+    w = Widget(first)
+    await w.connect()
+    await w.expect()
+    assert w.visitor is not None
+    await second.app[ENGINE].receive(Inbound(channel="web", address=visitor_address(w.visitor),
+                                             text="2"))
+    (reply,) = await w.expect()
+    assert "Standard Video, good choice" in reply["text"]
