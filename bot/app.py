@@ -13,8 +13,8 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+import billing
 import channels.web
-from billing.offline import OfflinePayments
 from bot.flows import route
 from bot.texts import text
 from core.clock import Clock
@@ -39,7 +39,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def build_runtime(config: Config, engine: AsyncEngine, *, clock: Clock | None = None,
                   payments: PaymentPort | None = None) -> Runtime:
     """The services every entry point shares (serve, sweep, console, assign)."""
-    return Runtime.build(config, engine, payments or OfflinePayments(config), text, clock)
+    payments = payments or billing.payments_for(config)
+    return Runtime.build(config, engine, payments, text, clock,
+                         refund=billing.refunds_for(payments))  # type: ignore[arg-type]
 
 
 def create_app(config: Config, *, engine: AsyncEngine | None = None,
@@ -69,6 +71,7 @@ def create_app(config: Config, *, engine: AsyncEngine | None = None,
     app.router.add_get("/healthz", healthz, name="healthz")
     app.router.add_get("/metrics", metrics, name="metrics")
     channels.web.setup(app, runtime, conversation_engine)
+    billing.setup(app, runtime)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         for channel, enabled in config.channel_status().items():
@@ -78,7 +81,13 @@ def create_app(config: Config, *, engine: AsyncEngine | None = None,
             # Several serve processes: wake sockets and dispatchers in the others too.
             dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
             bridge = PgBridge(runtime.hub, dsn)
-            await bridge.start()
+            try:
+                await bridge.start()
+            except Exception:
+                # The database is down at start: serve anyway (/healthz says so); wake-ups
+                # stay within this process and the dispatcher's poll covers the rest.
+                log.warning("cross-process wake-ups off: could not LISTEN on the database")
+                bridge = None
         yield
         if bridge is not None:
             await bridge.stop()

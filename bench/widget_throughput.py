@@ -1,0 +1,398 @@
+"""Widget WebSocket benchmark: throughput, reply latency and memory of the real service.
+
+For each database the service runs as `python -m bot.cli serve` in a subprocess (after
+`migrate`), on a fresh SQLite file or a fresh PostgreSQL database. C simulated customers each
+run one complete intake over a real WebSocket (hello, tier, VIN, odometer, problem, skip photos,
+confirm). A bare aiohttp WebSocket echo server, in its own subprocess, gets the same clients and
+the same frames, as the yardstick. Server memory (VmRSS) is read idle after start and with N
+idle widget connections open.
+
+    .venv/bin/python bench/widget_throughput.py [--customers 200] [--idle 1000]
+        [--db sqlite,postgresql] [--think SECONDS]
+
+PostgreSQL comes from AUTODOCTOR_BENCH_PG_URL (default postgresql://postgres@127.0.0.1:5432/
+postgres); a database bench_<random> is created there and dropped afterwards. All traffic goes to
+127.0.0.1. Targets: ours/echo >= 25 %, p99 < 50 ms, RSS with the idle connections < 150 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import resource
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+
+SELF = Path(__file__).resolve()
+ROOT = SELF.parent.parent
+PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+VIN = "1HGCM82633A004352"
+HELLO = {"type": "hello", "visitor": None, "resume_after": None, "mechanic_invite": None}
+# One intake: each client frame and the number of server frames it causes.
+INTAKE: list[tuple[dict[str, Any], int]] = [
+    (HELLO, 2),  # welcome + greeting
+    ({"type": "message", "text": "1"}, 1),  # tier: Quick Chat
+    ({"type": "message", "text": VIN}, 2),  # decoded vehicle + odometer question
+    ({"type": "message", "text": "84000"}, 1),
+    ({"type": "message", "text": "Grinding noise from the front left wheel when braking"}, 1),
+    ({"type": "action", "payload": "photos:done"}, 1),  # summary
+    ({"type": "action", "payload": "confirm"}, 1),  # payment link
+]
+REPLY_TIMEOUT = 30.0  # one frame's replies
+PHASE_TIMEOUT = 600.0  # a whole phase (all customers, or opening the idle connections)
+START_TIMEOUT = 60.0  # a subprocess answering on its port
+SECRETS = ("TELEGRAM_BOT_TOKEN", "TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_FROM_NUMBER",
+           "STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET", "LIVEKIT_URL", "LIVEKIT_API_KEY",
+           "LIVEKIT_API_SECRET", "AUTODOCTOR_DATABASE_URL", "AUTODOCTOR_CONFIG")
+
+
+# --- the echo server (this same file, run with --echo-server PORT) -----------------------------
+
+def run_echo_server(port: int) -> None:
+    from aiohttp import WSMsgType, web
+
+    async def echo(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                await ws.send_str(msg.data)
+        return ws
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    app = web.Application()
+    app.router.add_get("/ws", echo)
+    app.router.add_get("/healthz", healthz)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+# --- subprocesses -------------------------------------------------------------------------------
+
+class Proc:
+    """A child process whose output goes to a log file; stopped by stop() whatever happens."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
+        self.name, self.log = name, log
+        with log.open("ab") as out:
+            self.popen = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out,
+                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.popen.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the process, all threads."""
+        fields = Path(f"/proc/{self.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def log_count(self, needle: str) -> int:
+        return sum(needle in line for line in self.log.read_text(errors="replace").splitlines())
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(15)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+
+    def tail(self, lines: int = 20) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_healthy(http: aiohttp.ClientSession, proc: Proc, port: int) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited ({proc.popen.returncode}):\n{proc.tail()}")
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+            async with http.get(f"http://127.0.0.1:{port}/healthz",
+                                timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                if resp.status == 200:
+                    return
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"{proc.name} did not answer /healthz in {START_TIMEOUT:.0f}s")
+
+
+# --- load ---------------------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    latencies: list[float]  # seconds, one per client frame fully answered
+    seconds: float
+    completed: int
+    failures: list[str]
+    cpu: float = 0.0  # server CPU seconds during the run
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies) / self.seconds if self.seconds else 0.0
+
+    def pct(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else 0.0
+
+
+async def converse(http: aiohttp.ClientSession, url: str, script: list[tuple[dict[str, Any], int]],
+                   latencies: list[float], think: float) -> dict[str, Any]:
+    """Send each frame, wait for the replies it causes; return the last reply."""
+    last: dict[str, Any] = {}
+    async with asyncio.timeout((REPLY_TIMEOUT + think) * (len(script) + 1)), \
+            http.ws_connect(url, autoping=True) as ws:
+        for step, (frame, replies) in enumerate(script):
+            if think:  # jittered, so that customers do not move in lockstep waves
+                await asyncio.sleep(think * random.uniform(0 if step == 0 else 0.5, 1.5))
+            start = time.perf_counter()
+            await ws.send_str(json.dumps(frame))
+            for _ in range(replies):
+                msg = await ws.receive(timeout=REPLY_TIMEOUT)
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    raise RuntimeError(f"socket {msg.type.name} after {frame}")
+                last = json.loads(msg.data)
+                if last.get("type") == "error":
+                    raise RuntimeError(f"error frame {last.get('code')} after {frame}")
+            latencies.append(time.perf_counter() - start)
+    return last
+
+
+async def load(http: aiohttp.ClientSession, url: str, server: Proc, customers: int,
+               think: float, echo: bool) -> Run:
+    script = [(frame, 1) for frame, _ in INTAKE] if echo else INTAKE
+    latencies: list[float] = []
+    cpu, start = server.cpu_seconds(), time.perf_counter()
+    async with asyncio.timeout(PHASE_TIMEOUT):
+        results = await asyncio.gather(*(converse(http, url, script, latencies, think)
+                                         for _ in range(customers)), return_exceptions=True)
+    seconds, cpu = time.perf_counter() - start, server.cpu_seconds() - cpu
+    failures = [f"{type(r).__name__}: {r}" for r in results if isinstance(r, BaseException)]
+    done = [r for r in results if isinstance(r, dict)]
+    if not echo:  # an intake is complete when its last reply carries the payment link
+        bad = [r for r in done if "/pay/" not in str((r.get("link") or {}).get("url", ""))]
+        failures += [f"no payment link in last reply: {str(r)[:120]}" for r in bad]
+        completed = len(done) - len(bad)
+    else:
+        completed = len(done)
+    return Run(latencies, seconds, completed, failures, cpu)
+
+
+async def open_idle(http: aiohttp.ClientSession, url: str, count: int,
+                    sockets: list[aiohttp.ClientWebSocketResponse]) -> int:
+    """Open `count` widget connections that said hello and got the greeting; how many made it."""
+    gate = asyncio.Semaphore(50)
+
+    async def one() -> None:
+        async with gate, asyncio.timeout(REPLY_TIMEOUT):
+            ws = await http.ws_connect(url, autoping=True)
+            sockets.append(ws)
+            await ws.send_str(json.dumps(HELLO))
+            for _ in range(2):
+                msg = await ws.receive()
+                if msg.type != aiohttp.WSMsgType.TEXT or json.loads(msg.data)["type"] == "error":
+                    raise RuntimeError(f"hello failed: {msg.data!r}")
+
+    async with asyncio.timeout(PHASE_TIMEOUT):
+        results = await asyncio.gather(*(one() for _ in range(count)), return_exceptions=True)
+    return sum(1 for r in results if r is None)
+
+
+async def close_all(sockets: list[aiohttp.ClientWebSocketResponse]) -> None:
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(30):
+            await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+    sockets.clear()
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------------
+
+@contextlib.asynccontextmanager
+async def pg_database(admin_url: str) -> AsyncIterator[str | None]:
+    """A fresh database on the server of admin_url (None when unreachable); dropped after."""
+    import asyncpg
+
+    name = "bench_" + secrets.token_hex(4)
+    try:
+        conn = await asyncpg.connect(admin_url, timeout=5)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        print(f"postgresql: skipped, {admin_url} unreachable ({type(exc).__name__}: {exc})")
+        yield None
+        return
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+        parts = urlsplit(admin_url)
+        yield urlunsplit(parts._replace(path="/" + name))
+    finally:
+        with contextlib.suppress(Exception):
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.close(timeout=5)
+
+
+# --- one database -------------------------------------------------------------------------------
+
+@dataclass
+class Result:
+    db: str
+    ours: Run
+    echo: Run
+    rss_start: float
+    rss_idle: float
+    idle_open: int
+    rss_after: float
+
+
+async def bench_db(db: str, database_url: str | None, args: argparse.Namespace,
+                   procs: list[Proc], tmp: Path) -> Result:
+    env = {k: v for k, v in os.environ.items() if k not in SECRETS}
+    env["AUTODOCTOR_DATA_DIR"] = str(tmp / db)
+    if database_url:
+        env["AUTODOCTOR_DATABASE_URL"] = database_url
+    log = tmp / f"{db}.log"
+    migrate = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "bot.cli", "migrate"], cwd=ROOT, env=env,
+        capture_output=True, text=True, timeout=120)
+    if migrate.returncode != 0:
+        raise RuntimeError(f"migrate failed on {db}:\n{migrate.stderr[-2000:]}")
+    port, echo_port = free_port(), free_port()
+    server = Proc(f"serve ({db})", [sys.executable, "-m", "bot.cli", "serve", "--port",
+                                    str(port)], env, log)
+    procs.append(server)
+    echo = Proc("echo", [sys.executable, str(SELF), "--echo-server",
+                         str(echo_port)], env, tmp / f"echo-{db}.log")
+    procs.append(echo)
+    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    sockets: list[aiohttp.ClientWebSocketResponse] = []
+    async with aiohttp.ClientSession(connector=connector) as http:
+        try:
+            await wait_healthy(http, server, port)
+            await wait_healthy(http, echo, echo_port)
+            await asyncio.sleep(1)
+            rss_start = server.rss_mb()
+            idle_open = await open_idle(http, f"http://127.0.0.1:{port}/ws/widget", args.idle,
+                                        sockets)
+            await asyncio.sleep(2)
+            rss_idle = server.rss_mb()
+            await close_all(sockets)
+            await asyncio.sleep(1)
+            ours = await load(http, f"http://127.0.0.1:{port}/ws/widget", server,
+                              args.customers, args.think, False)
+            rss_after = server.rss_mb()
+            theirs = await load(http, f"http://127.0.0.1:{echo_port}/ws", echo, args.customers,
+                                args.think, True)
+        finally:
+            await close_all(sockets)
+            for proc in (server, echo):
+                proc.stop()
+    errors, locked = server.log_count(" ERROR "), server.log_count("database is locked")
+    if ours.failures or errors:
+        print(f"{db}: {len(ours.failures)} failed intakes{', e.g. ' if ours.failures else ''}"
+              f"{ours.failures[0] if ours.failures else ''}; server log: {errors} ERROR lines, "
+              f"{locked} lines 'database is locked'")
+    return Result(db, ours, theirs, rss_start, rss_idle, idle_open, rss_after)
+
+
+def report(results: list[Result], args: argparse.Namespace) -> None:
+    frames = len(INTAKE)
+    print(f"\n{args.customers} concurrent customers x {frames} client frames each "
+          f"(hello + 6 intake steps), think time {args.think:g}s; {args.idle} idle connections")
+    head = (f"{'db':<11}{'ok':>9}{'msg/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}"
+            f"{'echo/s':>8}{'ours/echo':>10}{'p99<50':>7}{'RSS0':>7}{'RSSidle':>8}"
+            f"{'<150':>5}{'RSSrun':>7}")
+    print(head)
+    print("-" * len(head))
+    for r in results:
+        o, e = r.ours, r.echo
+        ratio = o.rate / e.rate if e.rate else 0.0
+        print(f"{r.db:<11}{f'{o.completed}/{args.customers}':>9}{o.rate:>8.0f}"
+              f"{o.pct(0.50):>8.1f}{o.pct(0.99):>8.1f}{o.pct(1.0):>8.1f}{e.rate:>8.0f}"
+              f"{f'{ratio:.0%} ' + ('ok' if ratio >= 0.25 else 'NO'):>10}"
+              f"{'ok' if o.pct(0.99) < 50 else 'NO':>7}{r.rss_start:>7.0f}{r.rss_idle:>8.0f}"
+              f"{'ok' if r.rss_idle < 150 else 'NO':>5}{r.rss_after:>7.0f}")
+        if r.idle_open < args.idle:
+            print(f"{'':<11}only {r.idle_open}/{args.idle} idle connections opened")
+        print(f"{'':<11}server CPU {o.cpu:.1f}s = {o.cpu / max(len(o.latencies), 1) * 1000:.1f}"
+              f" ms/msg, {o.cpu / o.seconds:.0%} of a core; run {o.seconds:.1f}s")
+        print(f"{'':<11}echo: {e.completed}/{args.customers} ok, p50 {e.pct(0.5):.1f} ms, "
+              f"p99 {e.pct(0.99):.1f} ms, CPU {e.cpu / max(len(e.latencies), 1) * 1000:.2f}"
+              f" ms/msg; run {e.seconds:.2f}s")
+    print("msg/s: client frames answered per second over the whole run (connects included);\n"
+          "latency: frame sent -> last reply it causes; RSS MB: after start, with the idle\n"
+          "connections, after the run. Targets: ours/echo >= 25%, p99 < 50 ms, RSSidle < 150.")
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    procs: list[Proc] = []
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="autodoctor-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        try:
+            for db in args.db:
+                if db == "sqlite":
+                    results.append(await bench_db(db, None, args, procs, tmp))
+                    continue
+                async with pg_database(args.pg_url) as url:
+                    if url is not None:
+                        results.append(await bench_db(db, url, args, procs, tmp))
+        finally:
+            for proc in procs:
+                proc.stop()
+    report(results, args)
+    return 0 if all(not r.ours.failures for r in results) else 1
+
+
+def raise_nofile(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))  # children inherit it
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--customers", type=int, default=200)
+    parser.add_argument("--idle", type=int, default=1000)
+    parser.add_argument("--think", type=float, default=0.0,
+                        help="mean seconds a customer waits before each message (default 0: "
+                             "the next message goes as soon as the replies arrive)")
+    parser.add_argument("--db", default="sqlite,postgresql",
+                        type=lambda s: [d.strip() for d in s.split(",") if d.strip()])
+    parser.add_argument("--pg-url", default=os.environ.get("AUTODOCTOR_BENCH_PG_URL", PG_URL))
+    parser.add_argument("--echo-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.echo_server:
+        run_echo_server(args.echo_server)
+        return 0
+    unknown = set(args.db) - {"sqlite", "postgresql"}
+    if unknown:
+        parser.error(f"unknown --db {', '.join(sorted(unknown))}")
+    raise_nofile(2 * max(args.idle, args.customers) + 1024)
+    return asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""Customer-facing payment pages: the offline /pay/{ref} checkout and the landing pages."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+import jinja2
+from aiohttp import web
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from billing.payments import in_transaction, mark_paid, settle_from_provider
+from core.models import Checkout, Intake
+from core.runtime import Runtime
+
+log = logging.getLogger("autodoctor.billing.pages")
+
+_templates = jinja2.Environment(loader=jinja2.PackageLoader("billing", "templates"),
+                                autoescape=True, undefined=jinja2.StrictUndefined)
+_HEADERS = {
+    # The ref in the URL is what lets someone pay: keep it out of referrers and caches.
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+                               "form-action 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+_MAX_REF = 64
+_SYMBOLS = {"usd": "$", "eur": "€", "gbp": "£", "cad": "CA$", "aud": "A$"}
+_BACK = "You can close this page and return to the chat."
+
+# state → (HTTP status, heading, lines)
+_STATES: dict[str, tuple[int, str, tuple[str, ...]]] = {
+    "paid": (200, "Paid — return to the chat",
+             ("Thank you! Your payment went through and the bot is finding your mechanic.",
+              _BACK)),
+    "already_paid": (200, "Already paid — return to the chat",
+                     ("This request was already paid with another link, so this one is "
+                      "closed. Nothing more was charged.", _BACK)),
+    "refunded": (200, "This payment was refunded",
+                 ("The full amount went back to you. Say \"start\" in the chat to make a new "
+                  "request.",)),
+    "cancelled": (410, "This request was cancelled",
+                  ("Nothing was charged. Return to the chat and say \"start\" to make a new "
+                   "request.",)),
+    "expired": (410, "This payment link has expired",
+                ("Nothing was charged. Return to the chat and send any message to get a "
+                 "new payment link.",)),
+    "failed": (410, "This payment didn't go through",
+               ("Nothing was charged. Return to the chat and send any message to get a new "
+                "payment link.",)),
+    "not_found": (404, "Payment link not found",
+                  ("Check that you opened the whole link from the chat, or ask the bot for "
+                   "a new one.",)),
+    "done": (200, "Thanks — return to the chat",
+             ("Your payment is being confirmed. You'll get a message in the chat as soon as "
+              "it is, and again when a mechanic takes your request.", _BACK)),
+    "checkout_cancelled": (200, "Payment not completed",
+                           ("Nothing was charged. Return to the chat: you can pay with the "
+                            "same link until it expires, or say \"cancel\" to drop the "
+                            "request.",)),
+    "connect_done": (200, "Payout setup finished",
+                     ("Stripe has your details. Return to the chat: you'll be told when "
+                      "payouts are enabled.",)),
+    "connect_refresh": (410, "This setup link has expired",
+                        ("Return to the chat and ask for a new payout setup link.",)),
+}
+
+
+def money(cents: int, currency: str) -> str:
+    """Integer cents as people read them: $29.99, or 29.99 SEK for other currencies."""
+    amount = f"{cents // 100:,}.{cents % 100:02d}"
+    symbol = _SYMBOLS.get(currency.lower())
+    return f"{symbol}{amount}" if symbol else f"{amount} {currency.upper()}"
+
+
+def checkout_state(checkout: Checkout, intake: Intake, now: datetime) -> str:
+    """What the /pay page says for a checkout: 'payable' or the reason it is not."""
+    if checkout.status == "paid":
+        return "paid"
+    if checkout.status == "refunded":
+        return "refunded"
+    if intake.status == "paid":
+        return "already_paid"
+    if intake.status in ("cancelled", "expired"):
+        return "cancelled"
+    if checkout.status == "failed":
+        return "failed"
+    if checkout.status == "expired" or (checkout.expires_at is not None
+                                        and checkout.expires_at <= now):
+        return "expired"
+    return "payable"
+
+
+def page(state: str) -> web.Response:
+    status, heading, lines = _STATES[state]
+    return _render("message.html", status=status, heading=heading, lines=lines)
+
+
+def _render(template: str, status: int = 200, **context: object) -> web.Response:
+    html = _templates.get_template(template).render(**context)
+    return web.Response(text=html, status=status, content_type="text/html", headers=_HEADERS)
+
+
+class OfflineCheckoutPages:
+    """GET /pay/{ref} shows the price and a test-mode Pay button; POST pays via mark_paid."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    async def show(self, request: web.Request) -> web.Response:
+        ref = request.match_info["ref"]
+        async with self.runtime.sessions() as session:
+            found = await _offline_checkout(session, ref)
+        if found is None:
+            return page("not_found")
+        checkout, intake = found
+        state = checkout_state(checkout, intake, self.runtime.clock.now())
+        if state != "payable":
+            return page(state)
+        plan = self.runtime.config.plan(checkout.plan)
+        vehicle = " ".join(str(part) for part in (intake.vehicle_year, intake.vehicle_make,
+                                                  intake.vehicle_model) if part)
+        return _render("pay.html", plan=plan, ref=checkout.ref, vehicle=vehicle,
+                       price=money(checkout.amount_cents, checkout.currency))
+
+    async def pay(self, request: web.Request) -> web.Response:
+        ref = request.match_info["ref"]
+
+        async def work(session: AsyncSession) -> str:
+            # Not locked here: mark_paid takes its locks in the engine's order.
+            found = await _offline_checkout(session, ref)
+            if found is None:
+                return "not_found"
+            checkout, intake = found
+            now = self.runtime.clock.now()
+            state = checkout_state(checkout, intake, now)
+            if state == "payable":
+                await mark_paid(session, self.runtime, checkout.ref, now)
+                log.info("checkout=%s paid on the offline page", checkout.ref)
+                return "paid"
+            return state
+
+        state = await in_transaction(self.runtime, work)
+        if state == "paid":
+            # Post/redirect/get: reloading the result page does not post again.
+            raise web.HTTPSeeOther(request.app.router["offline_pay"].url_for(ref=ref))
+        return page(state)
+
+
+async def _offline_checkout(session: AsyncSession, ref: str) -> tuple[Checkout, Intake] | None:
+    if len(ref) > _MAX_REF:
+        return None
+    checkout = await session.scalar(select(Checkout).where(Checkout.ref == ref))
+    # A Stripe checkout is paid on Stripe only, never here.
+    if checkout is None or checkout.provider != "offline":
+        return None
+    intake = await session.get(Intake, checkout.intake_id)
+    return (checkout, intake) if intake is not None else None
+
+
+class PaymentDone:
+    """Stripe's success_url: checks with Stripe too, so a late webhook delays nobody."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    async def show(self, request: web.Request) -> web.Response:
+        ref = request.match_info["ref"]
+        if len(ref) <= _MAX_REF and await settle_from_provider(self.runtime, ref):
+            return page("paid")
+        return page("done")
+
+
+async def payment_cancelled(request: web.Request) -> web.Response:
+    return page("checkout_cancelled")
+
+
+async def connect_done(request: web.Request) -> web.Response:
+    return page("connect_done")
+
+
+async def connect_refresh(request: web.Request) -> web.Response:
+    return page("connect_refresh")

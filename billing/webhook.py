@@ -1,0 +1,192 @@
+"""POST /webhooks/stripe: verify Stripe's signature, then apply each event exactly once."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+import stripe
+from aiohttp import web
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from billing.connect import account_updated
+from billing.errors import BillingError
+from billing.payments import in_transaction, mark_expired, mark_paid, mark_payment_failed
+from billing.refunds import refund_confirmed
+from core.models import Checkout, InboundEvent, SessionRequest
+from core.runtime import Runtime
+from core.sql import insert_ignore
+
+log = logging.getLogger("autodoctor.billing.webhook")
+
+# Stripe's own default: a signature older than this is a replay.
+TOLERANCE_SECONDS = 300
+
+Effect = Callable[[AsyncSession, Runtime, dict[str, Any], datetime], Awaitable[None]]
+
+
+class StripeWebhook:
+    """The aiohttp handler; a bad, missing or stale signature is a 400 that changes nothing."""
+
+    def __init__(self, runtime: Runtime, secret: str) -> None:
+        if not secret:
+            raise BillingError("STRIPE_WEBHOOK_SECRET is not set; the Stripe webhook is off")
+        self.runtime = runtime
+        self._secret = secret
+
+    async def handle(self, request: web.Request) -> web.Response:
+        payload = await request.read()
+        try:
+            stripe.WebhookSignature.verify_header(
+                payload, request.headers.get("Stripe-Signature"), self._secret,
+                TOLERANCE_SECONDS)
+            event = json.loads(payload)
+            event_id, event_type = str(event["id"]), str(event["type"])
+            obj = event["data"]["object"]
+            if not isinstance(obj, dict):
+                raise ValueError("data.object is not an object")
+        except stripe.SignatureVerificationError as exc:
+            log.warning("stripe webhook rejected: %s", str(exc).split(";")[0][:120])
+            return web.json_response({"error": "invalid signature"}, status=400)
+        except (ValueError, KeyError, TypeError):
+            log.warning("stripe webhook rejected: malformed event")
+            return web.json_response({"error": "malformed event"}, status=400)
+        try:
+            outcome = await process_event(self.runtime, event_id, event_type, obj)
+        except BillingError as exc:
+            # Nothing was recorded: Stripe delivers the event again later.
+            log.warning("stripe event=%s type=%s failed: %s", event_id, event_type, exc)
+            return web.json_response({"error": str(exc)}, status=503)
+        return web.json_response({"received": True, "outcome": outcome})
+
+
+async def process_event(runtime: Runtime, event_id: str, event_type: str,
+                        obj: dict[str, Any]) -> str:
+    """Apply one verified event; 'processed', 'duplicate' or 'ignored'."""
+    effect = EFFECTS.get(event_type)
+    if effect is None:
+        return "ignored"
+
+    async def work(session: AsyncSession) -> str:
+        now = runtime.clock.now()
+        # Recorded in the same transaction as the effect: both happen, or neither does.
+        fresh = await insert_ignore(session, InboundEvent, {
+            "provider": "stripe", "event_id": event_id, "received_at": now},
+            ["provider", "event_id"])
+        if fresh is None:
+            log.info("stripe event=%s type=%s duplicate ignored", event_id, event_type)
+            return "duplicate"
+        await effect(session, runtime, obj, now)
+        log.info("stripe event=%s type=%s processed", event_id, event_type)
+        return "processed"
+
+    return await in_transaction(runtime, work)
+
+
+async def _checkout_ref(session: AsyncSession, obj: dict[str, Any]) -> str | None:
+    ref = obj.get("client_reference_id") or (obj.get("metadata") or {}).get("checkout")
+    if ref:
+        return str(ref)
+    # Not made by us, or made before metadata: find it by the session id.
+    return await session.scalar(select(Checkout.ref).where(
+        Checkout.provider_session_id == str(obj.get("id", ""))))
+
+
+async def _session_paid(session: AsyncSession, runtime: Runtime, obj: dict[str, Any],
+                        now: datetime) -> None:
+    ref = await _checkout_ref(session, obj)
+    if ref is None:
+        log.warning("stripe session=%s paid but matches no checkout", obj.get("id"))
+        return
+    expected = (await session.execute(select(Checkout.amount_cents, Checkout.currency)
+                                      .where(Checkout.ref == ref))).first()
+    if expected is not None and (obj.get("amount_total"), obj.get("currency")) != tuple(expected):
+        # Stripe's figure is what was charged (a stripe_price_id may differ from config.toml).
+        log.warning("checkout=%s paid %s %s but expected %s %s", ref, obj.get("amount_total"),
+                    obj.get("currency"), *expected)
+    payment_intent = obj.get("payment_intent")
+    if isinstance(payment_intent, dict):
+        payment_intent = payment_intent.get("id")
+    request = await mark_paid(session, runtime, ref, now,
+                              payment_intent_id=str(payment_intent) if payment_intent else None)
+    if request is None:
+        await _refund_if_duplicate(session, runtime, ref, now)
+
+
+async def _session_completed(session: AsyncSession, runtime: Runtime, obj: dict[str, Any],
+                             now: datetime) -> None:
+    # 'unpaid' here is a delayed payment method (bank debit): async_payment_* follows.
+    if obj.get("payment_status") == "paid":
+        await _session_paid(session, runtime, obj, now)
+
+
+async def _refund_if_duplicate(session: AsyncSession, runtime: Runtime, ref: str,
+                               now: datetime) -> None:
+    """A second payment for an intake already paid through another checkout goes back."""
+    checkout = await session.scalar(select(Checkout).where(Checkout.ref == ref))
+    if checkout is None or checkout.status != "paid":
+        return
+    if await session.scalar(select(SessionRequest.id)
+                            .where(SessionRequest.checkout_id == checkout.id)) is not None:
+        return
+    if runtime.refund is None:
+        log.error("checkout=%s is a second payment for its intake and no refunder is set: "
+                  "refund it by hand", ref)
+        return
+    await runtime.refund(session, ref, "duplicate_payment", now)
+
+
+async def _session_failed(session: AsyncSession, runtime: Runtime, obj: dict[str, Any],
+                          now: datetime) -> None:
+    ref = await _checkout_ref(session, obj)
+    if ref is not None:
+        await mark_payment_failed(session, runtime, ref, now)
+
+
+async def _session_expired(session: AsyncSession, runtime: Runtime, obj: dict[str, Any],
+                           now: datetime) -> None:
+    ref = await _checkout_ref(session, obj)
+    if ref is not None:
+        await mark_expired(session, ref)
+
+
+async def _charge_refunded(session: AsyncSession, runtime: Runtime, obj: dict[str, Any],
+                           now: datetime) -> None:
+    charge_id, payment_intent = obj.get("id"), obj.get("payment_intent")
+    query = select(Checkout).with_for_update().execution_options(populate_existing=True)
+    checkout = None
+    if payment_intent:
+        checkout = await session.scalar(
+            query.where(Checkout.payment_intent_id == str(payment_intent)))
+    if checkout is None and charge_id:
+        checkout = await session.scalar(query.where(Checkout.charge_id == str(charge_id)))
+    if checkout is None:
+        log.warning("stripe charge=%s refunded but matches no checkout", charge_id)
+        return
+    checkout.charge_id = checkout.charge_id or (str(charge_id) if charge_id else None)
+    amount = int(obj.get("amount_refunded") or 0)
+    refunds = (obj.get("refunds") or {}).get("data") or []
+    refund_id = str(refunds[0]["id"]) if refunds and isinstance(refunds[0], dict) else None
+    await refund_confirmed(session, checkout, amount, bool(obj.get("refunded")), now,
+                           provider_refund_id=refund_id)
+
+
+async def _account_updated(session: AsyncSession, runtime: Runtime, obj: dict[str, Any],
+                           now: datetime) -> None:
+    await account_updated(session, str(obj.get("id", "")),
+                          charges_enabled=bool(obj.get("charges_enabled")),
+                          payouts_enabled=bool(obj.get("payouts_enabled")))
+
+
+EFFECTS: dict[str, Effect] = {
+    "checkout.session.completed": _session_completed,
+    "checkout.session.async_payment_succeeded": _session_paid,
+    "checkout.session.async_payment_failed": _session_failed,
+    "checkout.session.expired": _session_expired,
+    "charge.refunded": _charge_refunded,
+    "account.updated": _account_updated,
+}
