@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.util import await_only
 
 from core.config import normalize_database_url
 
@@ -56,24 +57,71 @@ def _configure_sqlite(engine: AsyncEngine, busy_timeout_ms: int) -> None:
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
 
+    # Writers of this process queue on an asyncio lock before BEGIN IMMEDIATE, so they never
+    # sit in SQLite's busy handler (which sleeps up to 100 ms a try). Read-only transactions
+    # (execution option readonly=True) take no lock: WAL lets them read beside a writer.
+    # Other processes still meet on SQLite's own lock and busy timeout.
+    write_lock = asyncio.Lock()
+    holders: set[int] = set()
+
+    def _release(dbapi_conn: Any) -> None:
+        if id(dbapi_conn) in holders:
+            holders.discard(id(dbapi_conn))
+            write_lock.release()
+
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        if conn.get_execution_options().get(READONLY):
+            conn.exec_driver_sql("BEGIN")
+            return
+        dbapi_conn = conn.connection.dbapi_connection
+        await_only(write_lock.acquire())
+        holders.add(id(dbapi_conn))
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            _release(dbapi_conn)
+            raise
+
+    @event.listens_for(engine.sync_engine, "commit")
+    @event.listens_for(engine.sync_engine, "rollback")
+    def _on_end(conn: Any) -> None:
+        _release(conn.connection.dbapi_connection)
+
+    @event.listens_for(engine.sync_engine.pool, "reset")
+    @event.listens_for(engine.sync_engine.pool, "invalidate")
+    @event.listens_for(engine.sync_engine.pool, "close")
+    def _on_pool_end(dbapi_conn: Any, *args: Any) -> None:
+        # A connection returned, invalidated or closed mid-transaction must not keep the lock.
+        _release(dbapi_conn)
+
+
+READONLY = "autodoctor_readonly"
+
+
+def readonly(engine: AsyncEngine) -> AsyncEngine:
+    """The same engine for read-only work: on SQLite it does not queue behind writers."""
+    return engine.execution_options(**{READONLY: True})
 
 
 def create_sessionmaker(engine: AsyncEngine) -> Sessionmaker:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
+def create_readonly_sessionmaker(engine: AsyncEngine) -> Sessionmaker:
+    """Sessions that only read (pushing transcripts, lookups): they never take the write lock."""
+    return async_sessionmaker(readonly(engine), expire_on_commit=False)
+
+
 async def ping(engine: AsyncEngine) -> bool:
     """True when the database answers a trivial query within two seconds."""
     try:
-        async with asyncio.timeout(2.0), engine.connect() as conn:
+        async with asyncio.timeout(2.0), readonly(engine).connect() as conn:
             await conn.execute(text("SELECT 1"))
     except Exception:  # noqa: BLE001 - any failure means "down" for the health check
         return False
     return True
 
 
-__all__ = ["Sessionmaker", "create_engine", "create_sessionmaker", "is_sqlite",
-           "ping"]
+__all__ = ["READONLY", "Sessionmaker", "create_engine", "create_readonly_sessionmaker",
+           "create_sessionmaker", "is_sqlite", "ping", "readonly"]

@@ -165,7 +165,7 @@ class OutboxDispatcher:
         stats.failed += 1
 
     async def next_due_in(self, now: datetime) -> float | None:
-        async with self.runtime.sessions() as session:
+        async with self.runtime.readers() as session:
             due = await session.scalar(
                 select(OutboxItem.next_attempt_at).where(
                     OutboxItem.status == "pending", OutboxItem.channel.in_(self.senders))

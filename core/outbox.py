@@ -21,20 +21,29 @@ async def enqueue(session: AsyncSession, identity: Identity, outbound: Outbound,
                   *, conversation_id: int | None = None,
                   consultation_id: int | None = None) -> Message | None:
     """Store the message and queue its delivery; None if its dedupe_key was already queued."""
-    dedupe_key = outbound.dedupe_key or f"msg:{uuid.uuid4().hex}"
     direct = identity.channel in TRANSCRIPT_CHANNELS
-    outbox_id = await insert_ignore(session, OutboxItem, {
-        "dedupe_key": dedupe_key, "channel": identity.channel, "address": identity.address,
-        "identity_id": identity.id, "payload": outbound.to_body(),
-        "status": "sent" if direct else "pending", "sent_at": now if direct else None,
-        "next_attempt_at": now, "created_at": now, "attempts": 0,
-    }, ["dedupe_key"])
-    if outbox_id is None:
-        return None
     message = Message(identity_id=identity.id, conversation_id=conversation_id,
                       consultation_id=consultation_id, direction="out",
                       channel=identity.channel, text=outbound.text, body=outbound.to_body(),
                       created_at=now)
+    row = {"channel": identity.channel, "address": identity.address,
+           "identity_id": identity.id, "payload": outbound.to_body(),
+           "status": "sent" if direct else "pending", "sent_at": now if direct else None,
+           "next_attempt_at": now, "created_at": now, "attempts": 0}
+    if outbound.dedupe_key is None:
+        # A fresh message cannot be a duplicate. The widget and the console read it from the
+        # transcript, so it needs no outbox row at all; providers get one to deliver.
+        session.add(message)
+        if not direct:
+            await session.flush()
+            session.add(OutboxItem(dedupe_key=f"msg:{uuid.uuid4().hex}", message_id=message.id,
+                                   **row))
+        return message
+    # A keyed message (an offer, a notice) is queued at most once, whoever tries again.
+    outbox_id = await insert_ignore(session, OutboxItem,
+                                    {"dedupe_key": outbound.dedupe_key, **row}, ["dedupe_key"])
+    if outbox_id is None:
+        return None
     session.add(message)
     await session.flush()
     await session.execute(update(OutboxItem).where(OutboxItem.id == outbox_id)

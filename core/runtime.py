@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.clock import Clock, SystemClock
 from core.config import Config
-from core.db import Sessionmaker, create_sessionmaker
+from core.db import Sessionmaker, create_readonly_sessionmaker, create_sessionmaker
 from core.hub import Hub
 from core.metrics import Metrics
 from core.payments import PaymentPort, RefundPort
@@ -20,6 +20,8 @@ class Runtime:
     config: Config
     engine: AsyncEngine
     sessions: Sessionmaker
+    # For reads only (no writes are flushed): on SQLite they never wait for writers.
+    readers: Sessionmaker
     payments: PaymentPort
     # Renders a named text (bot.texts.text): core services write messages without owning them.
     texts: Callable[..., str]
@@ -34,4 +36,5 @@ class Runtime:
               texts: Callable[..., str], clock: Clock | None = None,
               refund: RefundPort | None = None) -> Runtime:
         return cls(config=config, engine=engine, sessions=create_sessionmaker(engine),
+                   readers=create_readonly_sessionmaker(engine),
                    payments=payments, texts=texts, clock=clock or SystemClock(), refund=refund)

@@ -54,7 +54,7 @@ class WidgetUpload:
         if not 16 <= len(token) <= 128:
             return _error(401, "no_visitor", "Open the chat first, then attach the file.")
         address = visitor_address(token)
-        async with self.runtime.sessions() as session:
+        async with self.runtime.readers() as session:
             identity = await session.scalar(select(Identity).where(
                 Identity.channel == CHANNEL, Identity.address == address))
         if identity is None:

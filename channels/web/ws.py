@@ -246,7 +246,7 @@ class _Connection:
         return identity
 
     async def _identity(self, address: str) -> Identity | None:
-        async with self.runtime.sessions() as session:
+        async with self.runtime.readers() as session:
             return await session.scalar(select(Identity).where(Identity.channel == CHANNEL,
                                                                Identity.address == address))
 
@@ -260,16 +260,29 @@ class _Connection:
 
     async def _push_forever(self) -> None:
         assert self.wakeup is not None
+        failures = 0
         while True:
             await self.wakeup.wait()
             self.wakeup.clear()
             if self.closing or self.ws.closed:
                 return
-            await self.push_new()
+            try:
+                await self.push_new()
+                failures = 0
+            except (ConnectionError, asyncio.CancelledError):
+                raise
+            except Exception:
+                # The database was busy or briefly away: nothing is lost (the transcript holds
+                # it); try again shortly instead of leaving the socket silent.
+                failures += 1
+                log.warning("widget push failed identity=%s (try %s)", self.identity_id,
+                            failures, exc_info=failures == 1)
+                await asyncio.sleep(min(5.0, 0.1 * 2 ** failures))
+                self.wakeup.set()
 
     async def push_new(self) -> None:
         """Send every bot message newer than the last one sent, in order."""
-        async with self.runtime.sessions() as session:
+        async with self.runtime.readers() as session:
             while True:
                 rows = (await session.scalars(
                     select(Message).where(Message.identity_id == self.identity_id,

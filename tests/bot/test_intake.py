@@ -240,11 +240,18 @@ async def test_conversation_survives_a_restart(runtime: Runtime) -> None:
     assert "odometer" in joined(reply)
 
 
-async def test_every_reply_is_in_transcript_and_outbox(chat: Chat, runtime: Runtime) -> None:
-    await chat.send("hi")
-    await chat.send("1")
+async def test_every_reply_is_in_the_transcript_and_queued_for_its_provider(
+        engine_: Engine, runtime: Runtime) -> None:
+    widget = Chat(engine_, channel="web", address="v_visitor")
+    telegram = Chat(engine_, channel="telegram", address="4242")
+    for chat in (widget, telegram):
+        await chat.send("hi")
+        await chat.send("1")
     async with runtime.sessions() as s:
-        out = (await s.scalars(select(Message).where(Message.direction == "out"))).all()
+        out = {(m.channel, m.id) for m in (await s.scalars(
+            select(Message).where(Message.direction == "out"))).all()}
         items = (await s.scalars(select(OutboxItem))).all()
-    assert len(out) == len(chat.received) == len(items) == 2
-    assert {i.message_id for i in items} == {m.id for m in out}
+    assert len(out) == len(widget.received) + len(telegram.received) == 4
+    # The widget reads its replies from the transcript; Telegram's wait in the outbox.
+    assert {(i.channel, i.message_id) for i in items} == {o for o in out if o[0] == "telegram"}
+    assert {i.status for i in items} == {"pending"}
