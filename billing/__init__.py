@@ -12,6 +12,7 @@ from billing import pages
 from billing.errors import BillingError
 from billing.offline import OfflinePayments
 from billing.payments import mark_paid
+from billing.payouts import complete_payout
 from billing.refunds import Refunder, refund_checkout
 from core.config import Config
 from core.models import Refund
@@ -71,4 +72,4 @@ def setup(app: web.Application, runtime: Runtime) -> None:
         app.on_cleanup.append(close_payments)
 
 
-__all__ = ["BillingError", "mark_paid", "payments_for", "refunds_for", "setup"]
+__all__ = ["BillingError", "complete_payout", "mark_paid", "payments_for", "refunds_for", "setup"]

@@ -11,6 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing.errors import BillingError, ProviderRejected
 from core.models import Checkout, Consultation, Mechanic, Payout, SessionRequest
+from core.runtime import Runtime
+from core.sql import insert_ignore
 
 log = logging.getLogger("autodoctor.billing")
 
@@ -44,15 +46,19 @@ async def send_payout(session: AsyncSession, payments: TransferPort, payout_id: 
         log.info("payout=%s waiting: mechanic=%s not onboarded", payout.id, payout.mechanic_id)
         return payout
     checkout = await _checkout_of(session, payout)
-    source = None
-    if checkout is not None:
-        if checkout.charge_id is None and checkout.payment_intent_id:
-            checkout.charge_id = await payments.charge_for_payment(checkout.payment_intent_id)
-        source = checkout.charge_id
+    request_ref = await session.scalar(
+        select(SessionRequest.ref).join(Consultation, Consultation.request_id == SessionRequest.id)
+        .where(Consultation.id == payout.consultation_id))
     try:
+        source = None
+        if checkout is not None:
+            if checkout.charge_id is None and checkout.payment_intent_id:
+                checkout.charge_id = await payments.charge_for_payment(
+                    checkout.payment_intent_id)
+            source = checkout.charge_id
         payout.transfer_id = await payments.transfer(
             payout, destination=mechanic.stripe_account_id, source_transaction=source,
-            transfer_group=checkout.ref if checkout is not None else None)
+            transfer_group=request_ref)
     except ProviderRejected as exc:
         payout.status = "failed"
         payout.failure = str(exc)
@@ -70,3 +76,39 @@ async def _checkout_of(session: AsyncSession, payout: Payout) -> Checkout | None
         .join(SessionRequest, SessionRequest.checkout_id == Checkout.id)
         .join(Consultation, Consultation.request_id == SessionRequest.id)
         .where(Consultation.id == payout.consultation_id))
+
+
+def split(runtime: Runtime, price_cents: int) -> tuple[int, int]:
+    """(mechanic's share, platform fee) in integer cents: fee = price * fee_bps // 10000."""
+    fee = price_cents * runtime.config.billing.fee_bps // 10000
+    return price_cents - fee, fee
+
+
+async def complete_payout(session: AsyncSession, runtime: Runtime, consultation: Consultation,
+                          now: datetime) -> Payout:
+    """Pay the mechanic for a completed consultation: one Payout row, one transfer, ever.
+
+    A mechanic not yet onboarded keeps it pending; it is sent when Stripe reports their
+    account ready (account.updated), see pay_pending.
+    """
+    request = await session.get(SessionRequest, consultation.request_id)
+    assert request is not None
+    share, fee = split(runtime, request.price_cents)
+    await insert_ignore(session, Payout, {
+        "consultation_id": consultation.id, "mechanic_id": consultation.mechanic_id,
+        "amount_cents": share, "fee_cents": fee, "currency": runtime.config.billing.currency,
+        "status": "pending", "idempotency_key": f"payout:{consultation.id}",
+        "created_at": now}, ["consultation_id"])
+    payout_id = await session.scalar(select(Payout.id).where(
+        Payout.consultation_id == consultation.id))
+    assert payout_id is not None
+    return await send_payout(session, runtime.payments, payout_id, now)  # type: ignore[arg-type]
+
+
+async def pay_pending(session: AsyncSession, runtime: Runtime, mechanic_id: int,
+                      now: datetime) -> list[Payout]:
+    """Send every payout kept waiting for this mechanic's onboarding."""
+    ids = (await session.scalars(select(Payout.id).where(
+        Payout.mechanic_id == mechanic_id, Payout.status == "pending"))).all()
+    return [await send_payout(session, runtime.payments, pid, now)  # type: ignore[arg-type]
+            for pid in ids]

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from billing.connect import account_updated
 from billing.errors import BillingError
 from billing.payments import in_transaction, mark_expired, mark_paid, mark_payment_failed
+from billing.payouts import pay_pending
 from billing.refunds import refund_confirmed
 from core.models import Checkout, InboundEvent, SessionRequest
 from core.runtime import Runtime
@@ -177,9 +178,11 @@ async def _charge_refunded(session: AsyncSession, runtime: Runtime, obj: dict[st
 
 async def _account_updated(session: AsyncSession, runtime: Runtime, obj: dict[str, Any],
                            now: datetime) -> None:
-    await account_updated(session, str(obj.get("id", "")),
-                          charges_enabled=bool(obj.get("charges_enabled")),
-                          payouts_enabled=bool(obj.get("payouts_enabled")))
+    mechanic = await account_updated(session, str(obj.get("id", "")),
+                                     charges_enabled=bool(obj.get("charges_enabled")),
+                                     payouts_enabled=bool(obj.get("payouts_enabled")))
+    if mechanic is not None and mechanic.payouts_enabled:
+        await pay_pending(session, runtime, mechanic.id, now)
 
 
 EFFECTS: dict[str, Effect] = {

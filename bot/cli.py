@@ -172,6 +172,33 @@ def cmd_request_assign(args: argparse.Namespace, config: Config) -> int:
     return 0 if ok else 1
 
 
+def cmd_ledger(args: argparse.Namespace, config: Config) -> int:
+    import json
+
+    from billing.ledger import reconcile
+
+    async def run() -> dict[str, Any]:
+        engine, runtime = _runtime(config)
+        try:
+            async with runtime.readers() as session:
+                return (await reconcile(session, config.billing.fee_bps)).to_dict()
+        finally:
+            await engine.dispose()
+
+    ledger = asyncio.run(run())
+    if args.json:
+        print(json.dumps(ledger))
+    else:
+        for key, value in ledger.items():
+            if key.endswith("_cents"):
+                print(f"{key[:-6]:<24} {value / 100:>12,.2f}")
+        print(f"{'checkouts':<24} {ledger['checkouts']:>12}")
+        print("balanced" if ledger["balanced"] else "NOT BALANCED")
+        for problem in ledger["problems"]:
+            print(f"  {problem}")
+    return 0 if ledger["balanced"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autodoctor", description=__doc__)
     parser.add_argument("--config", help="config file (default: AUTODOCTOR_CONFIG or config.toml)")
@@ -205,6 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     assign.add_argument("ref", help="the request reference, e.g. R-4821")
     assign.add_argument("mechanic", type=int, help="the mechanic's id")
     assign.set_defaults(func=cmd_request_assign)
+
+    ledger = sub.add_parser("ledger", help="reconcile charges, refunds, payouts and fees")
+    ledger.add_argument("--json", action="store_true", help="print JSON")
+    ledger.set_defaults(func=cmd_ledger)
 
     console = sub.add_parser("console", help="chat with the bot in the terminal as a customer")
     console.add_argument("--as", dest="as_name",

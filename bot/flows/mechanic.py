@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 
+from billing.connect import start_onboarding
+from billing.errors import BillingError
 from bot.texts import text
 from core import dispatch
 from core.dispatch import Outcome
 from core.engine import Context
+from core.messages import Link
 from core.models import Mechanic
 
 log = logging.getLogger("autodoctor.flows.mechanic")
@@ -40,6 +43,8 @@ async def handle(ctx: Context) -> None:
     elif said == "status":
         job = await dispatch.holds_job(ctx.session, mechanic.id)
         await ctx.say(text("mechanic_status", mechanic=mechanic, job=job))
+    elif said in ("payout", "payouts", "get paid", "bank"):
+        await _payout_setup(ctx, mechanic)
     elif said == "release":
         released = await dispatch.release(ctx.session, ctx.runtime, mechanic.id, ctx.now)
         await ctx.say(text("released", ref=released.ref) if released
@@ -64,3 +69,17 @@ async def _accept(ctx: Context, mechanic: Mechanic, ref: str) -> None:
         Outcome.NOT_FOUND: text("accept_not_offered"),
     }
     await ctx.say(replies[outcome])
+
+
+async def _payout_setup(ctx: Context, mechanic: Mechanic) -> None:
+    if mechanic.payouts_enabled:
+        await ctx.say(text("payout_ready"))
+        return
+    try:
+        url = await start_onboarding(ctx.session, ctx.runtime.payments,  # type: ignore[arg-type]
+                                     ctx.config, mechanic.id)
+    except BillingError:
+        log.exception("mechanic=%s payout onboarding link failed", mechanic.id)
+        await ctx.say(text("payout_unavailable"))
+        return
+    await ctx.say(text("payout_setup"), link=Link(text("label", key="payout_setup"), url))

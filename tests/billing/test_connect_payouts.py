@@ -11,7 +11,7 @@ from billing.stripe_provider import StripePayments
 from core.models import Consultation, Mechanic, Payout, SessionRequest
 from core.runtime import Runtime
 from tests.billing.conftest import WEBHOOK_SECRET
-from tests.billing.helpers import awaiting_payment
+from tests.billing.helpers import awaiting_payment, requests
 from tests.standins.stripe_api import StripeStandin
 
 
@@ -106,7 +106,8 @@ async def test_payout_transfers_the_mechanics_share_once(
     assert transfer["amount"] == 2400  # 2999 less the 20% fee (2999 * 2000 // 10000 = 599)
     assert transfer["destination"] == account["id"]
     assert transfer["source_transaction"] == charge["id"]
-    assert transfer["transfer_group"] == charge["transfer_group"]
+    # Grouped by our request (the rule); source_transaction ties it to the charge.
+    assert transfer["transfer_group"] == (await requests(stripe_runtime))[0].ref
     [call] = stripe_api.calls_to("POST", "/v1/transfers")
     assert call.idempotency_key == f"payout:{payout_id}"
     assert (first.status, first.transfer_id) == ("paid", transfer["id"])
