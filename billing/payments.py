@@ -5,15 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import event, select
+from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session
 
 from billing.errors import BillingError
 from billing.refunds import lock_checkout
@@ -28,7 +27,6 @@ log = logging.getLogger("autodoctor.billing")
 
 T = TypeVar("T")
 
-_TOUCHED = "billing.touched_identities"
 
 
 @dataclass(frozen=True)
@@ -93,7 +91,6 @@ async def mark_paid(session: AsyncSession, runtime: Runtime, checkout_ref: str, 
             channel=identity.channel, address=identity.address, text=text,
             dedupe_key=f"paid:{checkout.ref}"), now,
             conversation_id=conversation.id if conversation is not None else None)
-        publish_after_commit(session, runtime, [identity.id])
     else:
         log.warning("checkout=%s paid but customer=%s has no chat to tell", checkout.ref,
                     checkout.customer_id)
@@ -148,7 +145,6 @@ async def mark_payment_failed(session: AsyncSession, runtime: Runtime, checkout_
             text=runtime.texts("payment_failed", plan=runtime.config.plan(checkout.plan)),
             dedupe_key=f"payment_failed:{checkout.ref}"), now,
             conversation_id=conversation.id if conversation is not None else None)
-        publish_after_commit(session, runtime, [identity.id])
     log.info("checkout=%s payment failed", checkout.ref)
     return True
 
@@ -183,18 +179,6 @@ def _transient(exc: DBAPIError) -> bool:
         return False
     text = str(exc.orig).lower() if exc.orig is not None else ""
     return any(s in text for s in ("database is locked", "deadlock", "could not serialize"))
-
-
-def publish_after_commit(session: AsyncSession, runtime: Runtime,
-                         identity_ids: Iterable[int]) -> None:
-    """Wake open widget sockets and the outbox dispatcher once this transaction commits."""
-    touched: set[int] = session.info.setdefault(_TOUCHED, set())
-    if not touched:
-        def publish(sync_session: Session) -> None:
-            runtime.hub.publish(sync_session.info.pop(_TOUCHED, set()))
-
-        event.listen(session.sync_session, "after_commit", publish, once=True)
-    touched.update(identity_ids)
 
 
 async def _customer_chat(session: AsyncSession, checkout: Checkout

@@ -104,8 +104,10 @@ def readonly(engine: AsyncEngine) -> AsyncEngine:
     return engine.execution_options(**{READONLY: True})
 
 
-def create_sessionmaker(engine: AsyncEngine) -> Sessionmaker:
-    return async_sessionmaker(engine, expire_on_commit=False)
+def create_sessionmaker(engine: AsyncEngine, hub: object = None) -> Sessionmaker:
+    """Sessions for use cases; with a hub, messages they queue wake their readers on commit."""
+    return async_sessionmaker(engine, expire_on_commit=False,
+                              info={"autodoctor.hub": hub} if hub is not None else None)
 
 
 def create_readonly_sessionmaker(engine: AsyncEngine) -> Sessionmaker:

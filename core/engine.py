@@ -47,7 +47,6 @@ class Context:
     conversation: Conversation
     now: datetime
     replies: list[Outbound] = field(default_factory=list)
-    touched: set[int] = field(default_factory=set)
     # A short answer to a button tap ("Accepted", "Already taken"), shown as a toast.
     toast: str | None = None
     # Work to do once the transaction has committed (e.g. a refund call to the provider).
@@ -72,8 +71,6 @@ class Context:
     async def send(self, identity: Identity, outbound: Outbound, **kwargs: Any) -> bool:
         """Queue a message to anyone (an offer, a relayed line); False if already queued."""
         message = await enqueue(self.session, identity, outbound, self.now, **kwargs)
-        if message is not None:
-            self.touched.add(identity.id)
         return message is not None
 
 
@@ -137,7 +134,6 @@ class Engine:
                     await asyncio.sleep(0.05 * (attempt + 1))
         if ctx is None:
             return Handled([], None, duplicate=True)
-        self.runtime.hub.publish(ctx.touched)
         for work in ctx.after_commit:
             try:
                 await work()

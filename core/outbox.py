@@ -5,12 +5,34 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import update
+from sqlalchemy import event, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from core.messages import Outbound
 from core.models import Identity, Message, OutboxItem
 from core.sql import insert_ignore
+
+HUB = "autodoctor.hub"
+_TOUCHED = "autodoctor.touched"
+
+
+def wake_after_commit(session: AsyncSession, identity_id: int) -> None:
+    """Once this transaction commits, wake whoever waits for this person's messages (an open
+    widget socket, the outbox dispatcher). The session's info carries the hub (Runtime)."""
+    hub = session.info.get(HUB)
+    if hub is None:
+        return
+    touched = session.info.get(_TOUCHED)
+    if touched is None:
+        touched = session.info[_TOUCHED] = set()
+
+        def publish(sync_session: Session) -> None:
+            hub.publish(sync_session.info.pop(_TOUCHED, set()))
+
+        event.listen(session.sync_session, "after_commit", publish, once=True)
+    touched.add(identity_id)
+
 
 # Channels delivered straight from the transcript (an open socket, a terminal), not by a
 # provider: their outbox rows are born 'sent' and serve only as the dedupe guard.
@@ -34,6 +56,7 @@ async def enqueue(session: AsyncSession, identity: Identity, outbound: Outbound,
         # A fresh message cannot be a duplicate. The widget and the console read it from the
         # transcript, so it needs no outbox row at all; providers get one to deliver.
         session.add(message)
+        wake_after_commit(session, identity.id)
         if not direct:
             await session.flush()
             session.add(OutboxItem(dedupe_key=f"msg:{uuid.uuid4().hex}", message_id=message.id,
@@ -45,6 +68,7 @@ async def enqueue(session: AsyncSession, identity: Identity, outbound: Outbound,
     if outbox_id is None:
         return None
     session.add(message)
+    wake_after_commit(session, identity.id)
     await session.flush()
     await session.execute(update(OutboxItem).where(OutboxItem.id == outbox_id)
                           .values(message_id=message.id))

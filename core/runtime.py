@@ -35,6 +35,8 @@ class Runtime:
     def build(cls, config: Config, engine: AsyncEngine, payments: PaymentPort,
               texts: Callable[..., str], clock: Clock | None = None,
               refund: RefundPort | None = None) -> Runtime:
-        return cls(config=config, engine=engine, sessions=create_sessionmaker(engine),
+        hub = Hub()
+        return cls(config=config, engine=engine, sessions=create_sessionmaker(engine, hub),
                    readers=create_readonly_sessionmaker(engine),
-                   payments=payments, texts=texts, clock=clock or SystemClock(), refund=refund)
+                   payments=payments, texts=texts, clock=clock or SystemClock(), refund=refund,
+                   hub=hub)

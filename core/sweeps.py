@@ -47,30 +47,26 @@ async def run_sweeps(runtime: Runtime, now: datetime | None = None) -> CleanupSt
     """Run every timeout once; each in its own transaction."""
     now = now or runtime.clock.now()
     stats = CleanupStats()
-    touched: set[int] = set()
     for sweep in (_unattended, _expired, _no_show, _orphaned):
         async with runtime.sessions.begin() as session:
-            await sweep(session, runtime, now, stats, touched)
+            await sweep(session, runtime, now, stats)
     stats.refunded, stats.refunds_failed = await refund_due(runtime, now)
-    runtime.hub.publish(touched)
     if stats.total():
         log.info("sweep %s", stats)
     return stats
 
 
 async def _tell(session: AsyncSession, identity: Identity | None, text: str, key: str,
-                now: datetime, touched: set[int], buttons: tuple[Button, ...] = ()) -> None:
+                now: datetime, buttons: tuple[Button, ...] = ()) -> None:
     if identity is None:
         return
-    message = await enqueue(session, identity, Outbound(
+    await enqueue(session, identity, Outbound(
         channel=identity.channel, address=identity.address, text=text, buttons=buttons,
         dedupe_key=key), now)
-    if message is not None:
-        touched.add(identity.id)
 
 
 async def _unattended(session: AsyncSession, runtime: Runtime, now: datetime,
-                      stats: CleanupStats, touched: set[int]) -> None:
+                      stats: CleanupStats) -> None:
     cutoff = now - timedelta(seconds=runtime.config.timeouts.unattended_after_seconds)
     changed = (await session.scalars(
         update(SessionRequest)
@@ -78,15 +74,13 @@ async def _unattended(session: AsyncSession, runtime: Runtime, now: datetime,
         .values(status="unattended", unattended_at=now)
         .returning(SessionRequest).execution_options(populate_existing=True))).all()
     for request in changed:
-        customer = await notify_unattended(session, runtime, request, now)
-        if customer is not None:
-            touched.add(customer.id)
+        await notify_unattended(session, runtime, request, now)
         log.info("request=%s unattended", request.ref)
     stats.unattended += len(changed)
 
 
 async def _expired(session: AsyncSession, runtime: Runtime, now: datetime,
-                   stats: CleanupStats, touched: set[int]) -> None:
+                   stats: CleanupStats) -> None:
     cutoff = now - timedelta(seconds=runtime.config.timeouts.expire_after_seconds)
     changed = (await session.scalars(
         update(SessionRequest)
@@ -95,16 +89,16 @@ async def _expired(session: AsyncSession, runtime: Runtime, now: datetime,
         .values(status="expired", closed_at=now, close_reason="unmatched")
         .returning(SessionRequest).execution_options(populate_existing=True))).all()
     for request in changed:
-        await withdraw_offers(session, runtime, request, now, touched)
+        await withdraw_offers(session, runtime, request, now)
         await _tell(session, await customer_identity(session, request),
                     runtime.texts("customer_expired", plan=runtime.config.plan(request.plan)),
-                    f"expired:{request.id}", now, touched)
+                    f"expired:{request.id}", now)
         log.info("request=%s expired unmatched", request.ref)
     stats.expired += len(changed)
 
 
 async def withdraw_offers(session: AsyncSession, runtime: Runtime, request: SessionRequest,
-                          now: datetime, touched: set[int]) -> None:
+                          now: datetime) -> None:
     """Open offers of a closed request: marked withdrawn, their messages edited to say so."""
     offers = (await session.scalars(
         update(Offer).where(Offer.request_id == request.id, Offer.status == "offered")
@@ -113,17 +107,15 @@ async def withdraw_offers(session: AsyncSession, runtime: Runtime, request: Sess
         identity = await session.get(Identity, offer.identity_id) if offer.identity_id else None
         if identity is None:
             continue
-        message = await enqueue(session, identity, Outbound(
+        await enqueue(session, identity, Outbound(
             channel=identity.channel, address=identity.address,
             text=runtime.texts("offer_withdrawn", ref=request.ref),
             edit_of=offer.provider_message_id,
             dedupe_key=f"withdrawn:{request.id}:{offer.mechanic_id}"), now)
-        if message is not None:
-            touched.add(identity.id)
 
 
 async def _no_show(session: AsyncSession, runtime: Runtime, now: datetime,
-                   stats: CleanupStats, touched: set[int]) -> None:
+                   stats: CleanupStats) -> None:
     cutoff = now - timedelta(seconds=runtime.config.timeouts.no_show_after_seconds)
     customer_wrote = exists().where(and_(
         Message.direction == "in", Message.created_at > SessionRequest.accepted_at,
@@ -144,18 +136,18 @@ async def _no_show(session: AsyncSession, runtime: Runtime, now: datetime,
         plan = runtime.config.plan(request.plan)
         await _tell(session, await customer_identity(session, request),
                     runtime.texts("customer_no_show", plan=plan), f"no_show:{request.id}",
-                    now, touched,
+                    now,
                     (Button(runtime.texts("label", key="rematch"), f"rematch:{request.ref}"),))
         mechanic = (await session.scalars(select(Identity).where(
             Identity.mechanic_id == request.mechanic_id, Identity.reachable))).first()
         await _tell(session, mechanic, runtime.texts("mechanic_no_show", ref=request.ref),
-                    f"no_show:{request.id}:mechanic", now, touched)
+                    f"no_show:{request.id}:mechanic", now)
         log.info("request=%s cancelled: customer did not join", request.ref)
     stats.no_show += len(changed)
 
 
 async def _orphaned(session: AsyncSession, runtime: Runtime, now: datetime,
-                    stats: CleanupStats, touched: set[int]) -> None:
+                    stats: CleanupStats) -> None:
     still_accepted = select(SessionRequest.id).where(SessionRequest.status == "accepted")
     changed = (await session.scalars(
         update(Consultation)

@@ -64,7 +64,7 @@ async def _cancel(ctx: Context, intake: Intake, request: SessionRequest) -> None
         await ctx.say(text("nothing_to_cancel"))
         return
     await ctx.session.refresh(request)
-    await withdraw_offers(ctx.session, ctx.runtime, request, ctx.now, ctx.touched)
+    await withdraw_offers(ctx.session, ctx.runtime, request, ctx.now)
     await ctx.say(text("customer_cancelled_paid", plan=ctx.config.plan(request.plan)))
     ctx.conversation.intake_id = None
     ctx.conversation.step = "start"
