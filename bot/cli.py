@@ -23,7 +23,7 @@ log = logging.getLogger("autodoctor.cli")
 def _configure_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    for noisy in ("aiohttp.access", "sqlalchemy.engine", "alembic"):
+    for noisy in ("aiohttp.access", "sqlalchemy.engine", "alembic", "apscheduler"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
