@@ -8,6 +8,13 @@ from billing.connect import start_onboarding
 from billing.errors import BillingError
 from bot.texts import text
 from core import dispatch
+from core.availability import (
+    AvailabilityError,
+    parse_schedule,
+    schedule_of,
+    set_schedule,
+    set_timezone,
+)
 from core.dispatch import Outcome
 from core.engine import Context
 from core.messages import Link
@@ -43,6 +50,16 @@ async def handle(ctx: Context) -> None:
     elif said == "status":
         job = await dispatch.holds_job(ctx.session, mechanic.id)
         await ctx.say(text("mechanic_status", mechanic=mechanic, job=job))
+    elif said == "hours" or said.startswith("hours "):
+        await _hours(ctx, mechanic, ctx.text.strip()[5:].strip())
+    elif said.startswith("timezone ") or said.startswith("tz "):
+        try:
+            set_timezone(mechanic, ctx.text.strip().split(None, 1)[1])
+        except AvailabilityError as exc:
+            await ctx.say(str(exc))
+            return
+        await ctx.say(text("schedule", windows=await schedule_of(ctx.session, mechanic.id),
+                           timezone=mechanic.timezone))
     elif said in ("payout", "payouts", "get paid", "bank"):
         await _payout_setup(ctx, mechanic)
     elif said == "release":
@@ -83,3 +100,15 @@ async def _payout_setup(ctx: Context, mechanic: Mechanic) -> None:
         await ctx.say(text("payout_unavailable"))
         return
     await ctx.say(text("payout_setup"), link=Link(text("label", key="payout_setup"), url))
+
+
+async def _hours(ctx: Context, mechanic: Mechanic, spec: str) -> None:
+    if spec:
+        try:
+            await set_schedule(ctx.session, mechanic.id, parse_schedule(spec))
+        except AvailabilityError as exc:
+            await ctx.say(str(exc))
+            return
+    await ctx.session.flush()
+    await ctx.say(text("schedule", windows=await schedule_of(ctx.session, mechanic.id),
+                       timezone=mechanic.timezone))

@@ -254,3 +254,29 @@ async def test_mechanic_availability_commands(runtime: Runtime) -> None:
     later = await paid_request(runtime, address="c2", paid_at=runtime.clock.now()
                                + timedelta(seconds=1))
     assert await offer(runtime, later) == 1
+
+
+async def test_mechanic_sets_working_hours_and_timezone_in_chat(runtime: Runtime) -> None:
+    sam = await linked_mechanic(runtime, "Sam")
+    engine = Engine(runtime, route)
+
+    async def say(text: str) -> str:
+        replies = await engine.receive(Inbound(channel=sam.channel, address=sam.address,
+                                               text=text))
+        return replies[0].text
+
+    assert "no set hours" in await say("hours")
+    reply = await say("hours mon-fri 9-17; sat 10:30-14")
+    assert "Mon 09:00-17:00" in reply and "Fri 09:00-17:00" in reply
+    assert "Sat 10:30-14:00" in reply and "Sun" not in reply
+    assert "I don't know the day 'funday'" in await say("hours funday 9-17")
+    assert "start must be before the end" in await say("hours mon 17-9")
+    assert "not a timezone" in await say("timezone Mars/Olympus")
+    assert "(America/New_York)" in await say("timezone America/New_York")
+    # Monday 12:00 UTC is 07:00 in New York: outside 9-17 there, so no offer.
+    request = await paid_request(runtime)
+    assert await offer(runtime, request) == 0
+    runtime.clock.advance(hours=3)  # type: ignore[attr-defined]
+    later = await paid_request(runtime, address="c2")
+    assert await offer(runtime, later) == 1
+    assert "no set hours" in await say("hours clear")
