@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,6 +20,7 @@ from core.intake import (
     problem_is_described,
     start_intake,
 )
+from core.mechanics import redeem_invite
 from core.messages import Button, Link
 from core.models import Checkout, Intake
 from core.payments import checkout_for
@@ -37,6 +39,7 @@ COMMANDS = {
     "start over": "restart", "restart": "restart", "start": "restart", "new": "restart",
     "reset": "restart",
 }
+_JOIN = re.compile(r"^\s*join\s+([A-Za-z0-9]{6,12})\s*$", re.IGNORECASE)
 DONE_WORDS = {"done", "skip", "no", "none", "next", "continue", "that's all", "thats all"}
 
 
@@ -70,6 +73,13 @@ async def handle(ctx: Context) -> None:
                     ctx.inbound.action)
         await ctx.say(text("not_a_mechanic"))
         ctx.toast = text("toast", outcome="not_offered")
+        return
+    join = _JOIN.match(ctx.text)
+    if join is not None:
+        # A mechanic's invite, typed (SMS "JOIN CODE") from this chat: link it to them.
+        if await redeem_invite(ctx.session, ctx.runtime, join.group(1), ctx.identity.channel,
+                               ctx.identity.address, ctx.now) is None:
+            await ctx.say(text("invite_invalid"))
         return
     intake = await _current_intake(ctx)
     command = _command(ctx)

@@ -280,3 +280,20 @@ async def test_mechanic_sets_working_hours_and_timezone_in_chat(runtime: Runtime
     later = await paid_request(runtime, address="c2")
     assert await offer(runtime, later) == 1
     assert "no set hours" in await say("hours clear")
+
+
+async def test_join_code_typed_from_any_chat_links_the_mechanic(runtime: Runtime) -> None:
+    from core.mechanics import invite_mechanic
+
+    async with runtime.sessions.begin() as s:
+        invitation = await invite_mechanic(s, runtime.config, "Ann", runtime.clock.now())
+    engine = Engine(runtime, route)
+    await engine.receive(Inbound(channel="sms", address="+15550100",
+                                 text=f"join {invitation.invite_code.lower()}"))
+    texts = await sent_to(runtime, Identity(channel="sms", address="+15550100"))
+    assert texts[-1].startswith("Welcome, Ann!")
+    again = await engine.receive(Inbound(channel="sms", address="+15550199",
+                                         text=f"JOIN {invitation.invite_code}"))
+    assert "isn't valid or was already used" in again[0].text
+    status = await engine.receive(Inbound(channel="sms", address="+15550100", text="status"))
+    assert status[0].text.startswith("Ann: available")
