@@ -58,9 +58,9 @@ def setup(app: web.Application, runtime: Runtime) -> None:
         app.router.add_get("/pay/{ref}", offline.show, name="offline_pay")
         app.router.add_post("/pay/{ref}", offline.pay, name="offline_pay_post")
     # Where Stripe sends people back to (and harmless for the offline checkout).
-    app.router.add_get("/pay/{ref}/done", pages.PaymentDone(runtime).show, name="payment_done")
-    app.router.add_get("/pay/{ref}/cancelled", pages.payment_cancelled,
-                       name="payment_cancelled")
+    returned = pages.PaymentDone(runtime)
+    app.router.add_get("/pay/{ref}/done", returned.show, name="payment_done")
+    app.router.add_get("/pay/{ref}/cancelled", returned.cancelled, name="payment_cancelled")
     app.router.add_get("/connect/done", pages.connect_done, name="connect_done")
     app.router.add_get("/connect/refresh", pages.connect_refresh, name="connect_refresh")
 

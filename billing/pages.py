@@ -93,9 +93,22 @@ def checkout_state(checkout: Checkout, intake: Intake, now: datetime) -> str:
     return "payable"
 
 
-def page(state: str) -> web.Response:
+def page(state: str, chat_link: str | None = None) -> web.Response:
     status, heading, lines = _STATES[state]
-    return _render("message.html", status=status, heading=heading, lines=lines)
+    return _render("message.html", status=status, heading=heading, lines=lines,
+                   chat_link=chat_link)
+
+
+async def chat_link(runtime: Runtime, ref: str) -> str | None:
+    """A t.me link back to the bot when the customer came from Telegram."""
+    if len(ref) > _MAX_REF:
+        return None
+    async with runtime.readers() as session:
+        channel = await session.scalar(select(Intake.channel).join(
+            Checkout, Checkout.intake_id == Intake.id).where(Checkout.ref == ref))
+    if channel != "telegram":
+        return None
+    return f"https://t.me/{runtime.config.telegram.bot_username}"
 
 
 def _render(template: str, status: int = 200, **context: object) -> web.Response:
@@ -168,13 +181,14 @@ class PaymentDone:
 
     async def show(self, request: web.Request) -> web.Response:
         ref = request.match_info["ref"]
+        link = await chat_link(self.runtime, ref)
         if len(ref) <= _MAX_REF and await settle_from_provider(self.runtime, ref):
-            return page("paid")
-        return page("done")
+            return page("paid", link)
+        return page("done", link)
 
-
-async def payment_cancelled(request: web.Request) -> web.Response:
-    return page("checkout_cancelled")
+    async def cancelled(self, request: web.Request) -> web.Response:
+        return page("checkout_cancelled", await chat_link(self.runtime,
+                                                          request.match_info["ref"]))
 
 
 async def connect_done(request: web.Request) -> web.Response:

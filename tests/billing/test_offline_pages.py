@@ -140,3 +140,15 @@ async def test_return_pages_send_the_customer_back_to_the_chat(
     cancelled_page = await cancelled.text()
     assert "Nothing was charged" in cancelled_page
     assert "Return to the chat" in cancelled_page
+
+
+async def test_return_pages_link_back_to_telegram_for_telegram_customers(
+        offline_client: TestClient, runtime: Runtime) -> None:
+    bought = await awaiting_payment(runtime, "chat10", channel="telegram", address="777")
+    web_customer = await awaiting_payment(runtime, "chat10", address="visitor-9")
+    for suffix in ("done", "cancelled"):
+        page = await (await offline_client.get(f"/pay/{bought.checkout.ref}/{suffix}")).text()
+        assert 'href="https://t.me/AutoDoctorBot"' in page
+        other = await (await offline_client.get(
+            f"/pay/{web_customer.checkout.ref}/{suffix}")).text()
+        assert "t.me" not in other
