@@ -58,16 +58,17 @@ async def attach_files(session: AsyncSession, intake: Intake, identity: Identity
     return AttachResult(attached=attached, refused=refused, total=total)
 
 
-async def cancel_unpaid(session: AsyncSession, intake: Intake, now: datetime) -> bool:
-    """Drop an intake that is not paid: its open checkouts expire. False if already paid."""
+async def cancel_unpaid(session: AsyncSession, intake: Intake,
+                        now: datetime) -> list[Checkout] | None:
+    """Drop an intake that is not paid: its open checkouts expire (returned, so the provider's
+    pages can be closed too). None if it is already paid."""
     if intake.status not in ("draft", "awaiting_payment"):
-        return False
+        return None
     intake.status = "cancelled"
     intake.updated_at = now
-    await session.execute(update(Checkout).where(Checkout.intake_id == intake.id,
-                                                 Checkout.status == "open")
-                          .values(status="expired"))
-    return True
+    return list((await session.scalars(
+        update(Checkout).where(Checkout.intake_id == intake.id, Checkout.status == "open")
+        .values(status="expired").returning(Checkout))).all())
 
 
 _YEAR = re.compile(r"\b(19[5-9]\d|20\d\d)\b")

@@ -129,8 +129,24 @@ async def _status(ctx: Context, intake: Intake | None) -> None:
         await _remind_payment(ctx, intake)
 
 
+async def _drop(ctx: Context, intake: Intake) -> bool:
+    """Cancel an unpaid intake; after commit its payment pages are closed at the provider."""
+    expired = await cancel_unpaid(ctx.session, intake, ctx.now)
+    if expired is None:
+        return False
+    payments = ctx.runtime.payments
+    close = getattr(payments, "expire_checkout", None)
+    if expired and close is not None:
+        async def close_pages() -> None:
+            for checkout in expired:
+                await close(checkout)
+
+        ctx.after_commit.append(close_pages)
+    return True
+
+
 async def _cancel(ctx: Context, intake: Intake | None) -> None:
-    if intake is None or not await cancel_unpaid(ctx.session, intake, ctx.now):
+    if intake is None or not await _drop(ctx, intake):
         await ctx.say(text("nothing_to_cancel"))
         return
     log.info("intake=%s cancelled by customer=%s", intake.id, intake.customer_id)
@@ -142,7 +158,7 @@ async def _cancel(ctx: Context, intake: Intake | None) -> None:
 
 async def _restart(ctx: Context, intake: Intake | None) -> None:
     if intake is not None:
-        await cancel_unpaid(ctx.session, intake, ctx.now)
+        await _drop(ctx, intake)
         await ctx.say(text("starting_over"))
     await _begin(ctx)
 

@@ -106,3 +106,15 @@ async def test_mechanic_asks_the_bot_for_payout_setup(stripe_runtime: Runtime,
     [ready] = await engine.receive(Inbound(channel=sam.channel, address=sam.address,
                                            text="payout"))
     assert "ready" in ready.text
+
+
+async def test_cancelling_before_paying_closes_the_stripe_page(stripe_runtime: Runtime,
+                                                               stripe_api: StripeStandin) -> None:
+    bought = await awaiting_payment(stripe_runtime, "chat10")
+    engine = Engine(stripe_runtime, route)
+    reply = await engine.receive(Inbound(channel="web", address=bought.identity.address,
+                                         text="cancel"))
+    assert "nothing was charged" in reply[0].text
+    [expire] = stripe_api.calls_to(
+        "POST", f"/v1/checkout/sessions/{bought.checkout.provider_session_id}/expire")
+    assert expire.idempotency_key == f"expire:{bought.checkout.ref}"
