@@ -62,7 +62,6 @@ def create_app(config: Config, *, engine: AsyncEngine | None = None,
                                echo=config.database.echo)
     runtime = build_runtime(config, engine, clock=clock, payments=payments)
     conversation_engine = Engine(runtime, route)
-    dispatcher = OutboxDispatcher(runtime, senders or {}, _limiters(config))
 
     app = web.Application(middlewares=[_metrics_middleware],
                           client_max_size=config.uploads.max_bytes + 256 * 1024)
@@ -95,6 +94,15 @@ def create_app(config: Config, *, engine: AsyncEngine | None = None,
             await engine.dispose()
 
     app.cleanup_ctx.append(lifecycle)
+    built: dict[str, Sender] = {}
+    if config.secrets.telegram_bot_token:
+        # aiogram is loaded only when the channel is on.
+        from channels.telegram import setup as setup_telegram
+
+        telegram_sender = setup_telegram(app, runtime, conversation_engine)
+        if telegram_sender is not None:
+            built["telegram"] = telegram_sender
+    dispatcher = OutboxDispatcher(runtime, {**built, **(senders or {})}, _limiters(config))
     if background:
         app.cleanup_ctx.append(_sweeps(runtime))
         if dispatcher.senders:
@@ -110,13 +118,27 @@ def _limiters(config: Config) -> dict[str, ChannelLimiter]:
 
 
 def _sweeps(runtime: Runtime) -> Callable[[web.Application], AsyncIterator[None]]:
+    running = asyncio.Lock()
+
+    async def sweep() -> None:
+        async with running:
+            await run_sweeps(runtime)
+
     async def schedule(app: web.Application) -> AsyncIterator[None]:
         scheduler = AsyncIOScheduler(timezone="UTC")
-        scheduler.add_job(run_sweeps, "interval", args=[runtime], id="sweeps",
+        scheduler.add_job(sweep, "interval", id="sweeps",
                           seconds=runtime.config.timeouts.sweep_interval_seconds,
                           max_instances=1, coalesce=True)
         scheduler.start()
         yield
+        # Let a sweep under way finish (it is a few quick transactions) rather than cutting it
+        # off mid-query; then no new one starts.
+        scheduler.pause()
+        try:
+            async with asyncio.timeout(10):
+                await running.acquire()
+        except TimeoutError:
+            log.warning("a sweep was still running at shutdown")
         scheduler.shutdown(wait=False)
 
     return schedule

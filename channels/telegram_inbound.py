@@ -29,6 +29,8 @@ UNSUPPORTED = ("I can read text messages, photos and files (PDF or short videos)
 INVITE_UNKNOWN = ("That mechanic invite link is unknown or was already used in another chat. "
                   "Please ask AutoDoctor for a new link.")
 DOWNLOAD_FAILED = "I couldn't fetch that file from Telegram; please send it again."
+NOT_PROCESSED = ("Sorry, something went wrong on our side and your message was not processed. "
+                 "Please send it again.")
 
 
 def chat_key(update: Update) -> str:
@@ -67,30 +69,30 @@ class UpdateHandler:
         self.bot = bot
         self.sender = sender
 
-    async def process(self, update: Update) -> bool:
-        """Handle one update; False if it failed (logged) and a redelivery may help."""
+    async def process(self, update: Update) -> None:
+        """Handle one update. A failure is logged and the person told to try again, as the
+        widget does: the update is not redelivered (it might fail the same way forever)."""
         if update.callback_query is not None:
-            return await self._on_tap(update.callback_query, update.update_id)
+            await self._on_tap(update.callback_query, update.update_id)
+            return
         message = update.message
         if message is None:
-            return True  # not a kind we subscribe to
+            return  # not a kind we subscribe to
         if message.chat.type != "private":
             log.info("telegram chat=%s (%s) ignored: only private chats are served",
                      message.chat.id, message.chat.type)
-            return True
+            return
         try:
             await self._on_message(message, update.update_id)
         except Exception:
             log.exception("telegram update=%s chat=%s failed", update.update_id,
                           message.chat.id)
-            return False
-        return True
+            await self._reply(str(message.chat.id), NOT_PROCESSED)
 
-    async def _on_tap(self, query: CallbackQuery, update_id: int) -> bool:
+    async def _on_tap(self, query: CallbackQuery, update_id: int) -> None:
         # The spinner on the person's button stops only when the query is answered: answer
         # every tap, whatever happened while handling it.
         toast: str | None = None
-        ok = True
         try:
             if query.data:
                 handled = await self.engine.handle(Inbound(
@@ -100,12 +102,11 @@ class UpdateHandler:
         except Exception:
             log.exception("telegram update=%s tap failed chat=%s", update_id,
                           _callback_address(query))
-            toast, ok = FAILED_TOAST, False
+            toast = FAILED_TOAST
         try:
             await self.bot.answer_callback_query(query.id, text=toast_text(toast))
         except TelegramAPIError as exc:
             log.info("telegram callback=%s not answered: %s", query.id, exc.message)
-        return ok
 
     async def _on_message(self, message: Message, update_id: int) -> None:
         address = str(message.chat.id)
@@ -153,7 +154,7 @@ class UpdateHandler:
             log.info("telegram chat=%s file refused: %s", address, exc.code)
             await self._reply(address, str(exc))
         except (TelegramAPIError, aiohttp.ClientError, TimeoutError) as exc:
-            log.warning("telegram chat=%s file download failed: %s", address, exc)
+            log.warning("telegram chat=%s file download failed: %s", address, _safe(exc))
             await self._reply(address, DOWNLOAD_FAILED)
         return None
 
@@ -215,6 +216,15 @@ def _upload_of(message: Message) -> tuple[str, int | None, str | None] | None:
     if message.video is not None:
         return message.video.file_id, message.video.file_size, message.video.file_name
     return None
+
+
+def _safe(exc: Exception) -> str:
+    """What went wrong, without the file URL (it holds the bot token)."""
+    if isinstance(exc, TelegramAPIError):
+        return exc.message
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"HTTP {exc.status}"
+    return type(exc).__name__
 
 
 def _too_large(size: int | None, limit: int) -> UploadRejected:

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.config import Config
 from core.messages import Button, Inbound, Link, Outbound
-from core.models import Conversation, Customer, Identity, InboundEvent, Message
+from core.models import Conversation, Customer, Identity, InboundEvent, Intake, Message
 from core.outbox import enqueue
 from core.runtime import Runtime
 from core.sql import insert_ignore
@@ -156,8 +156,12 @@ class Engine:
                     log.info("duplicate channel=%s provider_id=%s ignored", inbound.channel,
                              inbound.provider_id)
                     return None
-            identity = await resolve_identity(session, inbound, now)
-            conversation = await load_conversation(session, identity, now)
+            found = await _known_person(session, inbound)
+            if found is None:
+                identity = await resolve_identity(session, inbound, now)
+                conversation = await load_conversation(session, identity, now)
+            else:
+                identity, conversation = found
             session.add(Message(
                 identity_id=identity.id, conversation_id=conversation.id, direction="in",
                 channel=inbound.channel, text=inbound.text, action=inbound.action,
@@ -169,6 +173,19 @@ class Engine:
             conversation.version += 1
             conversation.updated_at = now
         return ctx
+
+
+async def _known_person(session: AsyncSession,
+                        inbound: Inbound) -> tuple[Identity, Conversation] | None:
+    """The usual case in one query: identity, its conversation (locked) and current intake
+    (loaded into the session, so the flow's lookup costs nothing)."""
+    row = (await session.execute(
+        select(Identity, Conversation, Intake)
+        .join(Conversation, Conversation.identity_id == Identity.id)
+        .outerjoin(Intake, Intake.id == Conversation.intake_id)
+        .where(Identity.channel == inbound.channel, Identity.address == inbound.address)
+        .with_for_update(of=Conversation))).first()
+    return None if row is None else (row[0], row[1])
 
 
 def _retryable(exc: DBAPIError) -> bool:
