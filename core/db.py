@@ -86,7 +86,11 @@ def _configure_sqlite(engine: AsyncEngine, busy_timeout_ms: int) -> None:
     @event.listens_for(engine.sync_engine, "commit")
     @event.listens_for(engine.sync_engine, "rollback")
     def _on_end(conn: Any) -> None:
-        _release(conn.connection.dbapi_connection)
+        try:
+            dbapi_conn = conn.connection.dbapi_connection
+        except Exception:  # noqa: BLE001 - invalidated (e.g. cancelled mid-query)
+            return  # the pool's invalidate/close event releases it instead
+        _release(dbapi_conn)
 
     @event.listens_for(engine.sync_engine.pool, "reset")
     @event.listens_for(engine.sync_engine.pool, "invalidate")

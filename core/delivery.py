@@ -8,6 +8,7 @@ again once its lease runs out. Waiting rows are woken at once by the hub on comm
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import uuid
@@ -137,9 +138,8 @@ class OutboxDispatcher:
             return
         delay = exc.retry_after if exc.retry_after is not None else backoff(attempts)
         if exc.retry_after is not None and limiter is not None:
-            chat = limiter.chat(row.address)
-            if chat is not None:
-                chat.pause(exc.retry_after)
+            # The provider said "slow down": hold back this chat and the whole channel.
+            limiter.pause(row.address, exc.retry_after)
         now = self.runtime.clock.now()
         async with self.runtime.sessions.begin() as session:
             await session.execute(
@@ -175,6 +175,7 @@ class OutboxDispatcher:
     async def run_forever(self, idle_poll: float = 1.0) -> None:
         """Deliver until cancelled; wakes at once when the hub says rows were committed."""
         wakeup = self.runtime.hub.outbox_wakeup
+        task = asyncio.current_task()
         while True:
             wakeup.clear()
             try:
@@ -182,14 +183,13 @@ class OutboxDispatcher:
                 if stats.sent or stats.retried or stats.failed:
                     continue
                 wait = await self.next_due_in(self.runtime.clock.now())
-            except asyncio.CancelledError:
-                raise
             except Exception:
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from None  # stopping: a query was cut off
                 log.exception("outbox dispatcher round failed")
                 wait = idle_poll
             # Polling also picks up rows committed by other processes.
             timeout = idle_poll if wait is None else min(wait, idle_poll)
-            try:
-                await asyncio.wait_for(wakeup.wait(), timeout)
-            except TimeoutError:
-                pass
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await wakeup.wait()

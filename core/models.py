@@ -432,6 +432,10 @@ class OutboxItem(Base):
     __table_args__ = (
         CheckConstraint("status IN ('pending', 'sent', 'failed')", name="status"),
         Index("ix_outbox_status_next_attempt_at", "status", "next_attempt_at"),
+        # The dispatcher claims the oldest pending row of each chat: keep that lookup small.
+        Index("ix_outbox_pending_chat", "channel", "address", "id",
+              sqlite_where=text("status = 'pending'"),
+              postgresql_where=text("status = 'pending'")),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -45,7 +45,9 @@ class ChannelLimiter:
 
     def __init__(self, per_second: float, per_chat_per_second: float | None,
                  max_chats: int = 10_000) -> None:
-        self.channel = TokenBucket(per_second)
+        # Burst 1: evenly spaced sends. A full-rate burst meets a provider counting "per any
+        # second" (Telegram) with 429s right after a pause.
+        self.channel = TokenBucket(per_second, 1.0)
         self.per_chat = per_chat_per_second
         self.chats: OrderedDict[str, TokenBucket] = OrderedDict()
         self.max_chats = max_chats
@@ -58,6 +60,13 @@ class ChannelLimiter:
         while len(self.chats) > self.max_chats:
             self.chats.popitem(last=False)
         return bucket
+
+    def pause(self, address: str, seconds: float) -> None:
+        """After a 429: nothing more on this channel, nor to this chat, for `seconds`."""
+        self.channel.pause(seconds)
+        chat = self.chat(address)
+        if chat is not None:
+            chat.pause(seconds)
 
     async def acquire(self, address: str) -> None:
         chat = self.chat(address)

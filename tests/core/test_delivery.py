@@ -137,3 +137,20 @@ async def test_dispatcher_wakes_on_commit_without_waiting_for_a_poll(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_dispatcher_stops_when_cancelled_even_mid_query(runtime: Runtime,
+                                                              clock: ManualClock) -> None:
+    import random
+
+    provider = ScriptedProvider(clock)
+    dispatcher = OutboxDispatcher(runtime, {"flaky": provider})
+    rng = random.Random(7)
+    for _ in range(40):
+        task = asyncio.create_task(dispatcher.run_forever(idle_poll=0.001))
+        await asyncio.sleep(rng.random() * 0.01)
+        runtime.hub.publish([])  # a wake-up landing with the cancel
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=5)
+        assert done, "the dispatcher ignored being stopped"
+        assert task.cancelled() or task.exception() is None
