@@ -407,9 +407,9 @@ def limiter_label(config: Config, args: argparse.Namespace) -> str:
     if args.window_margin is not None:
         channel = f"SlidingWindow({rate:g} per {1 + args.window_margin:g} s) [bench experiment]"
     elif args.channel_rate is not None or args.channel_burst is not None:
-        channel = f"TokenBucket({rate:g}/s, burst {args.channel_burst or max(1.0, rate):g})"
+        channel = f"TokenBucket({rate:g}/s, burst {args.channel_burst or 1:g})"
     else:
-        channel = f"TokenBucket({rate:g}/s, burst {max(1.0, rate):g}) as bot/app.py builds it"
+        channel = f"TokenBucket({rate:g}/s, burst 1) as bot/app.py builds it"
     return f"channel {channel}; {limits.telegram_per_chat_per_second:g}/s per chat"
 
 
