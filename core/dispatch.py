@@ -30,7 +30,7 @@ from core.models import (
     OutboxItem,
     SessionRequest,
 )
-from core.outbox import enqueue
+from core.outbox import enqueue, enqueue_fresh
 from core.runtime import Runtime
 
 log = logging.getLogger("autodoctor.dispatch")
@@ -259,21 +259,23 @@ async def _after_accept(session: AsyncSession, runtime: Runtime, request: Sessio
     assert mechanic is not None and intake is not None and customer is not None
     plan = runtime.config.plan(request.plan)
     stamp = f"{now.timestamp():.0f}"
-    offers = (await session.scalars(select(Offer).where(Offer.request_id == request.id))).all()
-    for offer in offers:
-        if offer.status != "offered":
-            continue
+    rows = (await session.execute(
+        select(Offer, Identity).outerjoin(Identity, Identity.id == Offer.identity_id)
+        .where(Offer.request_id == request.id, Offer.status == "offered"))).all()
+    closing: list[tuple[Identity, Outbound]] = []
+    for offer, identity in rows:
         offer.answered_at = now
         offer.status = "accepted" if offer.mechanic_id == mechanic_id else "taken"
-        identity = await session.get(Identity, offer.identity_id) if offer.identity_id else None
         if identity is None:
             continue
         text = (runtime.texts("offer_accepted_by_you", ref=request.ref)
                 if offer.status == "accepted" else runtime.texts("offer_taken", ref=request.ref))
-        await enqueue(session, identity, Outbound(
+        closing.append((identity, Outbound(
             channel=identity.channel, address=identity.address, text=text,
             edit_of=offer.provider_message_id,
-            dedupe_key=f"offer-closed:{request.id}:{offer.mechanic_id}:{stamp}"), now)
+            dedupe_key=f"offer-closed:{request.id}:{offer.mechanic_id}:{stamp}")))
+    # One batch for all the "taken" edits: the winner's answer should not wait on N inserts.
+    await enqueue_fresh(session, closing, now)
     winner = await _mechanic_identity(session, mechanic_id)
     if winner is not None:
         await enqueue(session, winner, Outbound(

@@ -73,3 +73,26 @@ async def enqueue(session: AsyncSession, identity: Identity, outbound: Outbound,
     await session.execute(update(OutboxItem).where(OutboxItem.id == outbox_id)
                           .values(message_id=message.id))
     return message
+
+
+async def enqueue_fresh(session: AsyncSession, items: list[tuple[Identity, Outbound]],
+                        now: datetime) -> None:
+    """Queue many messages whose dedupe keys are new by construction, in two batched inserts.
+
+    A repeated key is an error here (the transaction fails and is retried), not a skip.
+    """
+    if not items:
+        return
+    messages = [Message(identity_id=identity.id, direction="out", channel=identity.channel,
+                        text=out.text, body=out.to_body(), created_at=now)
+                for identity, out in items]
+    session.add_all(messages)
+    await session.flush()
+    for (identity, out), message in zip(items, messages, strict=True):
+        direct = identity.channel in TRANSCRIPT_CHANNELS
+        session.add(OutboxItem(
+            dedupe_key=out.dedupe_key or f"msg:{uuid.uuid4().hex}", message_id=message.id,
+            channel=identity.channel, address=identity.address, identity_id=identity.id,
+            payload=out.to_body(), status="sent" if direct else "pending",
+            sent_at=now if direct else None, next_attempt_at=now, created_at=now, attempts=0))
+        wake_after_commit(session, identity.id)
