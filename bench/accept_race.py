@@ -24,19 +24,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
-import secrets
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
+from benchdb import pg_database
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -70,26 +67,6 @@ log = logging.getLogger("bench.accept_race")
 
 # --- the database ------------------------------------------------------------------------------
 
-@contextlib.asynccontextmanager
-async def pg_database(admin_url: str) -> AsyncIterator[str | None]:
-    """A fresh database on the server of admin_url (None when unreachable); dropped after."""
-    import asyncpg
-
-    name = "bench_" + secrets.token_hex(4)
-    try:
-        conn = await asyncpg.connect(admin_url, timeout=5)
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        print(f"postgresql: skipped, {admin_url} unreachable ({type(exc).__name__}: {exc})")
-        yield None
-        return
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-        parts = urlsplit(admin_url)
-        yield urlunsplit(parts._replace(path="/" + name))
-    finally:
-        with contextlib.suppress(Exception):
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.close(timeout=5)
 
 
 async def seed_round(runtime: Runtime, round_no: int, m: int) -> tuple[SessionRequest,

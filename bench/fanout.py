@@ -42,10 +42,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 from aiohttp import web
+from benchdb import pg_database
 
 import migrations
 from bot.app import build_runtime
@@ -280,26 +280,6 @@ async def make_sender(kind: str, base: str) -> AsyncIterator[BotApiSender | Coun
 
 # --- the database ------------------------------------------------------------------------------
 
-@contextlib.asynccontextmanager
-async def pg_database(admin_url: str) -> AsyncIterator[str | None]:
-    """A fresh database on the server of admin_url (None when unreachable); dropped after."""
-    import asyncpg
-
-    name = "bench_" + secrets.token_hex(4)
-    try:
-        conn = await asyncpg.connect(admin_url, timeout=5)
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        print(f"postgresql: skipped, {admin_url} unreachable ({type(exc).__name__}: {exc})")
-        yield None
-        return
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-        parts = urlsplit(admin_url)
-        yield urlunsplit(parts._replace(path="/" + name))
-    finally:
-        with contextlib.suppress(Exception):
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.close(timeout=5)
 
 
 async def seed(runtime: Runtime, n: int) -> SessionRequest:

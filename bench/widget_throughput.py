@@ -24,19 +24,17 @@ import json
 import os
 import random
 import resource
-import secrets
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+from benchdb import pg_database
 
 SELF = Path(__file__).resolve()
 ROOT = SELF.parent.parent
@@ -231,26 +229,6 @@ async def close_all(sockets: list[aiohttp.ClientWebSocketResponse]) -> None:
 
 # --- PostgreSQL ---------------------------------------------------------------------------------
 
-@contextlib.asynccontextmanager
-async def pg_database(admin_url: str) -> AsyncIterator[str | None]:
-    """A fresh database on the server of admin_url (None when unreachable); dropped after."""
-    import asyncpg
-
-    name = "bench_" + secrets.token_hex(4)
-    try:
-        conn = await asyncpg.connect(admin_url, timeout=5)
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        print(f"postgresql: skipped, {admin_url} unreachable ({type(exc).__name__}: {exc})")
-        yield None
-        return
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-        parts = urlsplit(admin_url)
-        yield urlunsplit(parts._replace(path="/" + name))
-    finally:
-        with contextlib.suppress(Exception):
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.close(timeout=5)
 
 
 # --- one database -------------------------------------------------------------------------------

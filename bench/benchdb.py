@@ -1,0 +1,30 @@
+"""A throwaway PostgreSQL database for a benchmark run (the scripts import this sibling)."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit, urlunsplit
+
+
+@contextlib.asynccontextmanager
+async def pg_database(admin_url: str) -> AsyncIterator[str | None]:
+    """A fresh database on the server of admin_url (None when unreachable); dropped after."""
+    import asyncpg
+
+    name = "bench_" + secrets.token_hex(4)
+    try:
+        conn = await asyncpg.connect(admin_url, timeout=5)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        print(f"postgresql: skipped, {admin_url} unreachable ({type(exc).__name__}: {exc})")
+        yield None
+        return
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+        parts = urlsplit(admin_url)
+        yield urlunsplit(parts._replace(path="/" + name))
+    finally:
+        with contextlib.suppress(Exception):
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.close(timeout=5)
