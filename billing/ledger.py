@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.models import Checkout, Consultation, Payout, Refund, SessionRequest
+from core.payments import split_cents
 
 OPEN = ("pending", "unattended", "accepted")
 
@@ -90,7 +91,7 @@ def _place(ledger: Ledger, checkout: Checkout, request: SessionRequest | None,
     if payout is None:
         ledger.owed_to_mechanics_cents += amount
         return
-    expected_fee = amount * fee_bps // 10000
+    expected_fee = split_cents(amount, fee_bps)[1]
     bucket = {"paid": "transferred_cents", "pending": "payouts_pending_cents",
               "failed": "payouts_failed_cents"}[payout.status]
     setattr(ledger, bucket, getattr(ledger, bucket) + payout.amount_cents)

@@ -11,15 +11,15 @@ from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import select
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing.errors import BillingError
 from billing.refunds import lock_checkout
+from core.db import is_transient
 from core.dispatch import offer_request
-from core.messages import Outbound
 from core.models import Checkout, Conversation, Identity, Intake, SessionRequest
-from core.outbox import enqueue
+from core.outbox import tell
 from core.runtime import Runtime
 from core.sql import insert_ignore
 
@@ -87,10 +87,8 @@ async def mark_paid(session: AsyncSession, runtime: Runtime, checkout_ref: str, 
     if identity is not None:
         text = runtime.texts("payment_received", request=request,
                              plan=runtime.config.plan(checkout.plan))
-        await enqueue(session, identity, Outbound(
-            channel=identity.channel, address=identity.address, text=text,
-            dedupe_key=f"paid:{checkout.ref}"), now,
-            conversation_id=conversation.id if conversation is not None else None)
+        await tell(session, identity, text, now, key=f"paid:{checkout.ref}",
+                   conversation_id=conversation.id if conversation is not None else None)
     else:
         log.warning("checkout=%s paid but customer=%s has no chat to tell", checkout.ref,
                     checkout.customer_id)
@@ -140,11 +138,10 @@ async def mark_payment_failed(session: AsyncSession, runtime: Runtime, checkout_
         return False
     checkout.status = "failed"
     if identity is not None:
-        await enqueue(session, identity, Outbound(
-            channel=identity.channel, address=identity.address,
-            text=runtime.texts("payment_failed", plan=runtime.config.plan(checkout.plan)),
-            dedupe_key=f"payment_failed:{checkout.ref}"), now,
-            conversation_id=conversation.id if conversation is not None else None)
+        await tell(session, identity,
+                   runtime.texts("payment_failed", plan=runtime.config.plan(checkout.plan)),
+                   now, key=f"payment_failed:{checkout.ref}",
+                   conversation_id=conversation.id if conversation is not None else None)
     log.info("checkout=%s payment failed", checkout.ref)
     return True
 
@@ -167,18 +164,11 @@ async def in_transaction(runtime: Runtime, work: Callable[[AsyncSession], Awaita
             async with runtime.sessions.begin() as session:
                 return await work(session)
         except DBAPIError as exc:
-            if attempt == attempts - 1 or not _transient(exc):
+            if attempt == attempts - 1 or not is_transient(exc):
                 raise
             log.info("retrying billing transaction after %s", type(exc.orig).__name__)
             await asyncio.sleep(0.05 * (attempt + 1))
     raise AssertionError("unreachable")
-
-
-def _transient(exc: DBAPIError) -> bool:
-    if isinstance(exc, IntegrityError):
-        return False
-    text = str(exc.orig).lower() if exc.orig is not None else ""
-    return any(s in text for s in ("database is locked", "deadlock", "could not serialize"))
 
 
 async def _customer_chat(session: AsyncSession, checkout: Checkout

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing.errors import BillingError, ProviderRejected
 from core.models import Checkout, Consultation, Mechanic, Payout, SessionRequest
+from core.payments import split_cents
 from core.runtime import Runtime
 from core.sql import insert_ignore
 
@@ -78,12 +79,6 @@ async def _checkout_of(session: AsyncSession, payout: Payout) -> Checkout | None
         .where(Consultation.id == payout.consultation_id))
 
 
-def split(runtime: Runtime, price_cents: int) -> tuple[int, int]:
-    """(mechanic's share, platform fee) in integer cents: fee = price * fee_bps // 10000."""
-    fee = price_cents * runtime.config.billing.fee_bps // 10000
-    return price_cents - fee, fee
-
-
 async def complete_payout(session: AsyncSession, runtime: Runtime, consultation: Consultation,
                           now: datetime) -> Payout:
     """Pay the mechanic for a completed consultation: one Payout row, one transfer, ever.
@@ -93,7 +88,7 @@ async def complete_payout(session: AsyncSession, runtime: Runtime, consultation:
     """
     request = await session.get(SessionRequest, consultation.request_id)
     assert request is not None
-    share, fee = split(runtime, request.price_cents)
+    share, fee = split_cents(request.price_cents, runtime.config.billing.fee_bps)
     await insert_ignore(session, Payout, {
         "consultation_id": consultation.id, "mechanic_id": consultation.mechanic_id,
         "amount_cents": share, "fee_cents": fee, "currency": runtime.config.billing.currency,

@@ -85,14 +85,12 @@ def cmd_console(args: argparse.Namespace, config: Config) -> int:
 async def _invite(config: Config, args: argparse.Namespace) -> dict[str, object]:
     import dataclasses
 
-    from core.clock import SystemClock
-    from core.db import create_sessionmaker
     from core.mechanics import invite_mechanic
 
-    engine = create_engine(config.database_url)
+    engine, runtime = _runtime(config)
     try:
-        async with create_sessionmaker(engine).begin() as session:
-            invitation = await invite_mechanic(session, config, args.name, SystemClock().now(),
+        async with runtime.sessions.begin() as session:
+            invitation = await invite_mechanic(session, config, args.name, runtime.clock.now(),
                                                senior=args.senior, phone=args.phone)
     finally:
         await engine.dispose()

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, make_url, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -106,6 +107,13 @@ READONLY = "autodoctor_readonly"
 def readonly(engine: AsyncEngine) -> AsyncEngine:
     """The same engine for read-only work: on SQLite it does not queue behind writers."""
     return engine.execution_options(**{READONLY: True})
+
+
+def is_transient(exc: DBAPIError) -> bool:
+    """A lock timeout, deadlock or serialization failure: the same transaction may succeed if
+    run again."""
+    text = str(exc.orig).lower() if exc.orig is not None else ""
+    return any(s in text for s in ("database is locked", "deadlock", "could not serialize"))
 
 
 def create_sessionmaker(engine: AsyncEngine, hub: object = None) -> Sessionmaker:

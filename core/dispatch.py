@@ -16,6 +16,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.admins import alert_admins
 from core.messages import Button, Outbound
 from core.models import (
     AuditLog,
@@ -30,7 +31,8 @@ from core.models import (
     OutboxItem,
     SessionRequest,
 )
-from core.outbox import enqueue, enqueue_fresh
+from core.outbox import addressed, enqueue_fresh, tell
+from core.payments import split_cents
 from core.runtime import Runtime
 
 log = logging.getLogger("autodoctor.dispatch")
@@ -54,12 +56,6 @@ class Outcome(enum.Enum):
 class AcceptResult:
     outcome: Outcome
     request: SessionRequest | None = None
-
-
-def mechanic_share(runtime: Runtime, price_cents: int) -> int:
-    """What the mechanic is paid: price minus the platform fee, in integer cents."""
-    fee = price_cents * runtime.config.billing.fee_bps // 10000
-    return price_cents - fee
 
 
 async def holds_job(session: AsyncSession, mechanic_id: int) -> SessionRequest | None:
@@ -141,7 +137,8 @@ async def offer_request(session: AsyncSession, runtime: Runtime, request: Sessio
     already = set((await session.scalars(select(Offer.mechanic_id).where(
         Offer.request_id == request.id, Offer.status.in_(("offered", "declined"))))).all())
     text = runtime.texts("offer", request=request, plan=plan, intake=intake, files=files,
-                         payout_cents=mechanic_share(runtime, request.price_cents))
+                         payout_cents=split_cents(request.price_cents,
+                                                 runtime.config.billing.fee_bps)[0])
     sent = 0
     for mechanic, identity in await eligible_mechanics(session, runtime, request.plan, now):
         if mechanic.id in already:
@@ -154,9 +151,8 @@ async def offer_request(session: AsyncSession, runtime: Runtime, request: Sessio
         offer.identity_id, offer.status, offer.answered_at = identity.id, "offered", None
         round_no = request.accepted_at.timestamp() if request.accepted_at else 0
         key = f"offer:{request.id}:{mechanic.id}:{round_no:.0f}"
-        await enqueue(session, identity, Outbound(
-            channel=identity.channel, address=identity.address, text=text,
-            buttons=(Button("Accept", f"accept:{request.ref}"),), dedupe_key=key), now)
+        await tell(session, identity, text, now, key=key,
+                   buttons=(Button("Accept", f"accept:{request.ref}"),))
         offer.outbox_id = await session.scalar(select(OutboxItem.id).where(
             OutboxItem.dedupe_key == key))
         sent += 1
@@ -184,19 +180,14 @@ async def mark_unattended(session: AsyncSession, runtime: Runtime, request: Sess
 async def notify_unattended(session: AsyncSession, runtime: Runtime, request: SessionRequest,
                             now: datetime) -> Identity | None:
     """Alert the admins and reassure the customer (once each); returns the customer's chat."""
-    from core.admins import alert_admins
-
     plan = runtime.config.plan(request.plan)
     minutes = max(0, int((now - request.paid_at).total_seconds() // 60))
     await alert_admins(session, runtime, f"unattended:{request.id}",
                        runtime.texts("admin_unattended", request=request, plan=plan,
                                      minutes=minutes), now)
     customer = await customer_identity(session, request)
-    if customer is not None:
-        await enqueue(session, customer, Outbound(
-            channel=customer.channel, address=customer.address,
-            text=runtime.texts("customer_unattended"),
-            dedupe_key=f"unattended:{request.id}:customer"), now)
+    await tell(session, customer, runtime.texts("customer_unattended"), now,
+               key=f"unattended:{request.id}:customer")
     return customer
 
 
@@ -270,25 +261,18 @@ async def _after_accept(session: AsyncSession, runtime: Runtime, request: Sessio
             continue
         text = (runtime.texts("offer_accepted_by_you", ref=request.ref)
                 if offer.status == "accepted" else runtime.texts("offer_taken", ref=request.ref))
-        closing.append((identity, Outbound(
-            channel=identity.channel, address=identity.address, text=text,
-            edit_of=offer.provider_message_id,
+        closing.append((identity, addressed(
+            identity, text, edit_of=offer.provider_message_id,
             dedupe_key=f"offer-closed:{request.id}:{offer.mechanic_id}:{stamp}")))
     # One batch for all the "taken" edits: the winner's answer should not wait on N inserts.
     await enqueue_fresh(session, closing, now)
-    winner = await _mechanic_identity(session, mechanic_id)
-    if winner is not None:
-        await enqueue(session, winner, Outbound(
-            channel=winner.channel, address=winner.address,
-            text=runtime.texts("accepted_details", request=request, plan=plan, intake=intake,
-                               customer_name=customer.display_name),
-            dedupe_key=f"accepted:{request.id}:{mechanic_id}:{stamp}"), now)
-    target = await customer_identity(session, request)
-    if target is not None:
-        await enqueue(session, target, Outbound(
-            channel=target.channel, address=target.address,
-            text=runtime.texts("customer_matched", mechanic_name=mechanic.name, plan=plan),
-            dedupe_key=f"matched:{request.id}:{mechanic_id}:{stamp}"), now)
+    await tell(session, await mechanic_identity(session, mechanic_id),
+               runtime.texts("accepted_details", request=request, plan=plan, intake=intake,
+                             customer_name=customer.display_name),
+               now, key=f"accepted:{request.id}:{mechanic_id}:{stamp}")
+    await tell(session, await customer_identity(session, request),
+               runtime.texts("customer_matched", mechanic_name=mechanic.name, plan=plan),
+               now, key=f"matched:{request.id}:{mechanic_id}:{stamp}")
     session.add(AuditLog(actor=admin or f"mechanic:{mechanic_id}",
                          action="assign" if admin else "accept", subject=request.ref,
                          details={"mechanic_id": mechanic_id}, created_at=now))
@@ -296,7 +280,7 @@ async def _after_accept(session: AsyncSession, runtime: Runtime, request: Sessio
              f"assigned by {admin}" if admin else "accepted")
 
 
-async def _mechanic_identity(session: AsyncSession, mechanic_id: int) -> Identity | None:
+async def mechanic_identity(session: AsyncSession, mechanic_id: int) -> Identity | None:
     identities = (await session.scalars(select(Identity).where(
         Identity.mechanic_id == mechanic_id, Identity.reachable))).all()
     return min(identities, key=lambda i: CHANNEL_PREFERENCE.get(i.channel, 9), default=None)
@@ -323,12 +307,9 @@ async def release(session: AsyncSession, runtime: Runtime, mechanic_id: int,
                           .values(status="declined", answered_at=now))
     session.add(AuditLog(actor=f"mechanic:{mechanic_id}", action="release",
                          subject=request.ref, details={}, created_at=now))
-    target = await customer_identity(session, request)
-    if target is not None:
-        await enqueue(session, target, Outbound(
-            channel=target.channel, address=target.address,
-            text=runtime.texts("customer_rematching", plan=runtime.config.plan(request.plan)),
-            dedupe_key=f"released:{request.id}:{mechanic_id}:{now.timestamp():.0f}"), now)
+    await tell(session, await customer_identity(session, request),
+               runtime.texts("customer_rematching", plan=runtime.config.plan(request.plan)),
+               now, key=f"released:{request.id}:{mechanic_id}:{now.timestamp():.0f}")
     log.info("request=%s released by mechanic=%s", request.ref, mechanic_id)
     await offer_request(session, runtime, request, now)
     return request

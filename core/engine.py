@@ -17,6 +17,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.config import Config
+from core.db import is_transient
 from core.messages import Button, Inbound, Link, Outbound
 from core.models import Conversation, Customer, Identity, InboundEvent, Intake, Message
 from core.outbox import enqueue
@@ -189,10 +190,8 @@ async def _known_person(session: AsyncSession,
 
 
 def _retryable(exc: DBAPIError) -> bool:
-    if isinstance(exc, IntegrityError):
-        return True
-    text = str(exc.orig).lower() if exc.orig else ""
-    return any(s in text for s in ("database is locked", "deadlock", "could not serialize"))
+    # IntegrityError too: two processes creating the same person's first rows at once.
+    return isinstance(exc, IntegrityError) or is_transient(exc)
 
 
 async def resolve_identity(session: AsyncSession, inbound: Inbound, now: datetime) -> Identity:

@@ -49,9 +49,6 @@ class Hub:
                 event.set()
         self.outbox_wakeup.set()
 
-    def connected(self) -> int:
-        return sum(len(v) for v in self._waiters.values())
-
 
 CHANNEL = "autodoctor_wakeup"
 

@@ -11,9 +11,8 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.config import Config
-from core.messages import Outbound
 from core.models import Identity, Mechanic, MechanicInvite
-from core.outbox import enqueue
+from core.outbox import tell
 from core.runtime import Runtime
 
 # No 0/O/1/I/L: codes are typed from SMS by hand.
@@ -86,9 +85,8 @@ async def redeem_invite(session: AsyncSession, runtime: Runtime, code: str, chan
     invite.used_by_identity_id = identity.id
     mechanic = await session.get(Mechanic, invite.mechanic_id)
     assert mechanic is not None
-    await enqueue(session, identity, Outbound(
-        channel=channel, address=address, text=runtime.texts("linked", name=mechanic.name),
-        dedupe_key=f"linked:{invite.id}"), now)
+    await tell(session, identity, runtime.texts("linked", name=mechanic.name), now,
+               key=f"linked:{invite.id}")
     log.info("mechanic=%s linked channel=%s identity=%s", invite.mechanic_id, channel,
              identity.id)
     return mechanic

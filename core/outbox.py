@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import event, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -73,6 +74,20 @@ async def enqueue(session: AsyncSession, identity: Identity, outbound: Outbound,
     await session.execute(update(OutboxItem).where(OutboxItem.id == outbox_id)
                           .values(message_id=message.id))
     return message
+
+
+def addressed(identity: Identity, text: str, **kwargs: Any) -> Outbound:
+    """A message to this person, on the channel and address of that identity."""
+    return Outbound(channel=identity.channel, address=identity.address, text=text, **kwargs)
+
+
+async def tell(session: AsyncSession, identity: Identity | None, text: str, now: datetime, *,
+               key: str, conversation_id: int | None = None, **kwargs: Any) -> bool:
+    """Queue one message to a person (once per key); False if nobody to tell or already told."""
+    if identity is None:
+        return False
+    return await enqueue(session, identity, addressed(identity, text, dedupe_key=key, **kwargs),
+                         now, conversation_id=conversation_id) is not None
 
 
 async def enqueue_fresh(session: AsyncSession, items: list[tuple[Identity, Outbound]],

@@ -28,6 +28,12 @@ class RefundPort(Protocol):
         ...
 
 
+def split_cents(price_cents: int, fee_bps: int) -> tuple[int, int]:
+    """(mechanic's share, platform fee) in integer cents: fee = price * fee_bps // 10000."""
+    fee = price_cents * fee_bps // 10000
+    return price_cents - fee, fee
+
+
 def new_checkout_ref() -> str:
     return "co_" + secrets.token_urlsafe(18)
 

@@ -26,6 +26,17 @@ class TokenBucket:
         """Hold everything back (a provider's retry_after)."""
         self.blocked_until = max(self.blocked_until, time.monotonic() + seconds)
 
+    def try_acquire(self) -> bool:
+        """Take a token if one is there now, without waiting."""
+        now = time.monotonic()
+        if now < self.blocked_until:
+            return False
+        self._refill(now)
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
     async def acquire(self) -> None:
         async with self._lock:
             while True:
@@ -40,6 +51,25 @@ class TokenBucket:
                 await asyncio.sleep((1 - self.tokens) / self.rate)
 
 
+class KeyedBuckets:
+    """One bucket per key (a chat, a visitor); the least recently used are forgotten."""
+
+    def __init__(self, rate: float, burst: float, max_keys: int = 10_000) -> None:
+        self.rate, self.burst, self.max_keys = rate, burst, max_keys
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def get(self, key: str) -> TokenBucket:
+        bucket = self._buckets.pop(key, None) or TokenBucket(self.rate, self.burst)
+        self._buckets[key] = bucket
+        while len(self._buckets) > self.max_keys:
+            self._buckets.popitem(last=False)
+        return bucket
+
+    def allow(self, key: str) -> bool:
+        """A token for this key now, or False (no waiting): for limits on people."""
+        return self.get(key).try_acquire()
+
+
 class ChannelLimiter:
     """One bucket for the channel, one per chat (the least recently used are forgotten)."""
 
@@ -48,18 +78,11 @@ class ChannelLimiter:
         # Burst 1: evenly spaced sends. A full-rate burst meets a provider counting "per any
         # second" (Telegram) with 429s right after a pause.
         self.channel = TokenBucket(per_second, 1.0)
-        self.per_chat = per_chat_per_second
-        self.chats: OrderedDict[str, TokenBucket] = OrderedDict()
-        self.max_chats = max_chats
+        self.chats = (KeyedBuckets(per_chat_per_second, 1.0, max_chats)
+                      if per_chat_per_second is not None else None)
 
     def chat(self, address: str) -> TokenBucket | None:
-        if self.per_chat is None:
-            return None
-        bucket = self.chats.pop(address, None) or TokenBucket(self.per_chat, 1.0)
-        self.chats[address] = bucket
-        while len(self.chats) > self.max_chats:
-            self.chats.popitem(last=False)
-        return bucket
+        return self.chats.get(address) if self.chats is not None else None
 
     def pause(self, address: str, seconds: float) -> None:
         """After a 429: nothing more on this channel, nor to this chat, for `seconds`."""

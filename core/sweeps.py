@@ -13,8 +13,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.dispatch import customer_identity, notify_unattended
-from core.messages import Button, Outbound
+from core.dispatch import customer_identity, mechanic_identity, notify_unattended
+from core.messages import Button
 from core.models import (
     Checkout,
     Consultation,
@@ -24,7 +24,7 @@ from core.models import (
     Refund,
     SessionRequest,
 )
-from core.outbox import enqueue
+from core.outbox import tell
 from core.runtime import Runtime
 
 log = logging.getLogger("autodoctor.sweeps")
@@ -56,15 +56,6 @@ async def run_sweeps(runtime: Runtime, now: datetime | None = None) -> CleanupSt
     return stats
 
 
-async def _tell(session: AsyncSession, identity: Identity | None, text: str, key: str,
-                now: datetime, buttons: tuple[Button, ...] = ()) -> None:
-    if identity is None:
-        return
-    await enqueue(session, identity, Outbound(
-        channel=identity.channel, address=identity.address, text=text, buttons=buttons,
-        dedupe_key=key), now)
-
-
 async def _unattended(session: AsyncSession, runtime: Runtime, now: datetime,
                       stats: CleanupStats) -> None:
     cutoff = now - timedelta(seconds=runtime.config.timeouts.unattended_after_seconds)
@@ -90,9 +81,9 @@ async def _expired(session: AsyncSession, runtime: Runtime, now: datetime,
         .returning(SessionRequest).execution_options(populate_existing=True))).all()
     for request in changed:
         await withdraw_offers(session, runtime, request, now)
-        await _tell(session, await customer_identity(session, request),
-                    runtime.texts("customer_expired", plan=runtime.config.plan(request.plan)),
-                    f"expired:{request.id}", now)
+        await tell(session, await customer_identity(session, request),
+                   runtime.texts("customer_expired", plan=runtime.config.plan(request.plan)),
+                   now, key=f"expired:{request.id}")
         log.info("request=%s expired unmatched", request.ref)
     stats.expired += len(changed)
 
@@ -107,11 +98,9 @@ async def withdraw_offers(session: AsyncSession, runtime: Runtime, request: Sess
         identity = await session.get(Identity, offer.identity_id) if offer.identity_id else None
         if identity is None:
             continue
-        await enqueue(session, identity, Outbound(
-            channel=identity.channel, address=identity.address,
-            text=runtime.texts("offer_withdrawn", ref=request.ref),
-            edit_of=offer.provider_message_id,
-            dedupe_key=f"withdrawn:{request.id}:{offer.mechanic_id}"), now)
+        await tell(session, identity, runtime.texts("offer_withdrawn", ref=request.ref), now,
+                   key=f"withdrawn:{request.id}:{offer.mechanic_id}",
+                   edit_of=offer.provider_message_id)
 
 
 async def _no_show(session: AsyncSession, runtime: Runtime, now: datetime,
@@ -134,14 +123,15 @@ async def _no_show(session: AsyncSession, runtime: Runtime, now: datetime,
             Consultation.request_id == request.id, Consultation.status == "waiting")
             .values(status="cancelled", ended_at=now, end_reason="no_show"))
         plan = runtime.config.plan(request.plan)
-        await _tell(session, await customer_identity(session, request),
-                    runtime.texts("customer_no_show", plan=plan), f"no_show:{request.id}",
-                    now,
-                    (Button(runtime.texts("label", key="rematch"), f"rematch:{request.ref}"),))
-        mechanic = (await session.scalars(select(Identity).where(
-            Identity.mechanic_id == request.mechanic_id, Identity.reachable))).first()
-        await _tell(session, mechanic, runtime.texts("mechanic_no_show", ref=request.ref),
-                    f"no_show:{request.id}:mechanic", now)
+        await tell(session, await customer_identity(session, request),
+                   runtime.texts("customer_no_show", plan=plan), now,
+                   key=f"no_show:{request.id}",
+                   buttons=(Button(runtime.texts("label", key="rematch"),
+                                   f"rematch:{request.ref}"),))
+        if request.mechanic_id is not None:
+            await tell(session, await mechanic_identity(session, request.mechanic_id),
+                       runtime.texts("mechanic_no_show", ref=request.ref), now,
+                       key=f"no_show:{request.id}:mechanic")
         log.info("request=%s cancelled: customer did not join", request.ref)
     stats.no_show += len(changed)
 

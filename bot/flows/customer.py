@@ -12,6 +12,7 @@ from bot.flows import paid
 from bot.texts import text
 from core.engine import Context
 from core.intake import (
+    MIN_PROBLEM_WORDS,
     attach_files,
     cancel_unpaid,
     count_files,
@@ -210,7 +211,7 @@ async def _step_vehicle(ctx: Context, intake: Intake) -> None:
     if said == "vehicle:no_vin" or said.lower() in ("no vin", "novin", "no", "skip",
                                                      "don't know", "dont know"):
         _go(ctx, "ymm")
-        await ctx.say(text("ask_ymm"))
+        await _ask_ymm(ctx, intake)
         return
     vehicle = parse_vehicle(said, max_year=ctx.now.year + 1) if " " in said else None
     if vehicle is not None:
@@ -265,7 +266,7 @@ async def _step_odometer(ctx: Context, intake: Intake) -> None:
 
 async def _step_problem(ctx: Context, intake: Intake) -> None:
     if not problem_is_described(ctx.text):
-        await ctx.say(text("problem_too_short", min_words=4))
+        await ctx.say(text("problem_too_short", min_words=MIN_PROBLEM_WORDS))
         return
     intake.problem = ctx.text.strip()
     intake.updated_at = ctx.now
@@ -409,24 +410,18 @@ async def _step_awaiting_payment(ctx: Context, intake: Intake) -> None:
 
 async def _ask_again(ctx: Context, intake: Intake) -> None:
     """Repeat the question of the current step (after help, or an unknown step)."""
-    step = ctx.conversation.step
-    if step == "plan":
-        await _edit_plan(ctx, intake)
-    elif step == "vehicle":
-        await _ask_vehicle(ctx, intake)
-    elif step == "ymm":
-        await ctx.say(text("ask_ymm"))
-    elif step == "odometer":
-        await _edit_odometer(ctx, intake)
-    elif step == "problem":
-        await _edit_problem(ctx, intake)
-    elif step == "photos":
-        await _edit_photos(ctx, intake)
-    elif step == "summary":
-        await _summary(ctx, intake)
-    elif step == "awaiting_payment" and intake.status == "awaiting_payment":
-        await _remind_payment(ctx, intake)
+    ask = _QUESTIONS.get(ctx.conversation.step)
+    if ask is not None:
+        await ask(ctx, intake)
 
+
+async def _ask_ymm(ctx: Context, intake: Intake) -> None:
+    await ctx.say(text("ask_ymm"))
+
+
+# The question each step asks (the same as when editing that field from the summary).
+_QUESTIONS: dict[str, Step] = {**_EDITS, "ymm": _ask_ymm, "summary": _summary,
+                               "awaiting_payment": _step_awaiting_payment}
 
 STEPS: dict[str, Step] = {
     "plan": _step_plan, "vehicle": _step_vehicle, "ymm": _step_ymm,

@@ -7,7 +7,7 @@ import logging
 from aiohttp import BodyPartReader, web
 from sqlalchemy import select
 
-from channels.web.ws import CHANNEL, Origins, RateLimiter, visitor_address
+from channels.web.ws import CHANNEL, Origins, visitor_address, widget_limiter
 from core.files import UploadRejected, store_upload
 from core.models import Identity
 from core.runtime import Runtime
@@ -24,7 +24,7 @@ def _error(status: int, code: str, message: str) -> web.Response:
 class WidgetUpload:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self.limiter = RateLimiter(runtime.config.rate_limits.widget_messages_per_minute)
+        self.limiter = widget_limiter(runtime)
         self.origins = Origins(runtime)
 
     def _cors(self, request: web.Request, response: web.Response) -> web.Response:

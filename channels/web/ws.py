@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import secrets
-import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,6 +23,7 @@ from core.engine import Engine
 from core.mechanics import redeem_invite
 from core.messages import Inbound
 from core.models import Identity, Message
+from core.ratelimit import KeyedBuckets
 from core.runtime import Runtime
 
 log = logging.getLogger("autodoctor.channels.web")
@@ -42,24 +42,10 @@ def new_visitor_token() -> str:
     return secrets.token_urlsafe(24)
 
 
-class RateLimiter:
-    """A token bucket per key: `rate` events per `per` seconds, bursts up to `rate`."""
-
-    def __init__(self, rate: int, per: float = 60.0) -> None:
-        self.rate, self.per = rate, per
-        self._buckets: dict[str, tuple[float, float]] = {}
-
-    def allow(self, key: str) -> bool:
-        now = time.monotonic()
-        tokens, last = self._buckets.get(key, (float(self.rate), now))
-        tokens = min(float(self.rate), tokens + (now - last) * self.rate / self.per)
-        if tokens < 1:
-            self._buckets[key] = (tokens, now)
-            return False
-        self._buckets[key] = (tokens - 1, now)
-        if len(self._buckets) > 100_000:  # forget idle visitors
-            self._buckets.clear()
-        return True
+def widget_limiter(runtime: Runtime) -> KeyedBuckets:
+    """Messages (or uploads) a visitor may send: a minute's allowance, refilled evenly."""
+    per_minute = runtime.config.rate_limits.widget_messages_per_minute
+    return KeyedBuckets(per_minute / 60, per_minute, max_keys=100_000)
 
 
 class Origins:
@@ -91,7 +77,7 @@ class WidgetSocket:
         cfg = runtime.config.widget
         self.max_frame = cfg.max_frame_bytes
         self.max_text = cfg.max_text_chars
-        self.limiter = RateLimiter(runtime.config.rate_limits.widget_messages_per_minute)
+        self.limiter = widget_limiter(runtime)
         self.origins = Origins(runtime)
         self.open: set[web.WebSocketResponse] = set()
 

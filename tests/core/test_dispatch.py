@@ -214,7 +214,10 @@ async def test_accept_payload_from_someone_not_offered_is_refused(runtime: Runti
         late = await linked_mechanic(runtime, "Late")
         assert "wasn't offered to you" in await tap_accept(engine, late, request.ref)
     assert await status_of(runtime, request) == ("pending", None)
-    assert sam.mechanic_id is not None
+    # Sam's offer is untouched: he can still take it.
+    assert "It's yours" not in "\n".join(await sent_to(runtime, sam))
+    await tap_accept(engine, sam, request.ref)
+    assert await status_of(runtime, request) == ("accepted", sam.mechanic_id)
 
 
 async def test_release_offers_the_request_again_to_others(runtime: Runtime) -> None:
@@ -233,7 +236,8 @@ async def test_release_offers_the_request_again_to_others(runtime: Runtime) -> N
     assert sum(t.startswith(f"New request {request.ref}") for t in ann_texts) == 2
     assert sum(t.startswith(f"New request {request.ref}") for t in
                await sent_to(runtime, sam)) == 1
-    assert "accepted your" in (await tap_accept(engine, ann, request.ref) or "accepted your")
+    await tap_accept(engine, ann, request.ref)
+    assert any(t.startswith(f"It's yours: {request.ref}") for t in await sent_to(runtime, ann))
     assert await status_of(runtime, request) == ("accepted", ann.mechanic_id)
     async with runtime.sessions() as s:
         actions = (await s.scalars(select(AuditLog.action).order_by(AuditLog.id))).all()
