@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, make_url, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -17,6 +18,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.util import await_only
 
 from core.config import normalize_database_url
+from core.sqlite_inline import INLINE_BUSY_TIMEOUT_MS, InlineConnection, inline_creator
 
 Sessionmaker = async_sessionmaker[AsyncSession]
 
@@ -32,10 +34,15 @@ def create_engine(url: str, *, busy_timeout_ms: int = 5000, echo: bool = False,
     url = normalize_database_url(url)
     kwargs: dict[str, Any] = {"echo": echo, "connect_args": dict(connect_args or {})}
     if is_sqlite(url):
-        database = make_url(url).database
+        parsed = make_url(url)
+        database = parsed.database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        kwargs["connect_args"].setdefault("timeout", busy_timeout_ms / 1000)
+            if not parsed.query:
+                # A plain file: statements run on the loop's thread (core.sqlite_inline).
+                kwargs["async_creator"] = inline_creator(database, **kwargs.pop("connect_args"))
+        if "connect_args" in kwargs:
+            kwargs["connect_args"].setdefault("timeout", busy_timeout_ms / 1000)
     else:
         kwargs["pool_pre_ping"] = True
         kwargs.setdefault("pool_size", 10)
@@ -50,11 +57,17 @@ def _configure_sqlite(engine: AsyncEngine, busy_timeout_ms: int) -> None:
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Let SQLAlchemy emit BEGIN itself, so "BEGIN IMMEDIATE" below takes the write lock
         # at the start of each transaction instead of failing on upgrade mid-transaction.
-        dbapi_conn.isolation_level = None
+        # (Inline connections are opened that way already.)
+        inline = _is_inline(dbapi_conn)
+        if not inline:
+            dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        # An inline connection must not sleep in SQLite's busy handler (it would stall the
+        # event loop): BEGIN IMMEDIATE below waits for other processes with asyncio instead.
+        timeout = INLINE_BUSY_TIMEOUT_MS if inline else busy_timeout_ms
+        cur.execute(f"PRAGMA busy_timeout={int(timeout)}")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
 
@@ -79,7 +92,7 @@ def _configure_sqlite(engine: AsyncEngine, busy_timeout_ms: int) -> None:
         await_only(write_lock.acquire())
         holders.add(id(dbapi_conn))
         try:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            _begin_immediate(conn, busy_timeout_ms)
         except BaseException:
             _release(dbapi_conn)
             raise
@@ -99,6 +112,26 @@ def _configure_sqlite(engine: AsyncEngine, busy_timeout_ms: int) -> None:
     def _on_pool_end(dbapi_conn: Any, *args: Any) -> None:
         # A connection returned, invalidated or closed mid-transaction must not keep the lock.
         _release(dbapi_conn)
+
+
+def _is_inline(dbapi_conn: Any) -> bool:
+    return isinstance(getattr(dbapi_conn, "_connection", None), InlineConnection)
+
+
+def _begin_immediate(conn: Any, busy_timeout_ms: int) -> None:
+    """BEGIN IMMEDIATE; while another process holds the write lock, wait with asyncio (not in
+    SQLite's busy handler) until busy_timeout_ms have passed."""
+    deadline = time.monotonic() + busy_timeout_ms / 1000
+    pause = 0.002
+    while True:
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            return
+        except OperationalError as exc:
+            if "locked" not in str(exc.orig).lower() or time.monotonic() >= deadline:
+                raise
+        await_only(asyncio.sleep(pause))
+        pause = min(pause * 2, 0.05)
 
 
 READONLY = "autodoctor_readonly"

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, tuple_
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -85,15 +85,36 @@ class Handled:
     replies: list[Outbound]
     toast: str | None
     duplicate: bool = False
+    # Who sent it (None for a duplicate): a first contact has just been created.
+    identity_id: int | None = None
+
+
+@dataclass
+class _Waiting:
+    inbound: Inbound
+    done: asyncio.Future[Context | None]
 
 
 class Engine:
-    """Receives messages from every channel and runs them through the flows, in order."""
+    """Receives messages from every channel and runs them through the flows, in order.
 
-    def __init__(self, runtime: Runtime, router: Router) -> None:
+    Messages that arrive while a transaction is under way wait for the next one, which then
+    handles all of them (up to max_batch) with one BEGIN, one lookup query, one flush and one
+    COMMIT (group commit): per message, the round trips to the database are what cost most.
+    Each message still sees the effects of those before it, as if handled alone. If anything
+    in a batch fails, it is rolled back and its messages are handled one by one, so one bad
+    message (or a race) costs the others nothing but time.
+    """
+
+    MAX_BATCH = 64
+
+    def __init__(self, runtime: Runtime, router: Router, *, max_batch: int = MAX_BATCH) -> None:
         self.runtime = runtime
         self.router = router
+        self.max_batch = max_batch
         self._locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
+        self._waiting: list[_Waiting] = []
+        self._worker: asyncio.Task[None] | None = None
 
     @asynccontextmanager
     async def _person_lock(self, key: tuple[str, str]) -> AsyncIterator[None]:
@@ -122,17 +143,7 @@ class Engine:
                           action=clean_text(inbound.action)[:255] if inbound.action else None)
         started = time.perf_counter()
         async with self._person_lock((inbound.channel, inbound.address)):
-            for attempt in range(4):
-                try:
-                    ctx = await self._receive_once(inbound)
-                    break
-                except (IntegrityError, DBAPIError) as exc:
-                    # A race with another process (first contact, lock timeout): try again.
-                    if attempt == 3 or not _retryable(exc):
-                        raise
-                    log.info("retrying channel=%s after %s", inbound.channel,
-                             type(exc.orig).__name__ if exc.orig else exc)
-                    await asyncio.sleep(0.05 * (attempt + 1))
+            ctx = await self._submit(inbound)
         if ctx is None:
             return Handled([], None, duplicate=True)
         for work in ctx.after_commit:
@@ -143,50 +154,130 @@ class Engine:
         metrics = self.runtime.metrics
         metrics.messages_in.labels(inbound.channel).inc()
         metrics.reply_seconds.labels(inbound.channel).observe(time.perf_counter() - started)
-        return Handled(ctx.replies, ctx.toast)
+        return Handled(ctx.replies, ctx.toast, identity_id=ctx.identity.id)
 
-    async def _receive_once(self, inbound: Inbound) -> Context | None:
-        """One attempt in one transaction; None for a duplicate delivery."""
-        now = inbound.received_at or self.runtime.clock.now()
+    async def _submit(self, inbound: Inbound) -> Context | None:
+        waiting = _Waiting(inbound, asyncio.get_running_loop().create_future())
+        self._waiting.append(waiting)
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._work(), name="engine-batches")
+        return await waiting.done
+
+    async def _work(self) -> None:
+        try:
+            while self._waiting:
+                batch = [w for w in self._waiting[:self.max_batch] if not w.done.done()]
+                del self._waiting[:self.max_batch]
+                if batch:
+                    await self._run(batch)
+        finally:
+            self._worker = None
+            for waiting in self._waiting:  # only when cancelled (shutdown)
+                waiting.done.cancel()
+
+    async def _run(self, batch: list[_Waiting]) -> None:
+        try:
+            if len(batch) > 1:
+                try:
+                    contexts = await self._receive_batch([w.inbound for w in batch])
+                except Exception as exc:  # noqa: BLE001 - each is tried again on its own
+                    log.info("batch of %s rolled back (%s); handling them one by one",
+                             len(batch), _describe(exc))
+                else:
+                    for waiting, ctx in zip(batch, contexts, strict=True):
+                        _settle(waiting.done, ctx)
+                    return
+            for waiting in batch:
+                try:
+                    ctx = await self._receive_one(waiting.inbound)
+                except Exception as exc:  # noqa: BLE001 - it is the caller's to report
+                    if not waiting.done.done():
+                        waiting.done.set_exception(exc)
+                else:
+                    _settle(waiting.done, ctx)
+        except BaseException:
+            for waiting in batch:
+                waiting.done.cancel()
+            raise
+
+    async def _receive_one(self, inbound: Inbound) -> Context | None:
+        """One message in its own transaction, tried again after a race with another process
+        (first contact, lock timeout)."""
+        for attempt in range(4):
+            try:
+                return (await self._receive_batch([inbound]))[0]
+            except (IntegrityError, DBAPIError) as exc:
+                if attempt == 3 or not _retryable(exc):
+                    raise
+                log.info("retrying channel=%s after %s", inbound.channel, _describe(exc))
+                await asyncio.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    async def _receive_batch(self, inbounds: Sequence[Inbound]) -> list[Context | None]:
+        """Messages in order in one transaction; None for a duplicate delivery."""
         async with self.runtime.sessions.begin() as session:
-            if inbound.provider_id is not None:
-                fresh = await insert_ignore(session, InboundEvent, {
-                    "provider": inbound.channel, "event_id": inbound.provider_id,
-                    "received_at": now}, ["provider", "event_id"])
-                if fresh is None:
-                    log.info("duplicate channel=%s provider_id=%s ignored", inbound.channel,
-                             inbound.provider_id)
-                    return None
-            found = await _known_person(session, inbound)
-            if found is None:
-                identity = await resolve_identity(session, inbound, now)
-                conversation = await load_conversation(session, identity, now)
-            else:
-                identity, conversation = found
-            session.add(Message(
-                identity_id=identity.id, conversation_id=conversation.id, direction="in",
-                channel=inbound.channel, text=inbound.text, action=inbound.action,
-                body={"attachments": list(inbound.attachments)} if inbound.attachments else {},
-                provider_id=inbound.provider_id, created_at=now))
-            ctx = Context(session=session, runtime=self.runtime, inbound=inbound,
-                          identity=identity, conversation=conversation, now=now)
-            await self.router(ctx)
-            conversation.version += 1
-            conversation.updated_at = now
+            people = await _known_people(session, inbounds)
+            return [await self._receive_in(session, inbound, people) for inbound in inbounds]
+
+    async def _receive_in(self, session: AsyncSession, inbound: Inbound,
+                          people: dict[tuple[str, str], Person]) -> Context | None:
+        now = inbound.received_at or self.runtime.clock.now()
+        if inbound.provider_id is not None:
+            fresh = await insert_ignore(session, InboundEvent, {
+                "provider": inbound.channel, "event_id": inbound.provider_id,
+                "received_at": now}, ["provider", "event_id"])
+            if fresh is None:
+                log.info("duplicate channel=%s provider_id=%s ignored", inbound.channel,
+                         inbound.provider_id)
+                return None
+        key = (inbound.channel, inbound.address)
+        if key in people:
+            identity, conversation, _intake = people[key]
+        else:
+            identity = await resolve_identity(session, inbound, now)
+            conversation = await load_conversation(session, identity, now)
+            people[key] = (identity, conversation, None)
+        session.add(Message(
+            identity_id=identity.id, conversation_id=conversation.id, direction="in",
+            channel=inbound.channel, text=inbound.text, action=inbound.action,
+            body={"attachments": list(inbound.attachments)} if inbound.attachments else {},
+            provider_id=inbound.provider_id, created_at=now))
+        ctx = Context(session=session, runtime=self.runtime, inbound=inbound,
+                      identity=identity, conversation=conversation, now=now)
+        await self.router(ctx)
+        conversation.version += 1
+        conversation.updated_at = now
         return ctx
 
 
-async def _known_person(session: AsyncSession,
-                        inbound: Inbound) -> tuple[Identity, Conversation] | None:
-    """The usual case in one query: identity, its conversation (locked) and current intake
-    (loaded into the session, so the flow's lookup costs nothing)."""
-    row = (await session.execute(
+def _settle(done: asyncio.Future[Context | None], ctx: Context | None) -> None:
+    if not done.done():
+        done.set_result(ctx)
+
+
+def _describe(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)
+    return type(orig).__name__ if orig is not None else f"{type(exc).__name__}: {exc}"
+
+
+Person = tuple[Identity, Conversation, Intake | None]
+
+
+async def _known_people(session: AsyncSession,
+                        inbounds: Sequence[Inbound]) -> dict[tuple[str, str], Person]:
+    """The usual case in one query for any number of senders: identity, conversation (locked,
+    in id order so concurrent batches cannot deadlock on each other) and current intake. The
+    caller keeps the intakes referenced, so the session's identity map still holds them when
+    the flow looks them up (no second query)."""
+    keys = {(inbound.channel, inbound.address) for inbound in inbounds}
+    rows = (await session.execute(
         select(Identity, Conversation, Intake)
         .join(Conversation, Conversation.identity_id == Identity.id)
         .outerjoin(Intake, Intake.id == Conversation.intake_id)
-        .where(Identity.channel == inbound.channel, Identity.address == inbound.address)
-        .with_for_update(of=Conversation))).first()
-    return None if row is None else (row[0], row[1])
+        .where(tuple_(Identity.channel, Identity.address).in_(sorted(keys)))
+        .order_by(Conversation.id)
+        .with_for_update(of=Conversation))).all()
+    return {(row[0].channel, row[0].address): (row[0], row[1], row[2]) for row in rows}
 
 
 def _retryable(exc: DBAPIError) -> bool:

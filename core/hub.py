@@ -6,47 +6,80 @@ import asyncio
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 log = logging.getLogger("autodoctor.hub")
 
 
+class Mailbox:
+    """One subscriber's wake-ups: the rows committed in this process, handed over as they are,
+    or `reread` when a wake-up came without them (from another process), when the subscriber
+    must read what is new from the database."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.rows: list[Any] = []
+        self.reread = False
+
+    def deliver(self, rows: list[Any] | None) -> None:
+        if rows is None:
+            self.reread = True
+        else:
+            self.rows.extend(rows)
+        self.event.set()
+
+    def take(self) -> tuple[list[Any], bool]:
+        """What came since the last take: (rows, whether to read the database too)."""
+        rows, reread = self.rows, self.reread
+        self.rows, self.reread = [], False
+        self.event.clear()
+        return rows, reread
+
+
 class Hub:
     """Subscribers wait on an identity; publish() wakes every waiter for it.
 
-    Nothing is carried in the event itself: the transcript in the database is the only copy,
-    a woken subscriber reads what is new from there, so a missed wake-up loses nothing.
+    The transcript in the database is the only copy of a message. Wake-ups from this process
+    carry the committed rows, so an open socket can send them without reading them back; a
+    wake-up from another process carries only the identity, and the subscriber reads the
+    database. A missed wake-up loses nothing: the next read finds the message.
     """
 
     def __init__(self) -> None:
-        self._waiters: dict[int, set[asyncio.Event]] = defaultdict(set)
+        self._waiters: dict[int, set[Mailbox]] = defaultdict(set)
         self.outbox_wakeup = asyncio.Event()
         self.bridge: PgBridge | None = None
 
-    def subscribe(self, identity_id: int) -> asyncio.Event:
-        event = asyncio.Event()
-        self._waiters[identity_id].add(event)
-        return event
+    def subscribe(self, identity_id: int) -> Mailbox:
+        mailbox = Mailbox()
+        self._waiters[identity_id].add(mailbox)
+        return mailbox
 
-    def unsubscribe(self, identity_id: int, event: asyncio.Event) -> None:
+    def unsubscribe(self, identity_id: int, mailbox: Mailbox) -> None:
         waiters = self._waiters.get(identity_id)
         if waiters is not None:
-            waiters.discard(event)
+            waiters.discard(mailbox)
             if not waiters:
                 del self._waiters[identity_id]
 
-    def publish(self, identity_ids: Iterable[int]) -> None:
-        """Wake local waiters, and other processes when a bridge is attached."""
+    def publish(self, identity_ids: Iterable[int],
+                rows: Mapping[int, list[Any]] | None = None) -> None:
+        """Wake local waiters (with the rows committed for each identity, where given), and
+        other processes when a bridge is attached."""
         ids = set(identity_ids)
-        self.wake(ids)
+        self.wake(ids, rows)
         if self.bridge is not None:
             self.bridge.forward(ids)
 
-    def wake(self, identity_ids: Iterable[int]) -> None:
+    def wake(self, identity_ids: Iterable[int],
+             rows: Mapping[int, list[Any]] | None = None) -> None:
         for identity_id in identity_ids:
-            for event in self._waiters.get(identity_id, ()):
-                event.set()
+            mailboxes = self._waiters.get(identity_id)
+            if mailboxes:
+                committed = rows.get(identity_id) if rows is not None else None
+                for mailbox in mailboxes:
+                    mailbox.deliver(committed)
         self.outbox_wakeup.set()
 
 

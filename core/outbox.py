@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import event, update
+from sqlalchemy import event, inspect, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -18,21 +18,37 @@ HUB = "autodoctor.hub"
 _TOUCHED = "autodoctor.touched"
 
 
-def wake_after_commit(session: AsyncSession, identity_id: int) -> None:
+def wake_after_commit(session: AsyncSession, identity_id: int,
+                      message: Message | None = None) -> None:
     """Once this transaction commits, wake whoever waits for this person's messages (an open
-    widget socket, the outbox dispatcher). The session's info carries the hub (Runtime)."""
+    widget socket, the outbox dispatcher), handing over the new message rows. The session's
+    info carries the hub (Runtime). Without `message`, the woken read the database."""
     hub = session.info.get(HUB)
     if hub is None:
         return
-    touched = session.info.get(_TOUCHED)
+    touched: dict[int, list[Message] | None] | None = session.info.get(_TOUCHED)
     if touched is None:
-        touched = session.info[_TOUCHED] = set()
+        touched = session.info[_TOUCHED] = {}
 
         def publish(sync_session: Session) -> None:
-            hub.publish(sync_session.info.pop(_TOUCHED, set()))
+            done: dict[int, list[Message] | None] = sync_session.info.pop(_TOUCHED, {})
+            hub.publish(done, {i: rows for i, rows in done.items()
+                               if rows is not None and all(_stored(m) for m in rows)})
+
+        def forget(sync_session: Session) -> None:
+            sync_session.info.pop(_TOUCHED, None)
 
         event.listen(session.sync_session, "after_commit", publish, once=True)
-    touched.add(identity_id)
+        event.listen(session.sync_session, "after_rollback", forget, once=True)
+    if message is None:
+        touched[identity_id] = None
+    elif identity_id not in touched or touched[identity_id] is not None:
+        touched.setdefault(identity_id, []).append(message)  # type: ignore[union-attr]
+
+
+def _stored(message: Message) -> bool:
+    # Not a row added inside a savepoint that was rolled back.
+    return inspect(message).persistent
 
 
 # Channels delivered straight from the transcript (an open socket, a terminal), not by a
@@ -57,7 +73,7 @@ async def enqueue(session: AsyncSession, identity: Identity, outbound: Outbound,
         # A fresh message cannot be a duplicate. The widget and the console read it from the
         # transcript, so it needs no outbox row at all; providers get one to deliver.
         session.add(message)
-        wake_after_commit(session, identity.id)
+        wake_after_commit(session, identity.id, message)
         if not direct:
             await session.flush()
             session.add(OutboxItem(dedupe_key=f"msg:{uuid.uuid4().hex}", message_id=message.id,
@@ -69,7 +85,7 @@ async def enqueue(session: AsyncSession, identity: Identity, outbound: Outbound,
     if outbox_id is None:
         return None
     session.add(message)
-    wake_after_commit(session, identity.id)
+    wake_after_commit(session, identity.id, message)
     await session.flush()
     await session.execute(update(OutboxItem).where(OutboxItem.id == outbox_id)
                           .values(message_id=message.id))
@@ -110,4 +126,4 @@ async def enqueue_fresh(session: AsyncSession, items: list[tuple[Identity, Outbo
             channel=identity.channel, address=identity.address, identity_id=identity.id,
             payload=out.to_body(), status="sent" if direct else "pending",
             sent_at=now if direct else None, next_attempt_at=now, created_at=now, attempts=0))
-        wake_after_commit(session, identity.id)
+        wake_after_commit(session, identity.id, message)

@@ -20,6 +20,7 @@ from aiohttp import WSMsgType, web
 from sqlalchemy import select
 
 from core.engine import Engine
+from core.hub import Mailbox
 from core.mechanics import redeem_invite
 from core.messages import Inbound
 from core.models import Identity, Message
@@ -117,7 +118,7 @@ class _Connection:
         self.address: str | None = None
         self.identity_id: int | None = None
         self.last_sent = 0
-        self.wakeup: asyncio.Event | None = None
+        self.mailbox: Mailbox | None = None
         self.pusher: asyncio.Task[None] | None = None
         self.send_lock = asyncio.Lock()
         self.closing = False
@@ -141,18 +142,18 @@ class _Connection:
                 log.info("widget socket error: %s", self.ws.exception())
 
     async def close(self) -> None:
-        if self.pusher is not None and self.wakeup is not None:
+        if self.pusher is not None and self.mailbox is not None:
             # Let the pusher finish what it is sending rather than cutting a query in half.
             self.closing = True
-            self.wakeup.set()
+            self.mailbox.event.set()
             try:
                 await asyncio.wait_for(asyncio.shield(self.pusher), 5)
             except (TimeoutError, asyncio.CancelledError):
                 self.pusher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self.pusher
-        if self.identity_id is not None and self.wakeup is not None:
-            self.runtime.hub.unsubscribe(self.identity_id, self.wakeup)
+        if self.identity_id is not None and self.mailbox is not None:
+            self.runtime.hub.unsubscribe(self.identity_id, self.mailbox)
 
     async def send_json(self, frame: dict[str, Any]) -> None:
         async with self.send_lock:
@@ -213,11 +214,10 @@ class _Connection:
             await self._start_pushing(identity.id, resume_after or 0)
             return
         # A first visit: the engine creates the customer and greets them.
-        await self.server.engine.receive(Inbound(channel=CHANNEL, address=self.address,
-                                                 action="cmd:start"))
-        identity = await self._identity(self.address)
-        assert identity is not None
-        await self._start_pushing(identity.id, 0)
+        handled = await self.server.engine.handle(Inbound(channel=CHANNEL, address=self.address,
+                                                          action="cmd:start"))
+        assert handled.identity_id is not None
+        await self._start_pushing(handled.identity_id, 0)
 
     async def _link_mechanic(self, code: str) -> Identity:
         assert self.address is not None
@@ -237,37 +237,47 @@ class _Connection:
                                                                Identity.address == address))
 
     async def _start_pushing(self, identity_id: int, after: int) -> None:
-        # Subscribe before reading, so a message committed in between still wakes us.
+        # Subscribe before reading, so a message committed in between still reaches us.
         self.identity_id = identity_id
-        self.wakeup = self.runtime.hub.subscribe(identity_id)
+        self.mailbox = self.runtime.hub.subscribe(identity_id)
         self.last_sent = after
         await self.push_new()
         self.pusher = asyncio.create_task(self._push_forever())
 
     async def _push_forever(self) -> None:
-        assert self.wakeup is not None
+        assert self.mailbox is not None
         failures = 0
         while True:
-            await self.wakeup.wait()
-            self.wakeup.clear()
+            await self.mailbox.event.wait()
             if self.closing or self.ws.closed:
                 return
+            rows, reread = self.mailbox.take()
             try:
-                await self.push_new()
+                if reread or failures:
+                    await self.push_new()
+                else:
+                    await self.push_rows(rows)
                 failures = 0
             except (ConnectionError, asyncio.CancelledError):
                 raise
             except Exception:
                 # The database was busy or briefly away: nothing is lost (the transcript holds
-                # it); try again shortly instead of leaving the socket silent.
+                # it); read it again shortly instead of leaving the socket silent.
                 failures += 1
                 log.warning("widget push failed identity=%s (try %s)", self.identity_id,
                             failures, exc_info=failures == 1)
                 await asyncio.sleep(min(5.0, 0.1 * 2 ** failures))
-                self.wakeup.set()
+                self.mailbox.event.set()
+
+    async def push_rows(self, rows: list[Message]) -> None:
+        """Send rows this process has just committed, in order, skipping any already sent
+        (a database read may have found them first)."""
+        for row in sorted(rows, key=lambda r: r.id):
+            if row.id > self.last_sent and row.direction == "out":
+                await self._send_row(row)
 
     async def push_new(self) -> None:
-        """Send every bot message newer than the last one sent, in order."""
+        """Send every bot message newer than the last one sent, in order, from the database."""
         async with self.runtime.readers() as session:
             while True:
                 rows = (await session.scalars(
@@ -276,13 +286,15 @@ class _Connection:
                                           Message.id > self.last_sent)
                     .order_by(Message.id).limit(REPLAY_BATCH))).all()
                 for row in rows:
-                    body = row.body or {}
-                    await self.send_json({"type": "message", "id": row.id, "text": row.text,
-                                          "buttons": body.get("buttons", []),
-                                          "link": body.get("link")})
-                    self.last_sent = row.id
+                    await self._send_row(row)
                 if len(rows) < REPLAY_BATCH:
                     return
+
+    async def _send_row(self, row: Message) -> None:
+        body = row.body or {}
+        await self.send_json({"type": "message", "id": row.id, "text": row.text,
+                              "buttons": body.get("buttons", []), "link": body.get("link")})
+        self.last_sent = row.id
 
     async def on_message(self, frame: dict[str, Any]) -> None:
         text = frame.get("text", "")
