@@ -22,7 +22,7 @@ from core.messages import Button, Inbound, Link, Outbound
 from core.models import Conversation, Customer, Identity, InboundEvent, Intake, Message
 from core.outbox import enqueue
 from core.runtime import Runtime
-from core.sql import insert_ignore
+from core.sql import insert_ignore, insert_returning
 
 log = logging.getLogger("autodoctor.engine")
 
@@ -287,21 +287,25 @@ def _retryable(exc: DBAPIError) -> bool:
 
 async def resolve_identity(session: AsyncSession, inbound: Inbound, now: datetime) -> Identity:
     """The identity for (channel, address); a first contact becomes a new customer."""
-    query = select(Identity).where(Identity.channel == inbound.channel,
-                                   Identity.address == inbound.address)
-    identity = await session.scalar(query)
+    # Nothing pending in this session can be this identity (the engine remembers the people
+    # it created in this transaction), so the lookup need not flush others' changes first.
+    with session.no_autoflush:
+        identity = await session.scalar(select(Identity).where(
+            Identity.channel == inbound.channel, Identity.address == inbound.address))
     if identity is not None:
         return identity
-    customer = Customer(display_name=inbound.display_name, created_at=now)
-    session.add(customer)
-    await session.flush()
-    await insert_ignore(session, Identity, {
+    customer = await insert_returning(session, Customer, {
+        "display_name": inbound.display_name, "created_at": now})
+    assert customer is not None
+    identity = await insert_returning(session, Identity, {
         "channel": inbound.channel, "address": inbound.address, "customer_id": customer.id,
         "display_name": inbound.display_name, "created_at": now}, ["channel", "address"])
-    identity = await session.scalar(query)
-    if identity is None or identity.customer_id != customer.id:
+    if identity is None:
         # Another process created it first; the retry will find theirs.
         raise IntegrityError("identity created concurrently", None, Exception("race"))
+    # Its conversation starts here too: nobody else can see this identity yet.
+    session.add(Conversation(identity_id=identity.id, flow="customer", step="start", data={},
+                             version=0, created_at=now, updated_at=now))
     log.info("new customer=%s channel=%s", customer.id, inbound.channel)
     return identity
 
@@ -310,7 +314,10 @@ async def load_conversation(session: AsyncSession, identity: Identity,
                             now: datetime) -> Conversation:
     """The identity's conversation, locked for this transaction (created on first contact)."""
     query = select(Conversation).where(Conversation.identity_id == identity.id).with_for_update()
-    conversation = await session.scalar(query)
+    conversation = next((c for c in session.new if isinstance(c, Conversation)
+                         and c.identity_id == identity.id), None)
+    if conversation is None:
+        conversation = await session.scalar(query)
     if conversation is None:
         flow = "mechanic" if identity.mechanic_id is not None else "customer"
         await insert_ignore(session, Conversation, {

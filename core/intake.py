@@ -10,6 +10,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.models import Checkout, File, Identity, Intake
+from core.sql import insert_returning
 
 MIN_PROBLEM_WORDS = 4
 MIN_PROBLEM_LETTERS = 15
@@ -24,16 +25,19 @@ class AttachResult:
 
 async def start_intake(session: AsyncSession, customer_id: int, channel: str,
                        now: datetime) -> Intake:
-    intake = Intake(customer_id=customer_id, channel=channel, status="draft", created_at=now,
-                    updated_at=now)
-    session.add(intake)
-    await session.flush()
+    intake = await insert_returning(session, Intake, {
+        "customer_id": customer_id, "channel": channel, "status": "draft", "created_at": now,
+        "updated_at": now})
+    assert intake is not None
     return intake
 
 
 async def count_files(session: AsyncSession, intake: Intake) -> int:
-    return int(await session.scalar(
-        select(func.count()).select_from(File).where(File.intake_id == intake.id)) or 0)
+    if any(isinstance(row, File) for row in session.dirty):
+        await session.flush()  # files just attached count; nothing else pending matters
+    with session.no_autoflush:
+        return int(await session.scalar(
+            select(func.count()).select_from(File).where(File.intake_id == intake.id)) or 0)
 
 
 async def attach_files(session: AsyncSession, intake: Intake, identity: Identity,

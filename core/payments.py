@@ -41,16 +41,17 @@ def new_checkout_ref() -> str:
 async def checkout_for(session: AsyncSession, port: PaymentPort, config: Config,
                        intake: Intake, now: datetime) -> Checkout:
     """The intake's open, unexpired checkout, or a new one: one payable link at a time."""
-    existing = await session.scalar(
-        select(Checkout).where(Checkout.intake_id == intake.id, Checkout.plan == intake.plan,
-                               Checkout.status == "open",
-                               Checkout.expires_at > now)
-        .order_by(Checkout.id.desc()).limit(1))
+    if any(isinstance(row, Checkout) for row in (*session.new, *session.dirty)):
+        await session.flush()  # checkouts changed in this transaction count; nothing else does
+    with session.no_autoflush:
+        existing = await session.scalar(
+            select(Checkout).where(Checkout.intake_id == intake.id,
+                                   Checkout.plan == intake.plan, Checkout.status == "open",
+                                   Checkout.expires_at > now)
+            .order_by(Checkout.id.desc()).limit(1))
     if existing is not None and existing.url:
         return existing
-    # A savepoint: if the provider fails, no half-made checkout row is left behind.
-    async with session.begin_nested():
-        return await _open_checkout(session, port, config, intake, now)
+    return await _open_checkout(session, port, config, intake, now)
 
 
 async def _open_checkout(session: AsyncSession, port: PaymentPort, config: Config,
@@ -62,7 +63,8 @@ async def _open_checkout(session: AsyncSession, port: PaymentPort, config: Confi
         plan=intake.plan, amount_cents=plan.price_cents, currency=config.billing.currency,
         provider=port.provider, status="open", created_at=now,
         expires_at=now + timedelta(seconds=config.billing.checkout_ttl_seconds))
-    session.add(checkout)
-    await session.flush()
+    # The provider's page first: if it fails, no half-made checkout row is left behind. The
+    # row is stored with the transaction (the link reaches the customer only after commit).
     checkout.url = await port.create_checkout(session, checkout)
+    session.add(checkout)
     return checkout
