@@ -33,7 +33,7 @@ async def start_intake(session: AsyncSession, customer_id: int, channel: str,
 
 
 async def count_files(session: AsyncSession, intake: Intake) -> int:
-    if any(isinstance(row, File) for row in session.dirty):
+    if any(isinstance(row, File) and row.intake_id == intake.id for row in session.dirty):
         await session.flush()  # files just attached count; nothing else pending matters
     with session.no_autoflush:
         return int(await session.scalar(

@@ -41,8 +41,9 @@ def new_checkout_ref() -> str:
 async def checkout_for(session: AsyncSession, port: PaymentPort, config: Config,
                        intake: Intake, now: datetime) -> Checkout:
     """The intake's open, unexpired checkout, or a new one: one payable link at a time."""
-    if any(isinstance(row, Checkout) for row in (*session.new, *session.dirty)):
-        await session.flush()  # checkouts changed in this transaction count; nothing else does
+    if any(isinstance(row, Checkout) and row.intake_id == intake.id
+           for row in (*session.new, *session.dirty)):
+        await session.flush()  # this intake's checkouts changed in this transaction count
     with session.no_autoflush:
         existing = await session.scalar(
             select(Checkout).where(Checkout.intake_id == intake.id,
