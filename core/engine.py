@@ -48,6 +48,8 @@ class Context:
     conversation: Conversation
     now: datetime
     replies: list[Outbound] = field(default_factory=list)
+    # The replies' transcript rows, in order (an open socket can send them as they are).
+    reply_rows: list[Message] = field(default_factory=list)
     # A short answer to a button tap ("Accepted", "Already taken"), shown as a toast.
     toast: str | None = None
     # Work to do once the transaction has committed (e.g. a refund call to the provider).
@@ -66,8 +68,11 @@ class Context:
         """Reply to the person who wrote, on the channel they wrote on."""
         out = Outbound(channel=self.identity.channel, address=self.identity.address, text=text,
                        buttons=tuple(buttons), link=link, image=image)
-        if await self.send(self.identity, out, conversation_id=self.conversation.id):
+        message = await enqueue(self.session, self.identity, out, self.now,
+                                conversation_id=self.conversation.id)
+        if message is not None:
             self.replies.append(out)
+            self.reply_rows.append(message)
 
     async def send(self, identity: Identity, outbound: Outbound, **kwargs: Any) -> bool:
         """Queue a message to anyone (an offer, a relayed line); False if already queued."""
@@ -87,6 +92,8 @@ class Handled:
     duplicate: bool = False
     # Who sent it (None for a duplicate): a first contact has just been created.
     identity_id: int | None = None
+    # The replies' stored transcript rows (committed), in order.
+    reply_rows: list[Message] = field(default_factory=list)
 
 
 @dataclass
@@ -154,7 +161,8 @@ class Engine:
         metrics = self.runtime.metrics
         metrics.messages_in.labels(inbound.channel).inc()
         metrics.reply_seconds.labels(inbound.channel).observe(time.perf_counter() - started)
-        return Handled(ctx.replies, ctx.toast, identity_id=ctx.identity.id)
+        return Handled(ctx.replies, ctx.toast, identity_id=ctx.identity.id,
+                       reply_rows=ctx.reply_rows)
 
     async def _submit(self, inbound: Inbound) -> Context | None:
         waiting = _Waiting(inbound, asyncio.get_running_loop().create_future())

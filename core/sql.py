@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, TypeVar
 
+from sqlalchemy import bindparam
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -32,9 +34,18 @@ async def insert_returning(session: AsyncSession, model: type[T], values: dict[s
     """INSERT … RETURNING the new row as a loaded ORM object, in one statement and without
     flushing the session's other pending changes first. With `conflict`, ON CONFLICT DO
     NOTHING: None if such a row already existed."""
-    insert = pg_insert if dialect(session) == "postgresql" else sqlite_insert
-    stmt = insert(model).values(**values)
-    if conflict is not None:
-        stmt = stmt.on_conflict_do_nothing(index_elements=conflict)
+    stmt = _insert_returning(dialect(session), model, tuple(sorted(values)),
+                             tuple(conflict) if conflict is not None else None)
     with session.no_autoflush:
-        return (await session.scalars(stmt.returning(model))).one_or_none()
+        return (await session.scalars(stmt, values)).one_or_none()
+
+
+@lru_cache(maxsize=64)
+def _insert_returning(dialect_name: str, model: type[Any], columns: tuple[str, ...],
+                      conflict: tuple[str, ...] | None) -> Any:
+    # Built once per shape, values bound at execution: hot paths skip building the statement.
+    insert = pg_insert if dialect_name == "postgresql" else sqlite_insert
+    stmt = insert(model).values({name: bindparam(name) for name in columns})
+    if conflict is not None:
+        stmt = stmt.on_conflict_do_nothing(index_elements=list(conflict))
+    return stmt.returning(model)

@@ -217,7 +217,8 @@ class _Connection:
         handled = await self.server.engine.handle(Inbound(channel=CHANNEL, address=self.address,
                                                           action="cmd:start"))
         assert handled.identity_id is not None
-        await self._start_pushing(handled.identity_id, 0)
+        # A new visitor has no messages but the greeting, which is in hand: nothing to read.
+        await self._start_pushing(handled.identity_id, 0, handled.reply_rows)
 
     async def _link_mechanic(self, code: str) -> Identity:
         assert self.address is not None
@@ -236,12 +237,18 @@ class _Connection:
             return await session.scalar(select(Identity).where(Identity.channel == CHANNEL,
                                                                Identity.address == address))
 
-    async def _start_pushing(self, identity_id: int, after: int) -> None:
+    async def _start_pushing(self, identity_id: int, after: int,
+                             first: list[Message] | None = None) -> None:
+        """Send what is new (`first` if given, else read from the database), then keep
+        sending what is committed for this identity."""
         # Subscribe before reading, so a message committed in between still reaches us.
         self.identity_id = identity_id
         self.mailbox = self.runtime.hub.subscribe(identity_id)
         self.last_sent = after
-        await self.push_new()
+        if first is None:
+            await self.push_new()
+        else:
+            await self.push_rows(first)
         self.pusher = asyncio.create_task(self._push_forever())
 
     async def _push_forever(self) -> None:
