@@ -33,8 +33,7 @@ async def start_intake(session: AsyncSession, customer_id: int, channel: str,
 
 
 async def count_files(session: AsyncSession, intake: Intake) -> int:
-    if any(isinstance(row, File) and row.intake_id == intake.id for row in session.dirty):
-        await session.flush()  # files just attached count; nothing else pending matters
+    # attach_files flushes what it attached, and nothing else pending changes the count.
     with session.no_autoflush:
         return int(await session.scalar(
             select(func.count()).select_from(File).where(File.intake_id == intake.id)) or 0)
@@ -59,6 +58,8 @@ async def attach_files(session: AsyncSession, intake: Intake, identity: Identity
         record.intake_id = intake.id
         attached += 1
         total += 1
+    if attached:
+        await session.flush()  # so count_files, which does not flush, counts them
     return AttachResult(attached=attached, refused=refused, total=total)
 
 

@@ -6,7 +6,7 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import select
+from sqlalchemy import inspect, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.config import Config
@@ -42,7 +42,8 @@ async def checkout_for(session: AsyncSession, port: PaymentPort, config: Config,
                        intake: Intake, now: datetime) -> Checkout:
     """The intake's open, unexpired checkout, or a new one: one payable link at a time."""
     if any(isinstance(row, Checkout) and row.intake_id == intake.id
-           for row in (*session.new, *session.dirty)):
+           and (row in session.new or inspect(row).modified)
+           for row in (*session.new, *session.identity_map.values())):
         await session.flush()  # this intake's checkouts changed in this transaction count
     with session.no_autoflush:
         existing = await session.scalar(
