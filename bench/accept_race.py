@@ -69,9 +69,13 @@ log = logging.getLogger("bench.accept_race")
 
 
 
-async def seed_round(runtime: Runtime, round_no: int, m: int) -> tuple[SessionRequest,
-                                                                       list[Identity]]:
-    """M fresh linked mechanics (earlier rounds' made inactive) and one paid, pending request."""
+async def seed_round(runtime: Runtime, round_no: int, m: int, *,
+                     first_message: bool = False) -> tuple[SessionRequest, list[Identity]]:
+    """M fresh linked mechanics (earlier rounds' made inactive) and one paid, pending request.
+
+    A mechanic linked through Telegram (/start m_CODE, handled by the engine) has a
+    conversation with the bot already; with first_message, none has, so every tap is also
+    that mechanic's first message to the bot (as after linking on the web console)."""
     now = runtime.clock.now()
     async with runtime.sessions.begin() as s:
         await s.execute(update(Mechanic).values(is_active=False))
@@ -83,6 +87,10 @@ async def seed_round(runtime: Runtime, round_no: int, m: int) -> tuple[SessionRe
                                mechanic_id=mech.id, display_name=mech.name, created_at=now)
                       for i, mech in enumerate(mechanics)]
         s.add_all(identities)
+        if not first_message:
+            await s.flush()
+            s.add_all(Conversation(identity_id=i.id, flow="mechanic", step="start", data={},
+                                   created_at=now, updated_at=now) for i in identities)
         # As tests/factories.paid_request: a customer who finished the intake and paid.
         customer = Customer(display_name=f"Bench customer {round_no}", created_at=now)
         s.add(customer)
@@ -229,7 +237,8 @@ async def run_scenario(db: str, url: str, instances: int, config: Config,
         runtimes = [build_runtime(config, e, clock=SystemClock()) for e in made]
         engines = [Engine(r, route) for r in runtimes]
         for round_no in range(args.rounds):
-            request, mechanics = await seed_round(runtimes[0], round_no, args.mechanics)
+            request, mechanics = await seed_round(runtimes[0], round_no, args.mechanics,
+                                                 first_message=args.first_message)
             for e in made:
                 await warm(e, 10 if db == "postgresql" else 4)
             result = await race(engines, request, mechanics)
@@ -322,6 +331,8 @@ def main() -> int:
                         help="app instances (engines) sharing the database, comma-separated")
     parser.add_argument("--pg-url", default=os.environ.get("AUTODOCTOR_BENCH_PG_URL", PG_URL))
     parser.add_argument("--per-round", action="store_true", help="print each round too")
+    parser.add_argument("--first-message", action="store_true",
+                        help="mechanics who never wrote to the bot (no conversation yet)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log the service")
     args = parser.parse_args()
     unknown = set(args.db) - {"sqlite", "postgresql"}

@@ -191,17 +191,56 @@ async def notify_unattended(session: AsyncSession, runtime: Runtime, request: Se
     return customer
 
 
+_TAPPED = "autodoctor.dispatch.tapped"
+
+
+@dataclass
+class _Tapped:
+    """A request tapped in this transaction, and (from the second tap on) all its offers."""
+
+    request: SessionRequest
+    offers: dict[int, Offer] | None = None
+
+
+async def _request_and_offer(session: AsyncSession, ref: str,
+                             mechanic_id: int) -> tuple[SessionRequest | None, Offer | None]:
+    """The request by ref and this mechanic's offer of it.
+
+    When several mechanics tap the same request in one transaction (the engine's batches),
+    the second tap reads all its offers at once, and later ones read nothing. The lookups
+    match on columns that never change, so they need not flush pending changes first; the
+    conditional UPDATE in accept() decides the race whatever these objects say.
+    """
+    tapped: dict[str, _Tapped] = session.info.setdefault(_TAPPED, {})
+    with session.no_autoflush:
+        seen = tapped.get(ref)
+        if seen is None:
+            request = await session.scalar(select(SessionRequest)
+                                           .where(SessionRequest.ref == ref))
+            if request is None:
+                return None, None
+            tapped[ref] = _Tapped(request)
+        else:
+            if seen.offers is None:
+                seen.offers = {o.mechanic_id: o for o in (await session.scalars(
+                    select(Offer).where(Offer.request_id == seen.request.id))).all()}
+            if mechanic_id in seen.offers:
+                return seen.request, seen.offers[mechanic_id]
+            request = seen.request
+        # The first tap, or an offer made since the others were read.
+        return request, await session.scalar(select(Offer).where(
+            Offer.request_id == request.id, Offer.mechanic_id == mechanic_id))
+
+
 async def accept(session: AsyncSession, runtime: Runtime, ref: str, mechanic_id: int,
                  now: datetime, *, admin: str | None = None) -> AcceptResult:
     """The mechanic takes the request, if it is still open and they hold no other job.
 
     `admin` assigns without an offer (unattended queue); the rules are otherwise the same.
     """
-    request = await session.scalar(select(SessionRequest).where(SessionRequest.ref == ref))
+    request, offer = await _request_and_offer(session, ref, mechanic_id)
     if request is None:
         return AcceptResult(Outcome.NOT_FOUND)
-    offer = await session.scalar(select(Offer).where(Offer.request_id == request.id,
-                                                     Offer.mechanic_id == mechanic_id))
     if request.status == "accepted" and request.mechanic_id == mechanic_id:
         return AcceptResult(Outcome.ALREADY_YOURS, request)
     if admin is None and offer is None:

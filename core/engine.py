@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select, tuple_
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -19,12 +19,21 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from core.config import Config
 from core.db import is_transient
 from core.messages import Button, Inbound, Link, Outbound
-from core.models import Conversation, Customer, Identity, InboundEvent, Intake, Message
+from core.models import (
+    Conversation,
+    Customer,
+    Identity,
+    InboundEvent,
+    Intake,
+    Mechanic,
+    Message,
+)
 from core.outbox import enqueue
 from core.runtime import Runtime
 from core.sql import insert_ignore, insert_returning
 
 log = logging.getLogger("autodoctor.engine")
+T = TypeVar("T")
 
 # Far above any channel's own limit; beyond it text is cut so one message cannot bloat the
 # database. Channels reject long text earlier with a clear error (the widget) or split it.
@@ -73,6 +82,14 @@ class Context:
         if message is not None:
             self.replies.append(out)
             self.reply_rows.append(message)
+
+    async def get(self, model: type[T], key: int | None) -> T | None:
+        """A row by primary key. Without flushing first: an object changed in this
+        transaction is in the session already and is returned as it is."""
+        if key is None:
+            return None
+        with self.session.no_autoflush:
+            return await self.session.get(model, key)
 
     async def send(self, identity: Identity, outbound: Outbound, **kwargs: Any) -> bool:
         """Queue a message to anyone (an offer, a relayed line); False if already queued."""
@@ -240,11 +257,11 @@ class Engine:
                 return None
         key = (inbound.channel, inbound.address)
         if key in people:
-            identity, conversation, _intake = people[key]
+            identity, conversation, _intake, _mechanic = people[key]
         else:
             identity = await resolve_identity(session, inbound, now)
             conversation = await load_conversation(session, identity, now)
-            people[key] = (identity, conversation, None)
+            people[key] = (identity, conversation, None, None)
         session.add(Message(
             identity_id=identity.id, conversation_id=conversation.id, direction="in",
             channel=inbound.channel, text=inbound.text, action=inbound.action,
@@ -268,7 +285,7 @@ def _describe(exc: BaseException) -> str:
     return type(orig).__name__ if orig is not None else f"{type(exc).__name__}: {exc}"
 
 
-Person = tuple[Identity, Conversation, Intake | None]
+Person = tuple[Identity, Conversation, Intake | None, Mechanic | None]
 
 
 async def _known_people(session: AsyncSession,
@@ -276,16 +293,17 @@ async def _known_people(session: AsyncSession,
     """The usual case in one query for any number of senders: identity, conversation (locked,
     in id order so concurrent batches cannot deadlock on each other) and current intake. The
     caller keeps the intakes referenced, so the session's identity map still holds them when
-    the flow looks them up (no second query)."""
+    the flow looks them up (no second query). Mechanics likewise."""
     keys = {(inbound.channel, inbound.address) for inbound in inbounds}
     rows = (await session.execute(
-        select(Identity, Conversation, Intake)
+        select(Identity, Conversation, Intake, Mechanic)
         .join(Conversation, Conversation.identity_id == Identity.id)
         .outerjoin(Intake, Intake.id == Conversation.intake_id)
+        .outerjoin(Mechanic, Mechanic.id == Identity.mechanic_id)
         .where(tuple_(Identity.channel, Identity.address).in_(sorted(keys)))
         .order_by(Conversation.id)
         .with_for_update(of=Conversation))).all()
-    return {(row[0].channel, row[0].address): (row[0], row[1], row[2]) for row in rows}
+    return {(row[0].channel, row[0].address): (row[0], row[1], row[2], row[3]) for row in rows}
 
 
 def _retryable(exc: DBAPIError) -> bool:
@@ -321,16 +339,19 @@ async def resolve_identity(session: AsyncSession, inbound: Inbound, now: datetim
 async def load_conversation(session: AsyncSession, identity: Identity,
                             now: datetime) -> Conversation:
     """The identity's conversation, locked for this transaction (created on first contact)."""
-    query = select(Conversation).where(Conversation.identity_id == identity.id).with_for_update()
     conversation = next((c for c in session.new if isinstance(c, Conversation)
                          and c.identity_id == identity.id), None)
+    if conversation is not None:
+        return conversation
+    flow = "mechanic" if identity.mechanic_id is not None else "customer"
+    # Usually there is none yet (a person found without one is new to the bot); a new row
+    # is ours alone until commit. Otherwise, read and lock the existing one.
+    conversation = await insert_returning(session, Conversation, {
+        "identity_id": identity.id, "flow": flow, "step": "start", "data": {}, "version": 0,
+        "created_at": now, "updated_at": now}, ["identity_id"])
     if conversation is None:
-        conversation = await session.scalar(query)
-    if conversation is None:
-        flow = "mechanic" if identity.mechanic_id is not None else "customer"
-        await insert_ignore(session, Conversation, {
-            "identity_id": identity.id, "flow": flow, "step": "start", "data": {},
-            "version": 0, "created_at": now, "updated_at": now}, ["identity_id"])
-        conversation = await session.scalar(query)
+        conversation = await session.scalar(
+            select(Conversation).where(Conversation.identity_id == identity.id)
+            .with_for_update())
         assert conversation is not None
     return conversation

@@ -75,9 +75,7 @@ async def enqueue(session: AsyncSession, identity: Identity, outbound: Outbound,
         session.add(message)
         wake_after_commit(session, identity.id, message)
         if not direct:
-            await session.flush()
-            session.add(OutboxItem(dedupe_key=f"msg:{uuid.uuid4().hex}", message_id=message.id,
-                                   **row))
+            session.add(OutboxItem(dedupe_key=f"msg:{uuid.uuid4().hex}", message=message, **row))
         return message
     # A keyed message (an offer, a notice) is queued at most once, whoever tries again.
     outbox_id = await insert_ignore(session, OutboxItem,
@@ -114,15 +112,12 @@ async def enqueue_fresh(session: AsyncSession, items: list[tuple[Identity, Outbo
     """
     if not items:
         return
-    messages = [Message(identity_id=identity.id, direction="out", channel=identity.channel,
-                        text=out.text, body=out.to_body(), created_at=now)
-                for identity, out in items]
-    session.add_all(messages)
-    await session.flush()
-    for (identity, out), message in zip(items, messages, strict=True):
+    for identity, out in items:
         direct = identity.channel in TRANSCRIPT_CHANNELS
+        message = Message(identity_id=identity.id, direction="out", channel=identity.channel,
+                          text=out.text, body=out.to_body(), created_at=now)
         session.add(OutboxItem(
-            dedupe_key=out.dedupe_key or f"msg:{uuid.uuid4().hex}", message_id=message.id,
+            dedupe_key=out.dedupe_key or f"msg:{uuid.uuid4().hex}", message=message,
             channel=identity.channel, address=identity.address, identity_id=identity.id,
             payload=out.to_body(), status="sent" if direct else "pending",
             sent_at=now if direct else None, next_attempt_at=now, created_at=now, attempts=0))

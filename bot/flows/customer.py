@@ -101,9 +101,7 @@ async def handle(ctx: Context) -> None:
 
 
 async def _current_intake(ctx: Context) -> Intake | None:
-    if ctx.conversation.intake_id is None:
-        return None
-    intake = await ctx.session.get(Intake, ctx.conversation.intake_id)
+    intake = await ctx.get(Intake, ctx.conversation.intake_id)
     if intake is None or intake.status in ("cancelled", "expired"):
         return None
     return intake

@@ -33,7 +33,7 @@ def _ref(raw: str) -> str:
 
 
 async def handle(ctx: Context) -> None:
-    mechanic = await ctx.session.get(Mechanic, ctx.identity.mechanic_id)
+    mechanic = await ctx.get(Mechanic, ctx.identity.mechanic_id)
     assert mechanic is not None
     action = ctx.inbound.action or ""
     said = ctx.text.strip().lower().lstrip("/")

@@ -9,10 +9,10 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.app import ENGINE
+from bot.app import ENGINE, RUNTIME
 from channels.web.ws import visitor_address
 from core.config import Config, with_changes
 from core.messages import Inbound
@@ -111,6 +111,32 @@ async def test_full_intake_over_websocket_ends_with_payment_link(client: TestCli
     assert "/pay/co_" in pay["link"]["url"]
     ids = [m["id"] for m in w.messages]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    await w.close()
+
+
+async def test_replies_reach_the_socket_without_reading_the_transcript_back(
+        client: TestClient, engine: AsyncEngine) -> None:
+    reads: list[str] = []
+
+    def on_execute(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "FROM messages" in statement:
+            reads.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", on_execute)
+    try:
+        w = Widget(client)
+        await w.connect()  # a new visitor: the greeting comes from the rows just stored
+        await w.expect()
+        await w.tap("Quick Chat")
+        assert "odometer" in await w.say(GOOD_VIN, replies=2)
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", on_execute)
+    # The committed rows were handed to the socket by the hub; nothing was read back.
+    assert reads == []
+    async with client.app[RUNTIME].readers() as s:
+        stored = (await s.scalars(select(Message.id).where(Message.direction == "out")
+                                  .order_by(Message.id))).all()
+    assert [m["id"] for m in w.messages] == list(stored)
     await w.close()
 
 

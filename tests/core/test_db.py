@@ -1,16 +1,20 @@
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+import threading
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import inspect, select, text
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import migrations
-from core.db import create_sessionmaker
+from core.db import create_engine, create_sessionmaker
 from core.models import (
     Base,
     Customer,
@@ -21,6 +25,7 @@ from core.models import (
     OutboxItem,
     SessionRequest,
 )
+from core.sqlite_inline import InlineConnection
 
 NOW = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
 
@@ -162,3 +167,74 @@ async def test_naive_datetimes_are_refused(engine: AsyncEngine) -> None:
     with pytest.raises(Exception, match="naive datetime"):
         async with sessions.begin() as s:
             s.add(Customer(created_at=datetime(2026, 3, 1, 10, 30)))
+
+
+async def test_sqlite_statements_run_on_the_event_loop_thread(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'inline.db'}")
+    try:
+        async with engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            assert isinstance(raw.driver_connection, InlineConnection)
+            await raw.driver_connection.create_function("whoami", 0, threading.get_ident)
+            ran_on = (await conn.execute(text("SELECT whoami()"))).scalar_one()
+        assert ran_on == threading.get_ident()  # no hop to a worker thread
+    finally:
+        await engine.dispose()
+
+
+async def test_sqlite_writer_waits_for_another_process_without_stalling_the_loop(
+        tmp_path: Path) -> None:
+    path = tmp_path / "locked.db"
+    engine = create_engine(f"sqlite+aiosqlite:///{path}", busy_timeout_ms=5000)
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+    other = sqlite3.connect(path, isolation_level=None)  # another process's connection
+    other.execute("BEGIN IMMEDIATE")
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    async def write() -> None:
+        async with create_sessionmaker(engine).begin() as s:
+            s.add(Customer(display_name="Dana", created_at=NOW))
+
+    try:
+        ticking = asyncio.create_task(ticker())
+        writing = asyncio.create_task(write())
+        await asyncio.sleep(0.5)
+        assert not writing.done()  # waiting for the other writer...
+        assert ticks >= 10  # ...while the loop goes on serving others
+        other.execute("COMMIT")
+        await asyncio.wait_for(writing, 5)
+        ticking.cancel()
+        async with create_sessionmaker(engine)() as s:
+            assert await s.scalar(select(Customer.display_name)) == "Dana"
+    finally:
+        other.close()
+        await engine.dispose()
+
+
+async def test_sqlite_writer_gives_up_after_the_busy_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "stuck.db"
+    engine = create_engine(f"sqlite+aiosqlite:///{path}", busy_timeout_ms=300)
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(OperationalError, match="locked"):
+            async with create_sessionmaker(engine).begin() as s:
+                s.add(Customer(display_name="Dana", created_at=NOW))
+        assert asyncio.get_running_loop().time() - started >= 0.3
+        # The in-process write lock was released: the next writer goes ahead once free.
+        other.execute("ROLLBACK")
+        async with create_sessionmaker(engine).begin() as s:
+            s.add(Customer(display_name="Lee", created_at=NOW))
+    finally:
+        other.close()
+        await engine.dispose()

@@ -1,0 +1,115 @@
+"""Group commit: messages from different people share a transaction, and still behave as if
+each had been handled alone."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from sqlalchemy import event, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot.flows import route
+from core.engine import Context, Engine
+from core.models import Conversation, Identity, Message
+from core.runtime import Runtime
+from tests.helpers import Chat, joined
+
+GOOD_VIN = "1HGCM82633A004352"
+
+
+@contextmanager
+def counting_commits(engine: AsyncEngine) -> Iterator[list[int]]:
+    commits: list[int] = []
+
+    def on_commit(conn: object) -> None:
+        commits.append(1)
+
+    event.listen(engine.sync_engine, "commit", on_commit)
+    try:
+        yield commits
+    finally:
+        event.remove(engine.sync_engine, "commit", on_commit)
+
+
+async def test_people_writing_at_once_share_transactions_and_get_their_own_answers(
+        runtime: Runtime, engine: AsyncEngine) -> None:
+    bot = Engine(runtime, route)
+    chats = [Chat(bot, channel="web", address=f"v_{i}") for i in range(30)]
+    await asyncio.gather(*(chat.send("hi") for chat in chats))
+
+    with counting_commits(engine) as commits:
+        answers = await asyncio.gather(*(chat.send(str(1 + i % 3))
+                                         for i, chat in enumerate(chats)))
+
+    # 30 messages, far fewer transactions (without batching: one commit each).
+    assert 1 <= len(commits) < 10
+    for i, (chat, reply) in enumerate(zip(chats, answers, strict=True)):
+        plan = ("Quick Chat", "Standard Video", "Full Diagnostic")[i % 3]
+        assert plan in joined(reply) and "VIN" in joined(reply), (chat.address, reply)
+    async with runtime.sessions() as s:
+        steps = {c.step for c in (await s.scalars(select(Conversation))).all()}
+        inbound = (await s.scalars(select(Message).where(Message.direction == "in"))).all()
+    assert steps == {"vehicle"}
+    assert len(inbound) == 60
+
+
+async def test_a_failing_message_costs_the_others_in_its_batch_nothing(
+        runtime: Runtime, engine: AsyncEngine) -> None:
+    async def router(ctx: Context) -> None:
+        if ctx.text == "boom":
+            raise RuntimeError("a flow bug")
+        await route(ctx)
+
+    bot = Engine(runtime, router)
+    chats = [Chat(bot, channel="web", address=f"v_{i}") for i in range(12)]
+
+    with counting_commits(engine) as commits:
+        results = await asyncio.gather(
+            *(chat.send("boom" if i == 5 else "hi") for i, chat in enumerate(chats)),
+            return_exceptions=True)
+
+    assert isinstance(results[5], RuntimeError)
+    assert all(isinstance(r, list) and "AutoDoctor assistant" in joined(r)
+               for i, r in enumerate(results) if i != 5), results
+    # The batch was rolled back and its messages handled one by one.
+    assert len(commits) == 11
+    async with runtime.sessions() as s:
+        senders = set((await s.scalars(
+            select(Identity.address).join(Message, Message.identity_id == Identity.id)
+            .where(Message.direction == "in"))).all())
+    assert senders == {f"v_{i}" for i in range(12)} - {"v_5"}
+
+
+async def test_one_persons_messages_stay_in_order_while_others_are_batched(
+        runtime: Runtime) -> None:
+    bot = Engine(runtime, route)
+    fast = Chat(bot, channel="web", address="fast")
+    others = [Chat(bot, channel="web", address=f"o_{i}") for i in range(10)]
+    await asyncio.gather(fast.send("hi"), *(o.send("hi") for o in others))
+
+    answers = ["2", GOOD_VIN, "90000", "Car pulls to the right when braking hard", "skip"]
+    await asyncio.gather(*(fast.send(a) for a in answers),
+                         *(o.send("1") for o in others))
+
+    async with runtime.sessions() as s:
+        said = (await s.scalars(
+            select(Message.text).join(Identity, Identity.id == Message.identity_id)
+            .where(Identity.address == "fast", Message.direction == "in")
+            .order_by(Message.id))).all()
+        step = await s.scalar(select(Conversation.step).join(
+            Identity, Identity.id == Conversation.identity_id).where(Identity.address == "fast"))
+    assert said[1:] == answers
+    assert step == "summary"
+
+
+@pytest.mark.parametrize("max_batch", [1, 4])
+async def test_batch_size_is_bounded(runtime: Runtime, engine: AsyncEngine,
+                                     max_batch: int) -> None:
+    bot = Engine(runtime, route, max_batch=max_batch)
+    chats = [Chat(bot, channel="web", address=f"v_{i}") for i in range(8)]
+    with counting_commits(engine) as commits:
+        await asyncio.gather(*(chat.send("hi") for chat in chats))
+    assert len(commits) == 8 // max_batch
