@@ -44,8 +44,12 @@ def create_engine(url: str, *, busy_timeout_ms: int = 5000, echo: bool = False,
         if "connect_args" in kwargs:
             kwargs["connect_args"].setdefault("timeout", busy_timeout_ms / 1000)
     else:
-        kwargs["pool_pre_ping"] = True
+        # No ping before each checkout (a round trip per transaction): a connection found
+        # dead when used is dropped from the pool, and the engine tries the message again.
         kwargs.setdefault("pool_size", 10)
+        # The most recently used connection first: its prepared statements are warm, and
+        # idle ones beyond the load can time out.
+        kwargs["pool_use_lifo"] = True
     engine = create_async_engine(url, **kwargs)
     if is_sqlite(url):
         _configure_sqlite(engine, busy_timeout_ms)

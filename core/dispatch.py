@@ -31,7 +31,7 @@ from core.models import (
     OutboxItem,
     SessionRequest,
 )
-from core.outbox import addressed, enqueue_fresh, tell
+from core.outbox import enqueue_fresh, tell
 from core.payments import split_cents
 from core.runtime import Runtime
 
@@ -289,21 +289,27 @@ async def _after_accept(session: AsyncSession, runtime: Runtime, request: Sessio
     assert mechanic is not None and intake is not None and customer is not None
     plan = runtime.config.plan(request.plan)
     stamp = f"{now.timestamp():.0f}"
+    # The open offers, closed in two UPDATEs, and their messages edited in one batch: the
+    # winner's answer should not wait on N objects.
     rows = (await session.execute(
-        select(Offer, Identity).outerjoin(Identity, Identity.id == Offer.identity_id)
+        select(Offer.mechanic_id, Offer.provider_message_id, Identity.id, Identity.channel,
+               Identity.address)
+        .outerjoin(Identity, Identity.id == Offer.identity_id)
         .where(Offer.request_id == request.id, Offer.status == "offered"))).all()
-    closing: list[tuple[Identity, Outbound]] = []
-    for offer, identity in rows:
-        offer.answered_at = now
-        offer.status = "accepted" if offer.mechanic_id == mechanic_id else "taken"
-        if identity is None:
+    open_offer = (Offer.request_id == request.id) & (Offer.status == "offered")
+    await session.execute(update(Offer).where(open_offer, Offer.mechanic_id == mechanic_id)
+                          .values(status="accepted", answered_at=now))
+    await session.execute(update(Offer).where(open_offer).values(status="taken", answered_at=now))
+    closing: list[tuple[int, Outbound]] = []
+    yours = runtime.texts("offer_accepted_by_you", ref=request.ref)
+    taken = runtime.texts("offer_taken", ref=request.ref)
+    for offer_mechanic, provider_message_id, identity_id, channel, address in rows:
+        if identity_id is None:
             continue
-        text = (runtime.texts("offer_accepted_by_you", ref=request.ref)
-                if offer.status == "accepted" else runtime.texts("offer_taken", ref=request.ref))
-        closing.append((identity, addressed(
-            identity, text, edit_of=offer.provider_message_id,
-            dedupe_key=f"offer-closed:{request.id}:{offer.mechanic_id}:{stamp}")))
-    # One batch for all the "taken" edits: the winner's answer should not wait on N inserts.
+        text = yours if offer_mechanic == mechanic_id else taken
+        closing.append((identity_id, Outbound(
+            channel=channel, address=address, text=text, edit_of=provider_message_id,
+            dedupe_key=f"offer-closed:{request.id}:{offer_mechanic}:{stamp}")))
     await enqueue_fresh(session, closing, now)
     await tell(session, await mechanic_identity(session, mechanic_id),
                runtime.texts("accepted_details", request=request, plan=plan, intake=intake,

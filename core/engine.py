@@ -307,8 +307,9 @@ async def _known_people(session: AsyncSession,
 
 
 def _retryable(exc: DBAPIError) -> bool:
-    # IntegrityError too: two processes creating the same person's first rows at once.
-    return isinstance(exc, IntegrityError) or is_transient(exc)
+    # IntegrityError too: two processes creating the same person's first rows at once; and a
+    # pooled connection found dead (the database restarted): the retry takes a fresh one.
+    return isinstance(exc, IntegrityError) or is_transient(exc) or exc.connection_invalidated
 
 
 async def resolve_identity(session: AsyncSession, inbound: Inbound, now: datetime) -> Identity:

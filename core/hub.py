@@ -84,6 +84,9 @@ class Hub:
 
 
 CHANNEL = "autodoctor_wakeup"
+# How long a wake-up may wait for others to share its NOTIFY.
+COALESCE_SECONDS = 0.002
+MAX_PAYLOAD = 7900  # PostgreSQL refuses payloads of 8000 bytes or more
 
 
 class PgBridge:
@@ -99,6 +102,8 @@ class PgBridge:
         self.origin = uuid.uuid4().hex[:8]
         self._conn: Any = None
         self._pending: set[asyncio.Task[None]] = set()
+        self._queued: set[int] = set()
+        self._flusher: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()  # one asyncpg connection runs one command at a time
 
     async def start(self) -> None:
@@ -117,12 +122,27 @@ class PgBridge:
             self._conn = None
 
     def forward(self, identity_ids: set[int]) -> None:
+        """Tell the other processes, within COALESCE_SECONDS: commits that land together
+        share one NOTIFY (each is a round trip to the database)."""
         if self._conn is None:
             return
-        payload = self.origin + ":" + ",".join(str(i) for i in sorted(identity_ids))
-        task = asyncio.create_task(self._notify(payload[:7900]))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        self._queued |= identity_ids
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush())
+            self._pending.add(self._flusher)
+            self._flusher.add_done_callback(self._pending.discard)
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(COALESCE_SECONDS)
+        ids, self._queued, self._flusher = sorted(self._queued), set(), None
+        chunk: list[str] = []
+        for identity_id in map(str, ids):
+            if chunk and sum(map(len, chunk)) + len(chunk) + len(identity_id) > MAX_PAYLOAD:
+                await self._notify(self.origin + ":" + ",".join(chunk))
+                chunk = []
+            chunk.append(identity_id)
+        if chunk or not ids:
+            await self._notify(self.origin + ":" + ",".join(chunk))
 
     async def _notify(self, payload: str) -> None:
         try:

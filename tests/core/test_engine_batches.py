@@ -8,13 +8,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import event, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.flows import route
+from core.db import create_engine
 from core.engine import Context, Engine
 from core.models import Conversation, Identity, Message
 from core.runtime import Runtime
+from tests.conftest import PG_URL
 from tests.helpers import Chat, joined
 
 GOOD_VIN = "1HGCM82633A004352"
@@ -113,3 +115,26 @@ async def test_batch_size_is_bounded(runtime: Runtime, engine: AsyncEngine,
     with counting_commits(engine) as commits:
         await asyncio.gather(*(chat.send("hi") for chat in chats))
     assert len(commits) == 8 // max_batch
+
+
+# The database server ending a pooled connection (a restart, a failover) is PostgreSQL's case.
+@pytest.mark.parametrize("backend", ["postgresql"])
+async def test_a_connection_killed_under_the_pool_costs_a_retry_not_the_message(
+        runtime: Runtime, engine: AsyncEngine, backend: str) -> None:
+    chat = Chat(Engine(runtime, route), channel="web", address="v_restart")
+    await chat.send("hi")
+    async with engine.connect() as conn:  # the pooled connection the next message will use
+        pid = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+    admin = create_engine(PG_URL)
+    try:
+        async with admin.connect() as conn:
+            await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    finally:
+        await admin.dispose()
+
+    reply = await chat.send("1")
+
+    assert "Quick Chat" in joined(reply)
+    async with runtime.sessions() as s:
+        step = await s.scalar(select(Conversation.step))
+    assert step == "vehicle"
