@@ -88,6 +88,8 @@ def create_app(config: Config, *, engine: AsyncEngine | None = None,
                 log.warning("cross-process wake-ups off: could not LISTEN on the database")
                 bridge = None
         yield
+        # Messages already handed to the engine are finished before the database goes.
+        await conversation_engine.drain()
         if bridge is not None:
             await bridge.stop()
         if owns_engine:

@@ -131,6 +131,7 @@ class Engine:
     """
 
     MAX_BATCH = 64
+    DRAIN_SECONDS = 10.0
 
     def __init__(self, runtime: Runtime, router: Router, *, max_batch: int = MAX_BATCH) -> None:
         self.runtime = runtime
@@ -199,6 +200,18 @@ class Engine:
             self._worker = None
             for waiting in self._waiting:  # only when cancelled (shutdown)
                 waiting.done.cancel()
+            self._waiting.clear()
+
+    async def drain(self) -> bool:
+        """Wait until every message handed in so far is handled (at shutdown, before the
+        database goes away); False if that took longer than DRAIN_SECONDS."""
+        worker = self._worker
+        if worker is None:
+            return True
+        done, _ = await asyncio.wait({worker}, timeout=self.DRAIN_SECONDS)
+        if not done:
+            log.warning("%s messages still waiting at shutdown", len(self._waiting))
+        return bool(done)
 
     async def _run(self, batch: list[_Waiting]) -> None:
         try:

@@ -138,3 +138,17 @@ async def test_a_connection_killed_under_the_pool_costs_a_retry_not_the_message(
     async with runtime.sessions() as s:
         step = await s.scalar(select(Conversation.step))
     assert step == "vehicle"
+
+
+async def test_drain_waits_for_messages_already_handed_in(runtime: Runtime) -> None:
+    bot = Engine(runtime, route)
+    chats = [Chat(bot, channel="web", address=f"v_{i}") for i in range(5)]
+    sending = [asyncio.create_task(chat.send("hi")) for chat in chats]
+    await asyncio.sleep(0)  # handed in, not yet handled
+
+    assert await bot.drain()
+
+    async with runtime.sessions() as s:  # stored, whatever became of the callers
+        assert len((await s.scalars(select(Message).where(Message.direction == "in"))).all()) == 5
+    assert all("AutoDoctor" in joined(reply) for reply in await asyncio.gather(*sending))
+    assert await bot.drain()  # nothing under way: at once
