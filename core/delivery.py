@@ -8,7 +8,6 @@ again once its lease runs out. Waiting rows are woken at once by the hub on comm
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import uuid
@@ -173,23 +172,43 @@ class OutboxDispatcher:
         return None if due is None else max(0.0, (due - now).total_seconds())
 
     async def run_forever(self, idle_poll: float = 1.0) -> None:
-        """Deliver until cancelled; wakes at once when the hub says rows were committed."""
+        """Deliver until cancelled; wakes at once when the hub says rows were committed.
+
+        Rows are claimed ahead: when no more than half a batch is still under way, the next
+        batch is claimed while those are sent, so a rate-limited channel never waits on a
+        claim query between batches. (A chat's next row is claimable only once the row
+        before it is sent, so claiming ahead keeps each chat's order.)
+        """
         wakeup = self.runtime.hub.outbox_wakeup
         task = asyncio.current_task()
-        while True:
-            wakeup.clear()
-            try:
-                stats = await self.run_once()
-                if stats.sent or stats.retried or stats.failed:
-                    continue
-                wait = await self.next_due_in(self.runtime.clock.now())
-            except Exception:
-                if task is not None and task.cancelling():
-                    raise asyncio.CancelledError from None  # stopping: a query was cut off
-                log.exception("outbox dispatcher round failed")
-                wait = idle_poll
-            # Polling also picks up rows committed by other processes.
-            timeout = idle_poll if wait is None else min(wait, idle_poll)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await wakeup.wait()
+        under_way: set[asyncio.Task[None]] = set()
+        stats = DeliveryStats()
+        try:
+            while True:
+                wakeup.clear()
+                wait: float | None = None
+                try:
+                    if len(under_way) <= self.batch // 2:
+                        for row in await self.claim(self.runtime.clock.now()):
+                            delivery = asyncio.create_task(self._deliver(row, stats))
+                            under_way.add(delivery)
+                            delivery.add_done_callback(under_way.discard)
+                    if not under_way:
+                        wait = await self.next_due_in(self.runtime.clock.now())
+                except Exception:
+                    if task is not None and task.cancelling():
+                        raise asyncio.CancelledError from None  # stopping: a query was cut off
+                    log.exception("outbox dispatcher round failed")
+                    wait = idle_poll
+                # Polling also picks up rows committed by other processes.
+                timeout = idle_poll if wait is None else min(wait, idle_poll)
+                woken = asyncio.ensure_future(wakeup.wait())
+                try:
+                    await asyncio.wait({woken, *under_way}, timeout=timeout,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    woken.cancel()
+        finally:
+            for delivery in under_way:
+                delivery.cancel()
+            await asyncio.gather(*under_way, return_exceptions=True)

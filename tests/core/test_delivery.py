@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import datetime
 
 from sqlalchemy import select
@@ -154,3 +155,57 @@ async def test_dispatcher_stops_when_cancelled_even_mid_query(runtime: Runtime,
         done, _ = await asyncio.wait({task}, timeout=5)
         assert done, "the dispatcher ignored being stopped"
         assert task.cancelled() or task.exception() is None
+
+
+class GatedProvider:
+    """Each send waits until the test lets it through, so sends can be kept under way."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self.gates: dict[str, asyncio.Event] = {}
+
+    async def send(self, outbound: Outbound) -> str:
+        self.started.append(outbound.address)
+        gate = self.gates.setdefault(outbound.address, asyncio.Event())
+        await gate.wait()
+        return f"pm-{outbound.address}"
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition never met")
+
+
+async def test_next_rows_are_claimed_while_earlier_ones_are_still_being_sent(
+        runtime: Runtime) -> None:
+    # A rate-limited channel should never sit idle waiting on a claim between batches.
+    chats = [f"chat{i}" for i in range(8)]
+    for chat in chats:
+        await queue(runtime, chat, f"to {chat}")
+    provider = GatedProvider()
+    dispatcher = OutboxDispatcher(runtime, {"flaky": provider}, batch=4)
+    task = asyncio.create_task(dispatcher.run_forever(idle_poll=3600))
+    try:
+        await until(lambda: len(provider.started) == 4)
+        for chat in provider.started[:2]:  # half of the first batch is done...
+            provider.gates.setdefault(chat, asyncio.Event()).set()
+        # ...and the next batch is already being sent beside the other half.
+        await until(lambda: len(provider.started) == 8)
+        first_batch = provider.started[:4]
+        assert not any(provider.gates[chat].is_set() for chat in first_batch[2:])
+        for chat in chats:
+            provider.gates.setdefault(chat, asyncio.Event()).set()
+        for _ in range(500):
+            async with runtime.sessions() as s:
+                statuses = set((await s.scalars(select(OutboxItem.status))).all())
+            if statuses == {"sent"}:
+                break
+            await asyncio.sleep(0.01)
+        assert statuses == {"sent"}
+        assert sorted(provider.started) == sorted(chats)  # each once
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
