@@ -13,6 +13,8 @@ import hashlib
 import json
 import logging
 import secrets
+from collections import deque
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -32,6 +34,10 @@ log = logging.getLogger("autodoctor.channels.web")
 CHANNEL = "web"
 MAX_ATTACHMENTS_PER_MESSAGE = 10
 REPLAY_BATCH = 200
+# How late a transaction may commit a message with a lower id than one already sent (ids are
+# taken at insert, not at commit) and still reach an open or reconnecting widget. The widget
+# tells messages apart by id, so reading this far back shows nothing twice.
+LATE_COMMIT_GRACE = timedelta(seconds=30)
 
 
 def visitor_address(token: str) -> str:
@@ -118,6 +124,7 @@ class _Connection:
         self.address: str | None = None
         self.identity_id: int | None = None
         self.last_sent = 0
+        self.sent = _Recent()
         self.mailbox: Mailbox | None = None
         self.pusher: asyncio.Task[None] | None = None
         self.send_lock = asyncio.Lock()
@@ -246,7 +253,7 @@ class _Connection:
         self.mailbox = self.runtime.hub.subscribe(identity_id)
         self.last_sent = after
         if first is None:
-            await self.push_new()
+            await self.push_new(late=False)
         else:
             await self.push_rows(first)
         self.pusher = asyncio.create_task(self._push_forever())
@@ -277,31 +284,42 @@ class _Connection:
                 self.mailbox.event.set()
 
     async def push_rows(self, rows: list[Message]) -> None:
-        """Send rows this process has just committed, in order, skipping any already sent
-        (a database read may have found them first)."""
+        """Send rows this process has just committed, skipping any already sent (a database
+        read may have found them first). A row may have a lower id than one already sent:
+        ids are taken when a row is written, not when its transaction commits."""
         for row in sorted(rows, key=lambda r: r.id):
-            if row.id > self.last_sent and row.direction == "out":
+            if row.direction == "out" and row.id not in self.sent:
                 await self._send_row(row)
 
-    async def push_new(self) -> None:
-        """Send every bot message newer than the last one sent, in order, from the database."""
+    async def push_new(self, *, late: bool = True) -> None:
+        """Send every bot message not yet sent, in id order, from the database: those after
+        the last one sent and, with `late`, any committed lately with a lower id (see
+        push_rows). A reconnecting widget's replay starts after its resume_after only: the
+        protocol does not say which earlier ones it has."""
+        now = self.runtime.clock.now()
+        since = now - LATE_COMMIT_GRACE if late else now + LATE_COMMIT_GRACE
         async with self.runtime.readers() as session:
             while True:
+                floor = self.last_sent
                 rows = (await session.scalars(
                     select(Message).where(Message.identity_id == self.identity_id,
                                           Message.direction == "out",
-                                          Message.id > self.last_sent)
+                                          (Message.id > floor) | (Message.created_at >= since))
                     .order_by(Message.id).limit(REPLAY_BATCH))).all()
                 for row in rows:
-                    await self._send_row(row)
+                    if row.id not in self.sent:
+                        await self._send_row(row)
                 if len(rows) < REPLAY_BATCH:
                     return
+                since = now + LATE_COMMIT_GRACE  # next pages: after the last one sent only
 
     async def _send_row(self, row: Message) -> None:
         body = row.body or {}
         await self.send_json({"type": "message", "id": row.id, "text": row.text,
                               "buttons": body.get("buttons", []), "link": body.get("link")})
-        self.last_sent = row.id
+        self.sent.remember(row.id)
+        self.last_sent = max(self.last_sent, row.id)
+
 
     async def on_message(self, frame: dict[str, Any]) -> None:
         text = frame.get("text", "")
@@ -329,3 +347,20 @@ class _Connection:
         assert self.address is not None
         await self.server.engine.receive(Inbound(channel=CHANNEL, address=self.address,
                                                  action=payload))
+
+
+class _Recent:
+    """The ids sent lately on one connection (a bounded set)."""
+
+    def __init__(self, size: int = 1000) -> None:
+        self._order: deque[int] = deque(maxlen=size)
+        self._ids: set[int] = set()
+
+    def remember(self, message_id: int) -> None:
+        if len(self._order) == self._order.maxlen:
+            self._ids.discard(self._order[0])
+        self._order.append(message_id)
+        self._ids.add(message_id)
+
+    def __contains__(self, message_id: object) -> bool:
+        return message_id in self._ids

@@ -16,7 +16,8 @@ from bot.app import ENGINE, RUNTIME
 from channels.web.ws import visitor_address
 from core.config import Config, with_changes
 from core.messages import Inbound
-from core.models import File, Intake, Message
+from core.models import File, Identity, Intake, Message
+from core.outbox import tell
 
 GOOD_VIN = "1HGCM82633A004352"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
@@ -405,3 +406,25 @@ async def test_reply_written_by_another_server_reaches_the_open_socket(
                                              text="2"))
     (reply,) = await w.expect()
     assert "Standard Video, good choice" in reply["text"]
+
+
+# Only PostgreSQL runs writers side by side; on SQLite ids are taken in commit order.
+@pytest.mark.parametrize("backend", ["postgresql"])
+async def test_a_message_committed_late_with_a_lower_id_still_reaches_the_socket(
+        client: TestClient, backend: str) -> None:
+    w = Widget(client)
+    await w.connect()
+    await w.expect()
+    assert w.visitor is not None
+    runtime = client.app[RUNTIME]
+    async with runtime.sessions.begin() as slow:  # say, a payment webhook still at work
+        identity = await slow.scalar(select(Identity).where(
+            Identity.address == visitor_address(w.visitor)))
+        assert await tell(slow, identity, "A notice from a slow transaction",
+                          runtime.clock.now(), key="late:1")
+        # Meanwhile the customer's own message is answered, with a higher id, and committed.
+        (answer,) = await w.tap("Quick Chat")
+    (late,) = await w.expect()
+    assert late["text"] == "A notice from a slow transaction"
+    assert late["id"] < answer["id"]
+    await w.close()

@@ -28,10 +28,20 @@
     }
   };
 
+  function seenIds(h) {
+    var ids = {};
+    h.items.forEach(function (item) { if (item.id != null) ids[item.id] = true; });
+    return ids;
+  }
+
   function loadHistory(token) {
     try {
       var saved = JSON.parse(store.get("autodoctor.history." + token) || "null");
-      if (saved && Array.isArray(saved.items)) return saved;
+      if (saved && Array.isArray(saved.items)) {
+        // Saved before bot messages kept their ids: only "newer than the last" can tell.
+        saved.legacy = saved.items.some(function (i) { return i.kind === "bot" && i.id == null; });
+        return saved;
+      }
     } catch (e) { /* corrupt: start afresh */ }
     return { last: null, items: [] };
   }
@@ -40,6 +50,7 @@
   var token = store.get(TOKEN_KEY);
   var history = token ? loadHistory(token) : { last: null, items: [] };
   var lastId = history.last; // highest message id seen for this visitor
+  var seen = seenIds(history);  // every bot message id shown (a late one may be lower)
   var queue = [];            // visitor items whose frame is not sent yet: {item, el}
   var ws = null, ready = false, started = false, backoff = 1000, retryTimer = null;
   var isOpen = false, wantOpen = OPEN_AT_LOAD, unread = 0;
@@ -307,10 +318,12 @@
     } else if (frame.type === "message") {
       var id = typeof frame.id === "number" ? frame.id : Number(frame.id);
       var known = frame.id != null && isFinite(id);
-      if (known && lastId !== null && id <= lastId) return; // already shown
-      var item = { kind: "bot", text: String(frame.text || ""),
+      // Ids say which messages were shown, not their order: one committed a moment late
+      // can have a lower id than one already shown, and is shown when it comes.
+      if (known && (seen[id] || (lastId !== null && id <= lastId && history.legacy))) return;
+      var item = { kind: "bot", id: known ? id : null, text: String(frame.text || ""),
         buttons: Array.isArray(frame.buttons) ? frame.buttons : [], link: frame.link || null };
-      if (known) lastId = id;
+      if (known) { seen[id] = true; if (lastId === null || id > lastId) lastId = id; }
       history.items.push(item);
       saveHistory();
       render(item, true);
@@ -319,6 +332,7 @@
       if (!ready && (frame.code === "bad_visitor" || frame.code === "bad_resume_after")) {
         if (frame.code === "bad_visitor") token = null; // stale storage: start afresh
         lastId = null;
+        seen = {};
         if (ws) ws.close();
       } else if (!ready) {
         setStatus(""); // connected, but the server refused the hello (e.g. a bad invite)
@@ -335,6 +349,7 @@
       // The server gave us a new identity: the old transcript is not this visitor's.
       history = loadHistory(token);
       lastId = history.last;
+      seen = seenIds(history);
       ui.log.textContent = "";
       history.items.forEach(function (item) { render(item, false); });
       queue.forEach(function (q) { history.items.push(q.item); ui.log.appendChild(q.el); });
