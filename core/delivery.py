@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import and_, exists, select, update
-from sqlalchemy.orm import aliased
+from sqlalchemy import func, select, update
 
 from core.errors import PermanentFailure, RetryLater
 from core.messages import Outbound
@@ -68,14 +67,13 @@ class OutboxDispatcher:
         """Lease the oldest due row of each chat (FOR UPDATE SKIP LOCKED on PostgreSQL)."""
         if not self.senders:
             return []
-        earlier = aliased(OutboxItem)
+        # The head of each chat: its oldest pending row (the partial index answers this).
+        heads = (select(func.min(OutboxItem.id))
+                 .where(OutboxItem.status == "pending", OutboxItem.channel.in_(self.senders))
+                 .group_by(OutboxItem.channel, OutboxItem.address))
         due = (select(OutboxItem.id).where(
-            OutboxItem.status == "pending", OutboxItem.channel.in_(self.senders),
-            OutboxItem.next_attempt_at <= now,
-            (OutboxItem.lease_until.is_(None)) | (OutboxItem.lease_until < now),
-            ~exists().where(and_(earlier.channel == OutboxItem.channel,
-                                 earlier.address == OutboxItem.address,
-                                 earlier.status == "pending", earlier.id < OutboxItem.id)))
+            OutboxItem.id.in_(heads), OutboxItem.next_attempt_at <= now,
+            (OutboxItem.lease_until.is_(None)) | (OutboxItem.lease_until < now))
             .order_by(OutboxItem.id).limit(self.batch))
         async with self.runtime.sessions.begin() as session:
             if dialect(session) == "postgresql":

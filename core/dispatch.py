@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -28,10 +28,9 @@ from core.models import (
     Intake,
     Mechanic,
     Offer,
-    OutboxItem,
     SessionRequest,
 )
-from core.outbox import enqueue_fresh, tell
+from core.outbox import enqueue_many, tell
 from core.payments import split_cents
 from core.runtime import Runtime
 
@@ -139,23 +138,35 @@ async def offer_request(session: AsyncSession, runtime: Runtime, request: Sessio
     text = runtime.texts("offer", request=request, plan=plan, intake=intake, files=files,
                          payout_cents=split_cents(request.price_cents,
                                                  runtime.config.billing.fee_bps)[0])
-    sent = 0
-    for mechanic, identity in await eligible_mechanics(session, runtime, request.plan, now):
-        if mechanic.id in already:
-            continue
-        offer = await session.scalar(select(Offer).where(Offer.request_id == request.id,
-                                                         Offer.mechanic_id == mechanic.id))
+    round_no = request.accepted_at.timestamp() if request.accepted_at else 0
+    earlier = {o.mechanic_id: o for o in (await session.scalars(
+        select(Offer).where(Offer.request_id == request.id))).all()}
+    targets = [(mechanic, identity) for mechanic, identity
+               in await eligible_mechanics(session, runtime, request.plan, now)
+               if mechanic.id not in already]
+    keys = {mechanic.id: f"offer:{request.id}:{mechanic.id}:{round_no:.0f}"
+            for mechanic, _identity in targets}
+    buttons = (Button("Accept", f"accept:{request.ref}"),)
+    # All the offer messages in a few multi-row statements, not a round trip each.
+    queued = await enqueue_many(session, [
+        (identity.id, Outbound(channel=identity.channel, address=identity.address, text=text,
+                               buttons=buttons, dedupe_key=keys[mechanic.id]))
+        for mechanic, identity in targets], now)
+    new_offers = []
+    for mechanic, identity in targets:
+        outbox_id = queued.get(keys[mechanic.id])
+        offer = earlier.get(mechanic.id)
         if offer is None:
-            offer = Offer(request_id=request.id, mechanic_id=mechanic.id, created_at=now)
-            session.add(offer)
-        offer.identity_id, offer.status, offer.answered_at = identity.id, "offered", None
-        round_no = request.accepted_at.timestamp() if request.accepted_at else 0
-        key = f"offer:{request.id}:{mechanic.id}:{round_no:.0f}"
-        await tell(session, identity, text, now, key=key,
-                   buttons=(Button("Accept", f"accept:{request.ref}"),))
-        offer.outbox_id = await session.scalar(select(OutboxItem.id).where(
-            OutboxItem.dedupe_key == key))
-        sent += 1
+            new_offers.append({"request_id": request.id, "mechanic_id": mechanic.id,
+                               "identity_id": identity.id, "status": "offered",
+                               "outbox_id": outbox_id, "created_at": now})
+        else:
+            offer.identity_id, offer.status, offer.answered_at = identity.id, "offered", None
+            if outbox_id is not None:
+                offer.outbox_id = outbox_id
+    if new_offers:
+        await session.execute(insert(Offer), new_offers)
+    sent = len(targets)
     log.info("request=%s offered to %s mechanics", request.ref, sent)
     if sent == 0 and not already and request.status == "pending":
         await mark_unattended(session, runtime, request, now)
@@ -310,7 +321,7 @@ async def _after_accept(session: AsyncSession, runtime: Runtime, request: Sessio
         closing.append((identity_id, Outbound(
             channel=channel, address=address, text=text, edit_of=provider_message_id,
             dedupe_key=f"offer-closed:{request.id}:{offer_mechanic}:{stamp}")))
-    await enqueue_fresh(session, closing, now)
+    await enqueue_many(session, closing, now)
     await tell(session, await mechanic_identity(session, mechanic_id),
                runtime.texts("accepted_details", request=request, plan=plan, intake=intake,
                              customer_name=customer.display_name),

@@ -6,13 +6,13 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import event, insert, inspect, update
+from sqlalchemy import bindparam, event, insert, inspect, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from core.messages import Outbound
 from core.models import Identity, Message, OutboxItem
-from core.sql import insert_ignore
+from core.sql import dialect_insert, insert_ignore
 
 HUB = "autodoctor.hub"
 _TOUCHED = "autodoctor.touched"
@@ -104,33 +104,48 @@ async def tell(session: AsyncSession, identity: Identity | None, text: str, now:
                          now, conversation_id=conversation_id) is not None
 
 
-async def enqueue_fresh(session: AsyncSession, items: list[tuple[int, Outbound]],
-                        now: datetime) -> None:
-    """Queue many messages (to identity ids) whose dedupe keys are new by construction, as two
-    multi-row INSERTs that bypass the ORM: closing 200 offers must not cost 400 ORM objects.
+async def enqueue_many(session: AsyncSession, items: list[tuple[int, Outbound]],
+                       now: datetime) -> dict[str, int]:
+    """Queue many messages (to identity ids) at once: a keyed message already queued is
+    skipped, like tell(). Returns the outbox id of each key queued now.
 
-    A repeated key is an error here (the transaction fails and is retried), not a skip.
+    Multi-row statements that bypass the ORM, a fixed handful whatever the count: offering a
+    request to 1,000 mechanics or closing 200 offers must not cost thousands of round trips.
     Sockets of these identities are woken to read the rows from the database.
     """
     if not items:
-        return
+        return {}
+    keyed = [(identity_id, out.dedupe_key or f"msg:{uuid.uuid4().hex}", out)
+             for identity_id, out in items]
     conn = await session.connection()
+    queued = dict((await conn.execute(
+        dialect_insert(session, OutboxItem.__table__)
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        .returning(OutboxItem.dedupe_key, OutboxItem.id),
+        [{"dedupe_key": key, "message_id": None, "channel": out.channel,
+          "address": out.address, "identity_id": identity_id, "payload": out.to_body(),
+          "status": "sent" if out.channel in TRANSCRIPT_CHANNELS else "pending",
+          "sent_at": now if out.channel in TRANSCRIPT_CHANNELS else None,
+          "next_attempt_at": now, "created_at": now, "attempts": 0, "lease_owner": None,
+          "lease_until": None, "provider_message_id": None, "last_error": None}
+         for identity_id, key, out in keyed])).all())
+    fresh = [(identity_id, key, out) for identity_id, key, out in keyed if key in queued]
+    if not fresh:
+        return {}
     # In parameter order (PostgreSQL in one statement; SQLite a row at a time), so each
     # outbox row gets its own message's id.
-    ids = (await conn.execute(
+    message_ids = (await conn.execute(
         insert(Message.__table__).returning(Message.id, sort_by_parameter_order=True),
         [{"identity_id": identity_id, "conversation_id": None, "consultation_id": None,
           "direction": "out", "channel": out.channel, "text": out.text, "action": None,
           "body": out.to_body(), "provider_id": None, "created_at": now}
-         for identity_id, out in items])).scalars().all()
-    await conn.execute(insert(OutboxItem.__table__), [
-        {"dedupe_key": out.dedupe_key or f"msg:{uuid.uuid4().hex}", "message_id": message_id,
-         "channel": out.channel, "address": out.address, "identity_id": identity_id,
-         "payload": out.to_body(),
-         "status": "sent" if out.channel in TRANSCRIPT_CHANNELS else "pending",
-         "sent_at": now if out.channel in TRANSCRIPT_CHANNELS else None,
-         "next_attempt_at": now, "created_at": now, "attempts": 0, "lease_owner": None,
-         "lease_until": None, "provider_message_id": None, "last_error": None}
-        for (identity_id, out), message_id in zip(items, ids, strict=True)])
-    for identity_id, _out in items:
+         for identity_id, _key, out in fresh])).scalars().all()
+    outbox = OutboxItem.__table__
+    await conn.execute(
+        update(outbox).where(outbox.c.id == bindparam("outbox_id"))
+        .values(message_id=bindparam("new_message_id")),
+        [{"outbox_id": queued[key], "new_message_id": message_id}
+         for (_identity, key, _out), message_id in zip(fresh, message_ids, strict=True)])
+    for identity_id, _key, _out in fresh:
         wake_after_commit(session, identity_id)
+    return {key: queued[key] for _identity, key, _out in fresh}

@@ -17,15 +17,19 @@ def dialect(session: AsyncSession) -> str:
     return session.get_bind().dialect.name
 
 
+def dialect_insert(session: AsyncSession, table: Any) -> Any:
+    """INSERT for this session's database, with its ON CONFLICT clauses."""
+    return (pg_insert if dialect(session) == "postgresql" else sqlite_insert)(table)
+
+
 async def insert_ignore(session: AsyncSession, model: type[Any], values: dict[str, Any],
                         conflict: list[str]) -> int | None:
     """INSERT … ON CONFLICT DO NOTHING RETURNING id: the new id, or None if it already existed.
 
     Unlike add()+flush(), a conflict does not abort the surrounding transaction.
     """
-    insert = pg_insert if dialect(session) == "postgresql" else sqlite_insert
-    stmt = (insert(model).values(**values).on_conflict_do_nothing(index_elements=conflict)
-            .returning(model.id))
+    stmt = (dialect_insert(session, model).values(**values)
+            .on_conflict_do_nothing(index_elements=conflict).returning(model.id))
     return (await session.execute(stmt)).scalar_one_or_none()
 
 

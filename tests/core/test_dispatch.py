@@ -6,7 +6,7 @@ import asyncio
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.flows import route
@@ -301,3 +301,36 @@ async def test_join_code_typed_from_any_chat_links_the_mechanic(runtime: Runtime
     assert "isn't valid or was already used" in again[0].text
     status = await engine.receive(Inbound(channel="sms", address="+15550100", text="status"))
     assert status[0].text.startswith("Ann: available")
+
+
+async def test_offering_to_many_mechanics_takes_as_many_statements_as_offering_to_a_few(
+        runtime: Runtime, engine: AsyncEngine) -> None:
+    # A paid request should reach 1,000 mechanics about as soon as it reaches 5: the offers
+    # go out in multi-row statements, not a round trip (or five) per mechanic.
+    statements: list[str] = []
+
+    def on_execute(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement)
+
+    counts = []
+    for round_no, how_many in enumerate((5, 40)):
+        async with runtime.sessions.begin() as s:
+            await s.execute(update(Mechanic).values(is_active=False))
+        mechanics = [await linked_mechanic(runtime, f"M{round_no}.{i}") for i in range(how_many)]
+        request = await paid_request(runtime, address=f"cust{round_no}")
+        event.listen(engine.sync_engine, "before_cursor_execute", on_execute)
+        try:
+            assert await offer(runtime, request) == how_many
+        finally:
+            event.remove(engine.sync_engine, "before_cursor_execute", on_execute)
+        counts.append(len(statements))
+        statements.clear()
+        async with runtime.sessions() as s:
+            offered = (await s.scalars(select(Offer).where(Offer.request_id == request.id))).all()
+        assert {o.mechanic_id for o in offered} == {m.mechanic_id for m in mechanics}
+        assert all(o.outbox_id is not None and o.status == "offered" for o in offered)
+        for mechanic in mechanics[:3]:
+            assert (await sent_to(runtime, mechanic))[-1].startswith(f"New request {request.ref}")
+    # SQLite writes a message row at a time (no RETURNING order otherwise); PostgreSQL not.
+    per_extra_mechanic = 1 if engine.dialect.name == "sqlite" else 0
+    assert counts[1] - counts[0] <= per_extra_mechanic * 35, counts
