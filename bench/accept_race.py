@@ -33,7 +33,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchdb import pg_database
+from benchdb import database_url
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -306,14 +306,10 @@ async def main_async(args: argparse.Namespace) -> int:
         config = load_config(environ=env, data_dir=tmp / "data")
         for db in args.db:
             for instances in args.instances:
-                if db == "sqlite":
-                    url = f"sqlite+aiosqlite:///{tmp / f'race-{instances}.db'}"
-                    scenarios.append(await run_scenario(db, url, instances, config, args))
-                    continue
-                async with pg_database(args.pg_url) as pg_url:
-                    if pg_url is None:
+                async with database_url(db, args.pg_url, tmp / f"race-{instances}.db") as url:
+                    if url is None:
                         break
-                    scenarios.append(await run_scenario(db, pg_url, instances, config, args))
+                    scenarios.append(await run_scenario(db, url, instances, config, args))
     report(scenarios, args)
     good = all(r.winners == 1 and r.db_ok and not r.errors
                for sc in scenarios for r in sc.rounds)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 from collections.abc import AsyncIterator
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 
@@ -28,3 +29,14 @@ async def pg_database(admin_url: str) -> AsyncIterator[str | None]:
         with contextlib.suppress(Exception):
             await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await conn.close(timeout=5)
+
+
+@contextlib.asynccontextmanager
+async def database_url(db: str, admin_url: str, sqlite_file: Path) -> AsyncIterator[str | None]:
+    """The URL a run uses: the SQLite file, or a throwaway PostgreSQL database (None when the
+    server is unreachable)."""
+    if db == "sqlite":
+        yield f"sqlite+aiosqlite:///{sqlite_file}"
+        return
+    async with pg_database(admin_url) as url:
+        yield url

@@ -45,7 +45,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from benchdb import pg_database
+from benchdb import database_url
 
 import migrations
 from bot.app import build_runtime
@@ -523,14 +523,10 @@ async def main_async(args: argparse.Namespace) -> int:
         config = load_config(environ=env, data_dir=tmp / "data")
         for db in args.db:
             for n in args.n:
-                if db == "sqlite":
-                    url = f"sqlite+aiosqlite:///{tmp / f'fanout-{n}.db'}"
-                    results.append(await run_one(db, url, n, config, args))
-                    continue
-                async with pg_database(args.pg_url) as pg_url:
-                    if pg_url is None:
+                async with database_url(db, args.pg_url, tmp / f"fanout-{n}.db") as url:
+                    if url is None:
                         break
-                    results.append(await run_one(db, pg_url, n, config, args))
+                    results.append(await run_one(db, url, n, config, args))
     report(results, args, config)
     return 0 if all(r.elapsed is not None for r in results) else 1
 

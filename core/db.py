@@ -36,13 +36,14 @@ def create_engine(url: str, *, busy_timeout_ms: int = 5000, echo: bool = False,
     if is_sqlite(url):
         parsed = make_url(url)
         database = parsed.database
-        if database and database != ":memory:":
+        in_memory = not database or database == ":memory:"
+        if not in_memory:
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-            if not parsed.query:
-                # A plain file: statements run on the loop's thread (core.sqlite_inline).
-                kwargs["async_creator"] = inline_creator(database, **kwargs.pop("connect_args"))
-        if "connect_args" in kwargs:
+        if in_memory or parsed.query:
             kwargs["connect_args"].setdefault("timeout", busy_timeout_ms / 1000)
+        else:
+            # A plain file: statements run on the loop's thread (core.sqlite_inline).
+            kwargs["async_creator"] = inline_creator(database, **kwargs.pop("connect_args"))
     else:
         # No ping before each checkout (a round trip per transaction): a connection found
         # dead when used is dropped from the pool, and the engine tries the message again.

@@ -77,8 +77,7 @@ class Context:
         """Reply to the person who wrote, on the channel they wrote on."""
         out = Outbound(channel=self.identity.channel, address=self.identity.address, text=text,
                        buttons=tuple(buttons), link=link, image=image)
-        message = await enqueue(self.session, self.identity, out, self.now,
-                                conversation_id=self.conversation.id)
+        message = await self.send(self.identity, out, conversation_id=self.conversation.id)
         if message is not None:
             self.replies.append(out)
             self.reply_rows.append(message)
@@ -91,10 +90,11 @@ class Context:
         with self.session.no_autoflush:
             return await self.session.get(model, key)
 
-    async def send(self, identity: Identity, outbound: Outbound, **kwargs: Any) -> bool:
-        """Queue a message to anyone (an offer, a relayed line); False if already queued."""
-        message = await enqueue(self.session, identity, outbound, self.now, **kwargs)
-        return message is not None
+    async def send(self, identity: Identity, outbound: Outbound,
+                   **kwargs: Any) -> Message | None:
+        """Queue a message to anyone (an offer, a relayed line); its transcript row, or None
+        if already queued."""
+        return await enqueue(self.session, identity, outbound, self.now, **kwargs)
 
 
 Router = Callable[[Context], Awaitable[None]]
@@ -272,8 +272,9 @@ class Engine:
         if key in people:
             identity, conversation, _intake, _mechanic = people[key]
         else:
-            identity = await resolve_identity(session, inbound, now)
-            conversation = await load_conversation(session, identity, now)
+            identity, conversation = await resolve_person(session, inbound, now)
+            if conversation is None:
+                conversation = await load_conversation(session, identity, now)
             people[key] = (identity, conversation, None, None)
         session.add(Message(
             identity_id=identity.id, conversation_id=conversation.id, direction="in",
@@ -327,13 +328,20 @@ def _retryable(exc: DBAPIError) -> bool:
 
 async def resolve_identity(session: AsyncSession, inbound: Inbound, now: datetime) -> Identity:
     """The identity for (channel, address); a first contact becomes a new customer."""
+    return (await resolve_person(session, inbound, now))[0]
+
+
+async def resolve_person(session: AsyncSession, inbound: Inbound,
+                         now: datetime) -> tuple[Identity, Conversation | None]:
+    """The identity for (channel, address); a first contact becomes a new customer, and its
+    new conversation comes back too (None for someone known: see load_conversation)."""
     # Nothing pending in this session can be this identity (the engine remembers the people
     # it created in this transaction), so the lookup need not flush others' changes first.
     with session.no_autoflush:
         identity = await session.scalar(select(Identity).where(
             Identity.channel == inbound.channel, Identity.address == inbound.address))
     if identity is not None:
-        return identity
+        return identity, None
     customer = await insert_returning(session, Customer, {
         "display_name": inbound.display_name, "created_at": now})
     assert customer is not None
@@ -343,23 +351,20 @@ async def resolve_identity(session: AsyncSession, inbound: Inbound, now: datetim
     if identity is None:
         # Another process created it first; the retry will find theirs.
         raise IntegrityError("identity created concurrently", None, Exception("race"))
-    # Its conversation starts here too: nobody else can see this identity yet.
-    session.add(Conversation(identity_id=identity.id, flow="customer", step="start", data={},
-                             version=0, created_at=now, updated_at=now))
     log.info("new customer=%s channel=%s", customer.id, inbound.channel)
-    return identity
+    # Nobody else can see this identity yet: its conversation is written with the rest.
+    conversation = Conversation(identity_id=identity.id, flow="customer", step="start",
+                                data={}, version=0, created_at=now, updated_at=now)
+    session.add(conversation)
+    return identity, conversation
 
 
 async def load_conversation(session: AsyncSession, identity: Identity,
                             now: datetime) -> Conversation:
     """The identity's conversation, locked for this transaction (created on first contact)."""
-    conversation = next((c for c in session.new if isinstance(c, Conversation)
-                         and c.identity_id == identity.id), None)
-    if conversation is not None:
-        return conversation
     flow = "mechanic" if identity.mechanic_id is not None else "customer"
-    # Usually there is none yet (a person found without one is new to the bot); a new row
-    # is ours alone until commit. Otherwise, read and lock the existing one.
+    # Usually there is none yet (someone linked outside the bot, say on the web console); a
+    # new row is ours alone until commit. Otherwise, read and lock the existing one.
     conversation = await insert_returning(session, Conversation, {
         "identity_id": identity.id, "flow": flow, "step": "start", "data": {}, "version": 0,
         "created_at": now, "updated_at": now}, ["identity_id"])

@@ -35,15 +35,12 @@ def wake_after_commit(session: AsyncSession, identity_id: int,
             hub.publish(done, {i: rows for i, rows in done.items()
                                if rows is not None and all(_stored(m) for m in rows)})
 
-        def forget(sync_session: Session) -> None:
-            sync_session.info.pop(_TOUCHED, None)
-
         event.listen(session.sync_session, "after_commit", publish, once=True)
-        event.listen(session.sync_session, "after_rollback", forget, once=True)
-    if message is None:
-        touched[identity_id] = None
-    elif identity_id not in touched or touched[identity_id] is not None:
-        touched.setdefault(identity_id, []).append(message)  # type: ignore[union-attr]
+    rows = touched.get(identity_id, [])
+    if message is None or rows is None:
+        touched[identity_id] = None  # the woken must read the database anyway
+    else:
+        touched[identity_id] = [*rows, message]
 
 
 def _stored(message: Message) -> bool:

@@ -41,9 +41,9 @@ def new_checkout_ref() -> str:
 async def checkout_for(session: AsyncSession, port: PaymentPort, config: Config,
                        intake: Intake, now: datetime) -> Checkout:
     """The intake's open, unexpired checkout, or a new one: one payable link at a time."""
-    if any(isinstance(row, Checkout) and row.intake_id == intake.id
-           and (row in session.new or inspect(row).modified)
-           for row in (*session.new, *session.identity_map.values())):
+    changed = (*session.new, *(row for row in session.identity_map.values()
+                               if inspect(row).modified))
+    if any(isinstance(row, Checkout) and row.intake_id == intake.id for row in changed):
         await session.flush()  # this intake's checkouts changed in this transaction count
     with session.no_autoflush:
         existing = await session.scalar(

@@ -296,22 +296,22 @@ class _Connection:
         the last one sent and, with `late`, any committed lately with a lower id (see
         push_rows). A reconnecting widget's replay starts after its resume_after only: the
         protocol does not say which earlier ones it has."""
-        now = self.runtime.clock.now()
-        since = now - LATE_COMMIT_GRACE if late else now + LATE_COMMIT_GRACE
+        since = self.runtime.clock.now() - LATE_COMMIT_GRACE
         async with self.runtime.readers() as session:
             while True:
-                floor = self.last_sent
+                wanted = Message.id > self.last_sent
+                if late:
+                    wanted = wanted | (Message.created_at >= since)
                 rows = (await session.scalars(
                     select(Message).where(Message.identity_id == self.identity_id,
-                                          Message.direction == "out",
-                                          (Message.id > floor) | (Message.created_at >= since))
+                                          Message.direction == "out", wanted)
                     .order_by(Message.id).limit(REPLAY_BATCH))).all()
                 for row in rows:
                     if row.id not in self.sent:
                         await self._send_row(row)
                 if len(rows) < REPLAY_BATCH:
                     return
-                since = now + LATE_COMMIT_GRACE  # next pages: after the last one sent only
+                late = False  # the next pages: after the last one sent
 
     async def _send_row(self, row: Message) -> None:
         body = row.body or {}
