@@ -16,6 +16,7 @@ from sqlalchemy import select, tuple_
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core import transcript
 from core.config import Config
 from core.db import is_transient
 from core.messages import Button, Inbound, Link, Outbound
@@ -26,11 +27,11 @@ from core.models import (
     InboundEvent,
     Intake,
     Mechanic,
-    Message,
 )
 from core.outbox import enqueue
 from core.runtime import Runtime
 from core.sql import insert_ignore, insert_returning
+from core.transcript import MessageRow
 
 log = logging.getLogger("autodoctor.engine")
 T = TypeVar("T")
@@ -58,7 +59,7 @@ class Context:
     now: datetime
     replies: list[Outbound] = field(default_factory=list)
     # The replies' transcript rows, in order (an open socket can send them as they are).
-    reply_rows: list[Message] = field(default_factory=list)
+    reply_rows: list[MessageRow] = field(default_factory=list)
     # A short answer to a button tap ("Accepted", "Already taken"), shown as a toast.
     toast: str | None = None
     # Work to do once the transaction has committed (e.g. a refund call to the provider).
@@ -91,7 +92,7 @@ class Context:
             return await self.session.get(model, key)
 
     async def send(self, identity: Identity, outbound: Outbound,
-                   **kwargs: Any) -> Message | None:
+                   **kwargs: Any) -> MessageRow | None:
         """Queue a message to anyone (an offer, a relayed line); its transcript row, or None
         if already queued."""
         return await enqueue(self.session, identity, outbound, self.now, **kwargs)
@@ -110,7 +111,7 @@ class Handled:
     # Who sent it (None for a duplicate): a first contact has just been created.
     identity_id: int | None = None
     # The replies' stored transcript rows (committed), in order.
-    reply_rows: list[Message] = field(default_factory=list)
+    reply_rows: list[MessageRow] = field(default_factory=list)
 
 
 @dataclass
@@ -276,7 +277,7 @@ class Engine:
             if conversation is None:
                 conversation = await load_conversation(session, identity, now)
             people[key] = (identity, conversation, None, None)
-        session.add(Message(
+        transcript.add(session, MessageRow(
             identity_id=identity.id, conversation_id=conversation.id, direction="in",
             channel=inbound.channel, text=inbound.text, action=inbound.action,
             body={"attachments": list(inbound.attachments)} if inbound.attachments else {},

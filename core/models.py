@@ -21,7 +21,7 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 NAMING_CONVENTION = {
@@ -456,10 +456,6 @@ class OutboxItem(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _created()
     sent_at: Mapped[datetime | None]
-
-    # Set when queueing, so one flush writes the message and then this row with its id;
-    # never loaded (the dispatcher reads the payload).
-    message: Mapped[Message | None] = relationship(lazy="raise")
 
 
 class InboundEvent(Base):

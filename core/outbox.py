@@ -6,36 +6,29 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, event, insert, inspect, update
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 
+from core import transcript
 from core.messages import Outbound
-from core.models import Identity, Message, OutboxItem
+from core.models import Identity, OutboxItem
 from core.sql import dialect_insert, insert_ignore
+from core.transcript import MessageRow
 
 HUB = "autodoctor.hub"
 _TOUCHED = "autodoctor.touched"
 
 
 def wake_after_commit(session: AsyncSession, identity_id: int,
-                      message: Message | None = None) -> None:
+                      message: MessageRow | None = None) -> None:
     """Once this transaction commits, wake whoever waits for this person's messages (an open
     widget socket, the outbox dispatcher), handing over the new message rows. The session's
     info carries the hub (Runtime). Without `message`, the woken read the database."""
-    hub = session.info.get(HUB)
-    if hub is None:
+    info = session.sync_session.info
+    if HUB not in info:
         return
-    touched: dict[int, list[Message] | None] | None = session.info.get(_TOUCHED)
-    if touched is None:
-        touched = session.info[_TOUCHED] = {}
-
-        def publish(sync_session: Session) -> None:
-            done: dict[int, list[Message] | None] = sync_session.info.pop(_TOUCHED, {})
-            hub.publish(done, {i: rows for i, rows in done.items()
-                               if rows is not None and all(_stored(m) for m in rows)})
-
-        event.listen(session.sync_session, "after_commit", publish, once=True)
+    touched: dict[int, list[MessageRow] | None] = info.setdefault(_TOUCHED, {})
     rows = touched.get(identity_id, [])
     if message is None or rows is None:
         touched[identity_id] = None  # the woken must read the database anyway
@@ -43,9 +36,20 @@ def wake_after_commit(session: AsyncSession, identity_id: int,
         touched[identity_id] = [*rows, message]
 
 
-def _stored(message: Message) -> bool:
-    # Not a row added inside a savepoint that was rolled back.
-    return inspect(message).persistent
+@event.listens_for(Session, "after_commit")
+def _publish(session: Session) -> None:
+    touched: dict[int, list[MessageRow] | None] | None = session.info.pop(_TOUCHED, None)
+    if touched:
+        # A row without an id was in a savepoint rolled back: the woken read the database.
+        session.info[HUB].publish(touched, {
+            i: rows for i, rows in touched.items()
+            if rows is not None and all(m.id is not None for m in rows)})
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:  # rolled back: nobody is woken
+        session.info.pop(_TOUCHED, None)
 
 
 # Channels delivered straight from the transcript (an open socket, a terminal), not by a
@@ -55,36 +59,40 @@ TRANSCRIPT_CHANNELS = frozenset({"web", "console"})
 
 async def enqueue(session: AsyncSession, identity: Identity, outbound: Outbound, now: datetime,
                   *, conversation_id: int | None = None,
-                  consultation_id: int | None = None) -> Message | None:
-    """Store the message and queue its delivery; None if its dedupe_key was already queued."""
+                  consultation_id: int | None = None) -> MessageRow | None:
+    """Store the message and queue its delivery; None if its dedupe_key was already queued.
+    The rows are written with the session's next flush (core.transcript)."""
     direct = identity.channel in TRANSCRIPT_CHANNELS
-    message = Message(identity_id=identity.id, conversation_id=conversation_id,
-                      consultation_id=consultation_id, direction="out",
-                      channel=identity.channel, text=outbound.text, body=outbound.to_body(),
-                      created_at=now)
-    row = {"channel": identity.channel, "address": identity.address,
-           "identity_id": identity.id, "payload": outbound.to_body(),
-           "status": "sent" if direct else "pending", "sent_at": now if direct else None,
-           "next_attempt_at": now, "created_at": now, "attempts": 0}
+    body = outbound.to_body()
+    message = MessageRow(identity_id=identity.id, conversation_id=conversation_id,
+                         consultation_id=consultation_id, direction="out",
+                         channel=identity.channel, text=outbound.text, body=body,
+                         created_at=now)
     if outbound.dedupe_key is None:
         # A fresh message cannot be a duplicate. The widget and the console read it from the
         # transcript, so it needs no outbox row at all; providers get one to deliver.
-        session.add(message)
-        wake_after_commit(session, identity.id, message)
-        if not direct:
-            session.add(OutboxItem(dedupe_key=f"msg:{uuid.uuid4().hex}", message=message, **row))
-        return message
-    # A keyed message (an offer, a notice) is queued at most once, whoever tries again.
-    outbox_id = await insert_ignore(session, OutboxItem,
-                                    {"dedupe_key": outbound.dedupe_key, **row}, ["dedupe_key"])
-    if outbox_id is None:
-        return None
-    session.add(message)
+        transcript.add(session, message, outbox=None if direct else _outbox_values(
+            identity.id, f"msg:{uuid.uuid4().hex}", outbound, body, now))
+    else:
+        # A keyed message (an offer, a notice) is queued at most once, whoever tries again:
+        # its outbox row is written first, to tell.
+        outbox_id = await insert_ignore(
+            session, OutboxItem, _outbox_values(identity.id, outbound.dedupe_key, outbound,
+                                                body, now), ["dedupe_key"])
+        if outbox_id is None:
+            return None
+        transcript.add(session, message, outbox_id=outbox_id)
     wake_after_commit(session, identity.id, message)
-    await session.flush()
-    await session.execute(update(OutboxItem).where(OutboxItem.id == outbox_id)
-                          .values(message_id=message.id))
     return message
+
+
+def _outbox_values(identity_id: int, key: str, outbound: Outbound, body: dict[str, Any],
+                   now: datetime) -> dict[str, Any]:
+    direct = outbound.channel in TRANSCRIPT_CHANNELS
+    return {"dedupe_key": key, "channel": outbound.channel, "address": outbound.address,
+            "identity_id": identity_id, "payload": body,
+            "status": "sent" if direct else "pending", "sent_at": now if direct else None,
+            "next_attempt_at": now, "created_at": now, "attempts": 0}
 
 
 def addressed(identity: Identity, text: str, **kwargs: Any) -> Outbound:
@@ -112,37 +120,19 @@ async def enqueue_many(session: AsyncSession, items: list[tuple[int, Outbound]],
     """
     if not items:
         return {}
-    keyed = [(identity_id, out.dedupe_key or f"msg:{uuid.uuid4().hex}", out)
+    keyed = [(identity_id, out.dedupe_key or f"msg:{uuid.uuid4().hex}", out, out.to_body())
              for identity_id, out in items]
     conn = await session.connection()
     queued = dict((await conn.execute(
         dialect_insert(session, OutboxItem.__table__)
         .on_conflict_do_nothing(index_elements=["dedupe_key"])
         .returning(OutboxItem.dedupe_key, OutboxItem.id),
-        [{"dedupe_key": key, "message_id": None, "channel": out.channel,
-          "address": out.address, "identity_id": identity_id, "payload": out.to_body(),
-          "status": "sent" if out.channel in TRANSCRIPT_CHANNELS else "pending",
-          "sent_at": now if out.channel in TRANSCRIPT_CHANNELS else None,
-          "next_attempt_at": now, "created_at": now, "attempts": 0, "lease_owner": None,
-          "lease_until": None, "provider_message_id": None, "last_error": None}
-         for identity_id, key, out in keyed])).all())
-    fresh = [(identity_id, key, out) for identity_id, key, out in keyed if key in queued]
-    if not fresh:
-        return {}
-    # In parameter order (PostgreSQL in one statement; SQLite a row at a time), so each
-    # outbox row gets its own message's id.
-    message_ids = (await conn.execute(
-        insert(Message.__table__).returning(Message.id, sort_by_parameter_order=True),
-        [{"identity_id": identity_id, "conversation_id": None, "consultation_id": None,
-          "direction": "out", "channel": out.channel, "text": out.text, "action": None,
-          "body": out.to_body(), "provider_id": None, "created_at": now}
-         for identity_id, _key, out in fresh])).scalars().all()
-    outbox = OutboxItem.__table__
-    await conn.execute(
-        update(outbox).where(outbox.c.id == bindparam("outbox_id"))
-        .values(message_id=bindparam("new_message_id")),
-        [{"outbox_id": queued[key], "new_message_id": message_id}
-         for (_identity, key, _out), message_id in zip(fresh, message_ids, strict=True)])
-    for identity_id, _key, _out in fresh:
-        wake_after_commit(session, identity_id)
-    return {key: queued[key] for _identity, key, _out in fresh}
+        [_outbox_values(identity_id, key, out, body, now)
+         for identity_id, key, out, body in keyed])).all())
+    for identity_id, key, out, body in keyed:
+        if key in queued:
+            message = transcript.add(session, MessageRow(
+                identity_id=identity_id, direction="out", channel=out.channel, text=out.text,
+                body=body, created_at=now), outbox_id=queued[key])
+            wake_after_commit(session, identity_id, message)
+    return queued

@@ -14,6 +14,7 @@ import json
 import logging
 import secrets
 from collections import deque
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,6 +29,7 @@ from core.messages import Inbound
 from core.models import Identity, Message
 from core.ratelimit import KeyedBuckets
 from core.runtime import Runtime
+from core.transcript import MessageRow
 
 log = logging.getLogger("autodoctor.channels.web")
 
@@ -245,7 +247,7 @@ class _Connection:
                                                                Identity.address == address))
 
     async def _start_pushing(self, identity_id: int, after: int,
-                             first: list[Message] | None = None) -> None:
+                             first: Sequence[MessageRow] | None = None) -> None:
         """Send what is new (`first` if given, else read from the database), then keep
         sending what is committed for this identity."""
         # Subscribe before reading, so a message committed in between still reaches us.
@@ -283,7 +285,7 @@ class _Connection:
                 await asyncio.sleep(min(5.0, 0.1 * 2 ** failures))
                 self.mailbox.event.set()
 
-    async def push_rows(self, rows: list[Message]) -> None:
+    async def push_rows(self, rows: Sequence[Message | MessageRow]) -> None:
         """Send rows this process has just committed, skipping any already sent (a database
         read may have found them first). A row may have a lower id than one already sent:
         ids are taken when a row is written, not when its transaction commits."""
@@ -313,7 +315,7 @@ class _Connection:
                     return
                 late = False  # the next pages: after the last one sent
 
-    async def _send_row(self, row: Message) -> None:
+    async def _send_row(self, row: Message | MessageRow) -> None:
         body = row.body or {}
         await self.send_json({"type": "message", "id": row.id, "text": row.text,
                               "buttons": body.get("buttons", []), "link": body.get("link")})

@@ -18,6 +18,7 @@ from core.config import Config, with_changes
 from core.messages import Inbound
 from core.models import File, Identity, Intake, Message
 from core.outbox import tell
+from core.transcript import write_pending
 
 GOOD_VIN = "1HGCM82633A004352"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
@@ -422,6 +423,7 @@ async def test_a_message_committed_late_with_a_lower_id_still_reaches_the_socket
             Identity.address == visitor_address(w.visitor)))
         assert await tell(slow, identity, "A notice from a slow transaction",
                           runtime.clock.now(), key="late:1")
+        await write_pending(slow)  # its row written (its id taken), not yet committed
         # Meanwhile the customer's own message is answered, with a higher id, and committed.
         (answer,) = await w.tap("Quick Chat")
     (late,) = await w.expect()

@@ -1,0 +1,158 @@
+"""Transcript rows kept as plain values and written in a few multi-row statements.
+
+Every message in or out is a `messages` row (and, for a provider's channel, an `outbox` row
+pointing at it). A busy transaction (the engine's group commit, a winner's accept closing 200
+offers) writes hundreds of them; as ORM objects each costs far more than the row itself. So
+they wait here, in the session, and go to the database together just before its next flush or
+its commit: one INSERT for the messages, one for their outbox rows, one UPDATE for outbox rows
+written earlier (a keyed message, whose row had to exist first to tell a duplicate).
+
+A row's `id` is known once written. Code that reads the messages table in the transaction that
+added them calls `write_pending` first. Inside a savepoint nothing waits: a rolled-back
+savepoint must take its rows with it, so they are written at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Integer, bindparam, column, event, insert, update, values
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session, SessionTransaction
+
+from core.models import Message, OutboxItem
+
+_PENDING = "autodoctor.transcript.pending"
+_IN_SAVEPOINT = "autodoctor.transcript.in_savepoint"
+
+
+@dataclass(slots=True, eq=False)
+class MessageRow:
+    """One transcript row, as stored (the same attributes as core.models.Message)."""
+
+    identity_id: int
+    channel: str
+    direction: str
+    text: str
+    created_at: datetime
+    conversation_id: int | None = None
+    consultation_id: int | None = None
+    action: str | None = None
+    body: dict[str, Any] = field(default_factory=dict)
+    provider_id: str | None = None
+    id: int | None = None  # set when written
+
+    def values(self) -> dict[str, Any]:
+        return {"identity_id": self.identity_id, "conversation_id": self.conversation_id,
+                "consultation_id": self.consultation_id, "direction": self.direction,
+                "channel": self.channel, "text": self.text, "action": self.action,
+                "body": self.body, "provider_id": self.provider_id,
+                "created_at": self.created_at}
+
+
+@dataclass
+class _Pending:
+    messages: list[MessageRow] = field(default_factory=list)
+    # Outbox rows to insert with their message's id.
+    outbox: list[tuple[MessageRow, dict[str, Any]]] = field(default_factory=list)
+    # Outbox rows already inserted (keyed messages), to point at their message.
+    links: list[tuple[MessageRow, int]] = field(default_factory=list)
+
+
+def add(session: AsyncSession | Session, row: MessageRow, *,
+        outbox: dict[str, Any] | None = None, outbox_id: int | None = None) -> MessageRow:
+    """Queue a transcript row (and its new outbox row's values, or the id of an outbox row
+    already inserted) to be written before the session's next flush or its commit."""
+    sync = session.sync_session if isinstance(session, AsyncSession) else session
+    pending: _Pending | None = sync.info.get(_PENDING)
+    if pending is None:
+        pending = sync.info[_PENDING] = _Pending()
+    pending.messages.append(row)
+    if outbox is not None:
+        pending.outbox.append((row, outbox))
+    elif outbox_id is not None:
+        pending.links.append((row, outbox_id))
+    nested = sync.get_nested_transaction()
+    if nested is not None:
+        # A savepoint rolled back must take the row with it: written now, and forgotten
+        # (its id unset) if the savepoint is rolled back.
+        _write(sync)
+        sync.info.setdefault(_IN_SAVEPOINT, []).append((nested, row))
+    return row
+
+
+async def write_pending(session: AsyncSession) -> None:
+    """Write the rows waiting in this session now (before reading them back)."""
+    if session.sync_session.info.get(_PENDING):
+        await session.run_sync(_write)
+
+
+def _write(session: Session) -> None:
+    pending: _Pending | None = session.info.pop(_PENDING, None)
+    if pending is None or not pending.messages:
+        return
+    conn = session.connection()
+    rows = pending.messages
+    if conn.dialect.name == "postgresql":
+        # In parameter order, in one statement.
+        ids = list(conn.execute(
+            insert(Message.__table__).returning(Message.id, sort_by_parameter_order=True),
+            [r.values() for r in rows]).scalars())
+    else:
+        # SQLite, under its write lock: a new rowid is the largest so far plus one, row after
+        # row in VALUES order (insertmanyvalues sends them in order), so the ids sorted are
+        # in parameter order. (Asking SQLAlchemy for that order here would cost a statement
+        # per row: these tables have no sentinel column.)
+        ids = sorted(conn.execute(insert(Message.__table__).returning(Message.id),
+                                  [r.values() for r in rows]).scalars())
+    for row, new_id in zip(rows, ids, strict=True):
+        row.id = new_id
+    if pending.outbox:
+        conn.execute(insert(OutboxItem.__table__),
+                     [{**values, "message_id": row.id} for row, values in pending.outbox])
+    if pending.links:
+        outbox = OutboxItem.__table__
+        if conn.dialect.name == "postgresql":
+            # One statement: UPDATE … FROM (VALUES …), not a round trip per row.
+            linked = values(column("outbox_id", Integer), column("new_message_id", Integer),
+                            name="linked").data([(outbox_id, row.id)
+                                                 for row, outbox_id in pending.links])
+            conn.execute(update(outbox).where(outbox.c.id == linked.c.outbox_id)
+                         .values(message_id=linked.c.new_message_id))
+        else:
+            # SQLite cannot name a VALUES list's columns; its statements cost no round trip.
+            conn.execute(update(outbox).where(outbox.c.id == bindparam("outbox_id"))
+                         .values(message_id=bindparam("new_message_id")),
+                         [{"outbox_id": outbox_id, "new_message_id": row.id}
+                          for row, outbox_id in pending.links])
+
+
+def _before_flush(session: Session, _context: object, _instances: object) -> None:
+    if not session.in_nested_transaction():
+        _write(session)
+
+
+def _before_commit(session: Session) -> None:
+    if not session.in_nested_transaction():
+        _write(session)
+
+
+def _discard(session: Session, transaction: SessionTransaction) -> None:
+    # The transaction is over: after a rollback its waiting rows go with it.
+    if transaction.parent is None:
+        session.info.pop(_PENDING, None)
+        session.info.pop(_IN_SAVEPOINT, None)
+
+
+def _unwritten(session: Session, previous: SessionTransaction) -> None:
+    for savepoint, row in session.info.get(_IN_SAVEPOINT, ()):
+        if savepoint is previous:
+            row.id = None
+
+
+event.listen(Session, "before_flush", _before_flush)
+event.listen(Session, "before_commit", _before_commit)
+event.listen(Session, "after_transaction_end", _discard)
+event.listen(Session, "after_soft_rollback", _unwritten)
