@@ -207,20 +207,21 @@ _TAPPED = "autodoctor.dispatch.tapped"
 
 @dataclass
 class _Tapped:
-    """A request tapped in this transaction, and (from the second tap on) all its offers."""
+    """A request tapped in this transaction, and (from the second tap on) who was offered it."""
 
     request: SessionRequest
-    offers: dict[int, Offer] | None = None
+    offered: set[int] | None = None
 
 
 async def _request_and_offer(session: AsyncSession, ref: str,
-                             mechanic_id: int) -> tuple[SessionRequest | None, Offer | None]:
-    """The request by ref and this mechanic's offer of it.
+                             mechanic_id: int) -> tuple[SessionRequest | None, bool]:
+    """The request by ref, and whether this mechanic holds an offer of it.
 
     When several mechanics tap the same request in one transaction (the engine's batches),
-    the second tap reads all its offers at once, and later ones read nothing. The lookups
-    match on columns that never change, so they need not flush pending changes first; the
-    conditional UPDATE in accept() decides the race whatever these objects say.
+    the second tap reads who holds its offers at once (plain ids, no objects), and later ones
+    read nothing. The lookups match on columns that never change, so they need not flush
+    pending changes first; the conditional UPDATE in accept() decides the race whatever these
+    say.
     """
     tapped: dict[str, _Tapped] = session.info.setdefault(_TAPPED, {})
     with session.no_autoflush:
@@ -229,18 +230,18 @@ async def _request_and_offer(session: AsyncSession, ref: str,
             request = await session.scalar(select(SessionRequest)
                                            .where(SessionRequest.ref == ref))
             if request is None:
-                return None, None
+                return None, False
             tapped[ref] = _Tapped(request)
         else:
-            if seen.offers is None:
-                seen.offers = {o.mechanic_id: o for o in (await session.scalars(
-                    select(Offer).where(Offer.request_id == seen.request.id))).all()}
-            if mechanic_id in seen.offers:
-                return seen.request, seen.offers[mechanic_id]
+            if seen.offered is None:
+                seen.offered = set((await session.scalars(
+                    select(Offer.mechanic_id).where(Offer.request_id == seen.request.id))).all())
+            if mechanic_id in seen.offered:
+                return seen.request, True
             request = seen.request
         # The first tap, or an offer made since the others were read.
-        return request, await session.scalar(select(Offer).where(
-            Offer.request_id == request.id, Offer.mechanic_id == mechanic_id))
+        return request, await session.scalar(select(Offer.id).where(
+            Offer.request_id == request.id, Offer.mechanic_id == mechanic_id)) is not None
 
 
 async def accept(session: AsyncSession, runtime: Runtime, ref: str, mechanic_id: int,
@@ -249,12 +250,12 @@ async def accept(session: AsyncSession, runtime: Runtime, ref: str, mechanic_id:
 
     `admin` assigns without an offer (unattended queue); the rules are otherwise the same.
     """
-    request, offer = await _request_and_offer(session, ref, mechanic_id)
+    request, offered = await _request_and_offer(session, ref, mechanic_id)
     if request is None:
         return AcceptResult(Outcome.NOT_FOUND)
     if request.status == "accepted" and request.mechanic_id == mechanic_id:
         return AcceptResult(Outcome.ALREADY_YOURS, request)
-    if admin is None and offer is None:
+    if admin is None and not offered:
         log.warning("request=%s accept refused: mechanic=%s was not offered it", ref,
                     mechanic_id)
         return AcceptResult(Outcome.NOT_OFFERED, request)

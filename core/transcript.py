@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Integer, bindparam, column, event, insert, update, values
+from sqlalchemy import Integer, bindparam, event, insert, text, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
 
@@ -113,20 +114,25 @@ def _write(session: Session) -> None:
         conn.execute(insert(OutboxItem.__table__),
                      [{**values, "message_id": row.id} for row, values in pending.outbox])
     if pending.links:
-        outbox = OutboxItem.__table__
         if conn.dialect.name == "postgresql":
-            # One statement: UPDATE … FROM (VALUES …), not a round trip per row.
-            linked = values(column("outbox_id", Integer), column("new_message_id", Integer),
-                            name="linked").data([(outbox_id, row.id)
-                                                 for row, outbox_id in pending.links])
-            conn.execute(update(outbox).where(outbox.c.id == linked.c.outbox_id)
-                         .values(message_id=linked.c.new_message_id))
+            # One statement of one shape whatever the count (prepared once, unlike a VALUES
+            # list, whose SQL changes with its length): the ids as two arrays.
+            conn.execute(_LINK_PG, {"outbox_ids": [link[1] for link in pending.links],
+                                    "message_ids": [link[0].id for link in pending.links]})
         else:
-            # SQLite cannot name a VALUES list's columns; its statements cost no round trip.
-            conn.execute(update(outbox).where(outbox.c.id == bindparam("outbox_id"))
-                         .values(message_id=bindparam("new_message_id")),
-                         [{"outbox_id": outbox_id, "new_message_id": row.id}
-                          for row, outbox_id in pending.links])
+            # SQLite: one statement run per row, on the loop's thread (no round trip).
+            conn.execute(_LINK_SQLITE, [{"outbox_id": outbox_id, "new_message_id": row.id}
+                                        for row, outbox_id in pending.links])
+
+
+_OUTBOX = OutboxItem.__table__
+_LINK_PG = text(
+    "UPDATE outbox SET message_id = linked.message_id"
+    " FROM unnest(:outbox_ids, :message_ids) AS linked(outbox_id, message_id)"
+    " WHERE outbox.id = linked.outbox_id").bindparams(
+    bindparam("outbox_ids", type_=ARRAY(Integer)), bindparam("message_ids", type_=ARRAY(Integer)))
+_LINK_SQLITE = (update(_OUTBOX).where(_OUTBOX.c.id == bindparam("outbox_id"))
+                .values(message_id=bindparam("new_message_id")))
 
 
 def _before_flush(session: Session, _context: object, _instances: object) -> None:

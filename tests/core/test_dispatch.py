@@ -334,3 +334,39 @@ async def test_offering_to_many_mechanics_takes_as_many_statements_as_offering_t
     # SQLite writes a message row at a time (no RETURNING order otherwise); PostgreSQL not.
     per_extra_mechanic = 1 if engine.dialect.name == "sqlite" else 0
     assert counts[1] - counts[0] <= per_extra_mechanic * 35, counts
+
+
+async def test_closing_many_offers_links_their_edits_in_one_statement_of_one_shape(
+        runtime: Runtime, engine: AsyncEngine) -> None:
+    # The winner's tap edits every other offer; each edit's outbox row is pointed at its
+    # transcript row in one UPDATE whose SQL does not depend on how many there are (so the
+    # database prepares it once, instead of parsing a new statement for each count).
+    links: list[str] = []
+
+    def on_execute(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if statement.startswith("UPDATE outbox SET message_id"):
+            links.append(statement)
+
+    shapes = []
+    for round_no, how_many in enumerate((3, 30)):
+        async with runtime.sessions.begin() as s:
+            await s.execute(update(Mechanic).values(is_active=False))
+        mechanics = [await linked_mechanic(runtime, f"L{round_no}.{i}") for i in range(how_many)]
+        request = await paid_request(runtime, address=f"cust{round_no}")
+        await offer(runtime, request)
+        event.listen(engine.sync_engine, "before_cursor_execute", on_execute)
+        try:
+            said = await tap_accept(Engine(runtime, route), mechanics[0], request.ref)
+        finally:
+            event.remove(engine.sync_engine, "before_cursor_execute", on_execute)
+        assert said == ""  # the winner's details come as their own message
+        shapes.append(list(links))
+        links.clear()
+        async with runtime.sessions() as s:
+            edits = (await s.scalars(select(OutboxItem).where(
+                OutboxItem.dedupe_key.like(f"offer-closed:{request.id}:%")))).all()
+        assert len(edits) == how_many and all(e.message_id is not None for e in edits)
+        for mechanic in mechanics[1:3]:
+            assert f"Request {request.ref} was taken by another mechanic." in await sent_to(
+                runtime, mechanic)
+    assert len(shapes[0]) == 1 and shapes[0] == shapes[1], shapes
