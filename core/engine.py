@@ -30,7 +30,7 @@ from core.models import (
 )
 from core.outbox import enqueue
 from core.runtime import Runtime
-from core.sql import insert_ignore, insert_returning
+from core.sql import dialect_insert, insert_ids, insert_ignore, insert_returning
 from core.transcript import MessageRow
 
 log = logging.getLogger("autodoctor.engine")
@@ -256,6 +256,8 @@ class Engine:
         """Messages in order in one transaction; None for a duplicate delivery."""
         async with self.runtime.sessions.begin() as session:
             people = await _known_people(session, inbounds)
+            if len(people) < len({(i.channel, i.address) for i in inbounds}):
+                await _meet(session, inbounds, people, self.runtime.clock.now())
             return [await self._receive_in(session, inbound, people) for inbound in inbounds]
 
     async def _receive_in(self, session: AsyncSession, inbound: Inbound,
@@ -269,14 +271,7 @@ class Engine:
                 log.info("duplicate channel=%s provider_id=%s ignored", inbound.channel,
                          inbound.provider_id)
                 return None
-        key = (inbound.channel, inbound.address)
-        if key in people:
-            identity, conversation, _intake, _mechanic = people[key]
-        else:
-            identity, conversation = await resolve_person(session, inbound, now)
-            if conversation is None:
-                conversation = await load_conversation(session, identity, now)
-            people[key] = (identity, conversation, None, None)
+        identity, conversation, _intake, _mechanic = people[(inbound.channel, inbound.address)]
         transcript.add(session, MessageRow(
             identity_id=identity.id, conversation_id=conversation.id, direction="in",
             channel=inbound.channel, text=inbound.text, action=inbound.action,
@@ -321,6 +316,53 @@ async def _known_people(session: AsyncSession,
     return {(row[0].channel, row[0].address): (row[0], row[1], row[2], row[3]) for row in rows}
 
 
+async def _meet(session: AsyncSession, inbounds: Sequence[Inbound],
+                people: dict[tuple[str, str], Person], now: datetime) -> None:
+    """Add the senders without a conversation to `people`: first contacts become customers,
+    and each gets a conversation, all of them in a few multi-row statements (a batch of new
+    widget visitors costs what one costs). Someone created by another process meanwhile
+    raises IntegrityError, and the engine's retry finds them."""
+    missing = {(i.channel, i.address): i for i in inbounds if (i.channel, i.address) not in people}
+    with session.no_autoflush:  # nothing pending in this session can be one of them
+        found = {(x.channel, x.address): x for x in (await session.scalars(
+            select(Identity).where(tuple_(Identity.channel, Identity.address)
+                                   .in_(sorted(missing))))).all()}
+        new = [inbound for key, inbound in missing.items() if key not in found]
+        if new:
+            customer_ids = await insert_ids(session, Customer, [
+                {"display_name": i.display_name, "created_at": i.received_at or now}
+                for i in new])
+            created = (await session.scalars(
+                dialect_insert(session, Identity)
+                .on_conflict_do_nothing(index_elements=["channel", "address"])
+                .returning(Identity),
+                [{"channel": i.channel, "address": i.address, "customer_id": customer_id,
+                  "display_name": i.display_name, "created_at": i.received_at or now}
+                 for i, customer_id in zip(new, customer_ids, strict=True)])).all()
+            if len(created) < len(new):
+                raise IntegrityError("identity created concurrently", None, Exception("race"))
+            found.update({(x.channel, x.address): x for x in created})
+            log.info("new customers=%s channels=%s", ",".join(map(str, customer_ids)),
+                     ",".join(sorted({i.channel for i in new})))
+        # Usually none has a conversation yet (someone linked outside the bot, say on the web
+        # console, or just created); one made meanwhile by another process is read and locked.
+        identities = [found[key] for key in missing]
+        conversations = {c.identity_id: c for c in (await session.scalars(
+            dialect_insert(session, Conversation)
+            .on_conflict_do_nothing(index_elements=["identity_id"]).returning(Conversation),
+            [{"identity_id": x.id, "flow": "customer" if x.mechanic_id is None else "mechanic",
+              "step": "start", "data": {}, "version": 0, "created_at": now, "updated_at": now}
+             for x in identities])).all()}
+    for key, identity in zip(missing, identities, strict=True):
+        conversation = conversations.get(identity.id)
+        if conversation is None:
+            conversation = await session.scalar(
+                select(Conversation).where(Conversation.identity_id == identity.id)
+                .with_for_update())
+            assert conversation is not None
+        people[key] = (identity, conversation, None, None)
+
+
 def _retryable(exc: DBAPIError) -> bool:
     # IntegrityError too: two processes creating the same person's first rows at once; and a
     # pooled connection found dead (the database restarted): the retry takes a fresh one.
@@ -335,9 +377,10 @@ async def resolve_identity(session: AsyncSession, inbound: Inbound, now: datetim
 async def resolve_person(session: AsyncSession, inbound: Inbound,
                          now: datetime) -> tuple[Identity, Conversation | None]:
     """The identity for (channel, address); a first contact becomes a new customer, and its
-    new conversation comes back too (None for someone known: see load_conversation)."""
-    # Nothing pending in this session can be this identity (the engine remembers the people
-    # it created in this transaction), so the lookup need not flush others' changes first.
+    new conversation comes back too (None for someone known). For one sender outside the
+    engine (an upload before its message); the engine meets a batch's senders at once."""
+    # Nothing pending in this session can be this identity, so the lookup need not flush
+    # others' changes first.
     with session.no_autoflush:
         identity = await session.scalar(select(Identity).where(
             Identity.channel == inbound.channel, Identity.address == inbound.address))
@@ -358,20 +401,3 @@ async def resolve_person(session: AsyncSession, inbound: Inbound,
                                 data={}, version=0, created_at=now, updated_at=now)
     session.add(conversation)
     return identity, conversation
-
-
-async def load_conversation(session: AsyncSession, identity: Identity,
-                            now: datetime) -> Conversation:
-    """The identity's conversation, locked for this transaction (created on first contact)."""
-    flow = "mechanic" if identity.mechanic_id is not None else "customer"
-    # Usually there is none yet (someone linked outside the bot, say on the web console); a
-    # new row is ours alone until commit. Otherwise, read and lock the existing one.
-    conversation = await insert_returning(session, Conversation, {
-        "identity_id": identity.id, "flow": flow, "step": "start", "data": {}, "version": 0,
-        "created_at": now, "updated_at": now}, ["identity_id"])
-    if conversation is None:
-        conversation = await session.scalar(
-            select(Conversation).where(Conversation.identity_id == identity.id)
-            .with_for_update())
-        assert conversation is not None
-    return conversation

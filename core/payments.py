@@ -41,6 +41,10 @@ def new_checkout_ref() -> str:
 async def checkout_for(session: AsyncSession, port: PaymentPort, config: Config,
                        intake: Intake, now: datetime) -> Checkout:
     """The intake's open, unexpired checkout, or a new one: one payable link at a time."""
+    if intake.submitted_at is None:
+        # Never confirmed: it has no checkout yet (the first is made as it is submitted, in the
+        # same transaction), so there is nothing to look for.
+        return await _open_checkout(session, port, config, intake, now)
     changed = (*session.new, *(row for row in session.identity_map.values()
                                if inspect(row).modified))
     if any(isinstance(row, Checkout) and row.intake_id == intake.id for row in changed):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any, TypeVar
 
-from sqlalchemy import bindparam
+from sqlalchemy import bindparam, insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -53,3 +53,23 @@ def _insert_returning(dialect_name: str, model: type[Any], columns: tuple[str, .
     if conflict is not None:
         stmt = stmt.on_conflict_do_nothing(index_elements=list(conflict))
     return stmt.returning(model)
+
+
+async def insert_ids(session: AsyncSession, model: type[Any],
+                     rows: list[dict[str, Any]]) -> list[int]:
+    """A multi-row INSERT; the new ids, in the order of `rows`."""
+    conn = await session.connection()
+    return await conn.run_sync(lambda sync: insert_ids_sync(sync, model.__table__, rows))
+
+
+def insert_ids_sync(conn: Any, table: Any, rows: list[dict[str, Any]]) -> list[int]:
+    """insert_ids on a sync Connection (inside the session's flush hooks)."""
+    if conn.dialect.name == "postgresql":
+        # In parameter order, in one statement.
+        return list(conn.execute(
+            insert(table).returning(table.c.id, sort_by_parameter_order=True), rows).scalars())
+    # SQLite, under its write lock: a new rowid is the largest so far plus one, row after row
+    # in VALUES order (insertmanyvalues sends them in order), so the ids sorted are in
+    # parameter order. (Asking SQLAlchemy for that order here would cost a statement per row:
+    # these tables have no sentinel column.)
+    return sorted(conn.execute(insert(table).returning(table.c.id), rows).scalars())

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
 
 from core.models import Message, OutboxItem
+from core.sql import insert_ids_sync
 
 _PENDING = "autodoctor.transcript.pending"
 _IN_SAVEPOINT = "autodoctor.transcript.in_savepoint"
@@ -96,18 +97,7 @@ def _write(session: Session) -> None:
         return
     conn = session.connection()
     rows = pending.messages
-    if conn.dialect.name == "postgresql":
-        # In parameter order, in one statement.
-        ids = list(conn.execute(
-            insert(Message.__table__).returning(Message.id, sort_by_parameter_order=True),
-            [r.values() for r in rows]).scalars())
-    else:
-        # SQLite, under its write lock: a new rowid is the largest so far plus one, row after
-        # row in VALUES order (insertmanyvalues sends them in order), so the ids sorted are
-        # in parameter order. (Asking SQLAlchemy for that order here would cost a statement
-        # per row: these tables have no sentinel column.)
-        ids = sorted(conn.execute(insert(Message.__table__).returning(Message.id),
-                                  [r.values() for r in rows]).scalars())
+    ids = insert_ids_sync(conn, Message.__table__, [r.values() for r in rows])
     for row, new_id in zip(rows, ids, strict=True):
         row.id = new_id
     if pending.outbox:

@@ -179,7 +179,9 @@ async def _begin(ctx: Context) -> None:
     intake = await start_intake(ctx.session, ctx.identity.customer_id or 0,
                                 ctx.identity.channel, ctx.now)
     ctx.conversation.intake_id = intake.id
-    ctx.conversation.data = {}
+    # "files": how many are attached to this intake, kept as they are attached (a new intake
+    # has none), so the summary needs no count query.
+    ctx.conversation.data = {"files": 0}
     _go(ctx, "plan")
     await ctx.say(text("greeting") + "\n" + text("plan_choice", plans=ctx.config.plans),
                   _plan_buttons(ctx))
@@ -278,6 +280,7 @@ async def _attach(ctx: Context, intake: Intake) -> int:
     limit = ctx.config.uploads.max_files_per_intake
     result = await attach_files(ctx.session, intake, ctx.identity, ctx.inbound.attachments,
                                 limit)
+    _set(ctx, files=result.total)
     if result.refused and result.total >= limit:
         await ctx.say(text("photos_full", max=limit), [Button(_label("done"), "photos:done")])
     elif result.refused:
@@ -313,8 +316,11 @@ async def _summary(ctx: Context, intake: Intake) -> None:
     _go(ctx, "summary")
     _set(ctx, editing=False)
     assert intake.plan is not None
+    files = ctx.conversation.data.get("files")
+    if not isinstance(files, int):  # a conversation from before the count was kept
+        files = await count_files(ctx.session, intake)
     await ctx.say(text("summary", intake=intake, plan=ctx.config.plan(intake.plan),
-                       files=await count_files(ctx.session, intake)),
+                       files=files),
                   _summary_buttons(intake))
 
 

@@ -97,3 +97,18 @@ def test_serve_refuses_an_unmigrated_database(tmp_path: Path) -> None:
     result = _cli("serve", "--port", str(_free_port()), env=_env(tmp_path))
     assert result.returncode == 2
     assert "run `autodoctor migrate` first" in result.stderr
+
+
+def test_serve_freezes_what_start_up_loaded_out_of_the_collectors_way() -> None:
+    import gc
+
+    from bot.cli import GC_THRESHOLDS, settle_heap
+
+    before = gc.get_threshold()
+    try:
+        settle_heap()
+        assert gc.get_freeze_count() > 10_000  # modules, the app, compiled templates
+        assert gc.get_threshold() == GC_THRESHOLDS
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.flows import route
 from core.engine import Engine
@@ -255,3 +256,35 @@ async def test_every_reply_is_in_the_transcript_and_queued_for_its_provider(
     # The widget reads its replies from the transcript; Telegram's wait in the outbox.
     assert {(i.channel, i.message_id) for i in items} == {o for o in out if o[0] == "telegram"}
     assert {i.status for i in items} == {"pending"}
+
+
+async def test_summary_and_first_confirm_need_no_lookups(chat: Chat, runtime: Runtime,
+                                                         engine: AsyncEngine) -> None:
+    # The summary's file count is kept as files are attached, and an intake never confirmed
+    # has no checkout to look for: neither step reads the database for it.
+    await chat.send("hi")
+    await chat.tap("Quick Chat")
+    await chat.send(GOOD_VIN)
+    await chat.send("84000")
+    await chat.send("Grinding noise from the front left wheel when braking")
+    statements: list[str] = []
+
+    def on_execute(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", on_execute)
+    try:
+        summary = joined(await chat.tap("Skip"))
+        link = (await chat.tap("Confirm and pay"))[-1].link
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", on_execute)
+    assert "Photos/files: 0" in summary and link is not None
+    reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    # Only the engine's own lookup of the sender, once per message.
+    assert len(reads) == 2 and all("FROM identities" in s for s in reads), reads
+
+    # Once confirmed, the checkout is looked for: the same link again, not a second one.
+    again = await chat.send("hello?")
+    assert again[-1].link is not None and again[-1].link.url == link.url
+    async with runtime.sessions() as s:
+        assert len((await s.scalars(select(Checkout))).all()) == 1

@@ -14,7 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bot.flows import route
 from core.db import create_engine
 from core.engine import Context, Engine
-from core.models import Conversation, Identity, Message
+from core.messages import Inbound
+from core.models import Conversation, Customer, Identity, Message
 from core.runtime import Runtime
 from tests.conftest import PG_URL
 from tests.helpers import Chat, joined
@@ -152,3 +153,53 @@ async def test_drain_waits_for_messages_already_handed_in(runtime: Runtime) -> N
         assert len((await s.scalars(select(Message).where(Message.direction == "in"))).all()) == 5
     assert all("AutoDoctor" in joined(reply) for reply in await asyncio.gather(*sending))
     assert await bot.drain()  # nothing under way: at once
+
+
+@contextmanager
+def recording_statements(engine: AsyncEngine) -> Iterator[list[str]]:
+    statements: list[str] = []
+
+    def on_execute(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", on_execute)
+    try:
+        yield statements
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", on_execute)
+
+
+async def test_many_first_contacts_in_one_batch_cost_what_a_few_do(
+        runtime: Runtime, engine: AsyncEngine) -> None:
+    # A crowd of new widget visitors at once: their customers, identities and conversations
+    # are made in a few multi-row statements, not three or four round trips each.
+    bot = Engine(runtime, route)
+    counts = []
+    for round_no, how_many in enumerate((3, 30)):
+        chats = [Chat(bot, channel="web", address=f"r{round_no}_{i}") for i in range(how_many)]
+        with recording_statements(engine) as statements:
+            replies = await asyncio.gather(*(chat.send("hi") for chat in chats))
+        assert all("AutoDoctor assistant" in joined(r) for r in replies)
+        counts.append(len(statements))
+    async with runtime.sessions() as s:
+        people = (await s.execute(
+            select(Identity.address, Identity.customer_id, Conversation.step)
+            .join(Conversation, Conversation.identity_id == Identity.id))).all()
+    assert len(people) == 33 and len({p.customer_id for p in people}) == 33
+    assert {p.step for p in people} == {"plan"}
+    # Each new person still starts an intake of their own (one INSERT each); nothing else grows.
+    assert counts[1] - counts[0] <= 27, counts
+
+
+async def test_a_first_contact_keeps_the_name_it_came_with(runtime: Runtime) -> None:
+    bot = Engine(runtime, route)
+    await asyncio.gather(*(bot.receive(Inbound(channel="telegram", address=str(100 + i),
+                                               text="hi", display_name=name))
+                           for i, name in enumerate(["Ann", None, "Bo", "Cy"])))
+    async with runtime.sessions() as s:
+        rows = (await s.execute(
+            select(Identity.address, Identity.display_name, Customer.display_name)
+            .join(Customer, Customer.id == Identity.customer_id)
+            .order_by(Identity.address))).all()
+    assert [tuple(r) for r in rows] == [("100", "Ann", "Ann"), ("101", None, None),
+                                        ("102", "Bo", "Bo"), ("103", "Cy", "Cy")]
