@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 from core import transcript
 from core.messages import Outbound
 from core.models import Identity, OutboxItem
-from core.sql import dialect_insert, insert_ignore
+from core.sql import bulk_insert_sync, insert_ignore
 from core.transcript import MessageRow
 
 HUB = "autodoctor.hub"
@@ -122,13 +122,12 @@ async def enqueue_many(session: AsyncSession, items: list[tuple[int, Outbound]],
         return {}
     keyed = [(identity_id, out.dedupe_key or f"msg:{uuid.uuid4().hex}", out, out.to_body())
              for identity_id, out in items]
+    rows = [_outbox_values(identity_id, key, out, body, now)
+            for identity_id, key, out, body in keyed]
     conn = await session.connection()
-    queued = dict((await conn.execute(
-        dialect_insert(session, OutboxItem.__table__)
-        .on_conflict_do_nothing(index_elements=["dedupe_key"])
-        .returning(OutboxItem.dedupe_key, OutboxItem.id),
-        [_outbox_values(identity_id, key, out, body, now)
-         for identity_id, key, out, body in keyed])).all())
+    queued = dict(await conn.run_sync(lambda sync: bulk_insert_sync(
+        sync, OutboxItem.__table__, rows, returning=("dedupe_key", "id"),
+        conflict=("dedupe_key",))))
     for identity_id, key, out, body in keyed:
         if key in queued:
             message = transcript.add(session, MessageRow(

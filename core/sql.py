@@ -5,7 +5,8 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any, TypeVar
 
-from sqlalchemy import bindparam, insert
+from sqlalchemy import Table, bindparam, insert, text
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -19,7 +20,7 @@ def dialect(session: AsyncSession) -> str:
 
 def dialect_insert(session: AsyncSession, table: Any) -> Any:
     """INSERT for this session's database, with its ON CONFLICT clauses."""
-    return (pg_insert if dialect(session) == "postgresql" else sqlite_insert)(table)
+    return dialect_insert_for(dialect(session), table)
 
 
 async def insert_ignore(session: AsyncSession, model: type[Any], values: dict[str, Any],
@@ -62,14 +63,68 @@ async def insert_ids(session: AsyncSession, model: type[Any],
     return await conn.run_sync(lambda sync: insert_ids_sync(sync, model.__table__, rows))
 
 
-def insert_ids_sync(conn: Any, table: Any, rows: list[dict[str, Any]]) -> list[int]:
+def insert_ids_sync(conn: Any, table: Table, rows: list[dict[str, Any]]) -> list[int]:
     """insert_ids on a sync Connection (inside the session's flush hooks)."""
     if conn.dialect.name == "postgresql":
-        # In parameter order, in one statement.
-        return list(conn.execute(
-            insert(table).returning(table.c.id, sort_by_parameter_order=True), rows).scalars())
+        return sorted(bulk_insert_sync(conn, table, rows, returning=("id",)))
     # SQLite, under its write lock: a new rowid is the largest so far plus one, row after row
     # in VALUES order (insertmanyvalues sends them in order), so the ids sorted are in
     # parameter order. (Asking SQLAlchemy for that order here would cost a statement per row:
     # these tables have no sentinel column.)
     return sorted(conn.execute(insert(table).returning(table.c.id), rows).scalars())
+
+
+def bulk_insert_sync(conn: Any, table: Table, rows: list[dict[str, Any]], *,
+                     returning: tuple[str, ...] = (),
+                     conflict: tuple[str, ...] | None = None) -> list[Any]:
+    """INSERT many rows (all with the same keys) in one statement, optionally ON CONFLICT (…)
+    DO NOTHING; the RETURNING values (one column: scalars; more: rows), in the order the rows
+    were inserted.
+
+    PostgreSQL: INSERT … SELECT FROM unnest(one array per column) ORDER BY the row's place.
+    Its SQL is the same whatever the number of rows, so the server prepares it once, and the
+    values travel as a dozen arrays instead of thousands of parameters. (A VALUES list, as
+    SQLAlchemy's executemany builds it, is a new statement for each count.) The ids of an
+    identity column are drawn in that order. SQLite: SQLAlchemy's multi-row VALUES.
+    """
+    if not rows:
+        return []
+    columns = tuple(rows[0])
+    if conn.dialect.name != "postgresql":
+        stmt = dialect_insert_for(conn.dialect.name, table)
+        if conflict is not None:
+            stmt = stmt.on_conflict_do_nothing(index_elements=list(conflict))
+        if returning:
+            stmt = stmt.returning(*(table.c[name] for name in returning))
+            result = conn.execute(stmt, rows)
+            return list(result.scalars() if len(returning) == 1 else result.all())
+        conn.execute(stmt, rows)
+        return []
+    stmt = _unnest_insert(table, columns, returning, conflict)
+    result = conn.execute(stmt, {name: [row[name] for row in rows] for name in columns})
+    if not returning:
+        return []
+    return list(result.scalars() if len(returning) == 1 else result.all())
+
+
+def dialect_insert_for(dialect_name: str, table: Any) -> Any:
+    return (pg_insert if dialect_name == "postgresql" else sqlite_insert)(table)
+
+
+@lru_cache(maxsize=64)
+def _unnest_insert(table: Table, columns: tuple[str, ...], returning: tuple[str, ...],
+                   conflict: tuple[str, ...] | None) -> Any:
+    # Column names come from our own table definitions, never from input.
+    names = ", ".join(f'"{name}"' for name in columns)
+    sql = (f'INSERT INTO "{table.name}" ({names}) SELECT {names} FROM unnest('
+           + ", ".join(f":{name}" for name in columns)
+           + f") WITH ORDINALITY AS rows({names}, _place) ORDER BY _place")
+    if conflict is not None:
+        sql += " ON CONFLICT (" + ", ".join(f'"{name}"' for name in conflict) + ") DO NOTHING"
+    if returning:
+        sql += " RETURNING " + ", ".join(f'"{name}"' for name in returning)
+    stmt = text(sql).bindparams(*(bindparam(name, type_=ARRAY(table.c[name].type))
+                                  for name in columns))
+    if returning:
+        stmt = stmt.columns(*(table.c[name] for name in returning))
+    return stmt

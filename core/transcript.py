@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Integer, bindparam, event, insert, text, update
+from sqlalchemy import Integer, bindparam, event, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
 
 from core.models import Message, OutboxItem
-from core.sql import insert_ids_sync
+from core.sql import bulk_insert_sync, insert_ids_sync
 
 _PENDING = "autodoctor.transcript.pending"
 _IN_SAVEPOINT = "autodoctor.transcript.in_savepoint"
@@ -101,8 +101,8 @@ def _write(session: Session) -> None:
     for row, new_id in zip(rows, ids, strict=True):
         row.id = new_id
     if pending.outbox:
-        conn.execute(insert(OutboxItem.__table__),
-                     [{**values, "message_id": row.id} for row, values in pending.outbox])
+        bulk_insert_sync(conn, OutboxItem.__table__,
+                         [{**values, "message_id": row.id} for row, values in pending.outbox])
     if pending.links:
         if conn.dialect.name == "postgresql":
             # One statement of one shape whatever the count (prepared once, unlike a VALUES

@@ -203,3 +203,29 @@ async def test_a_first_contact_keeps_the_name_it_came_with(runtime: Runtime) -> 
             .order_by(Identity.address))).all()
     assert [tuple(r) for r in rows] == [("100", "Ann", "Ann"), ("101", None, None),
                                         ("102", "Bo", "Bo"), ("103", "Cy", "Cy")]
+
+
+async def test_on_postgresql_a_second_transaction_runs_beside_a_slow_one(
+        runtime: Runtime, backend: str) -> None:
+    # PostgreSQL: while one batch waits (on the server, or here on a slow flow), the next
+    # person's message is handled in a transaction of its own. SQLite has one writer: it waits.
+    release = asyncio.Event()
+
+    async def router(ctx: Context) -> None:
+        if ctx.text == "slow":
+            await release.wait()
+        await route(ctx)
+
+    bot = Engine(runtime, router)
+    slow = asyncio.create_task(Chat(bot, channel="web", address="slow").send("slow"))
+    await asyncio.sleep(0.1)
+    quick = asyncio.create_task(Chat(bot, channel="web", address="quick").send("hi"))
+    done, _ = await asyncio.wait({quick}, timeout=3)
+    if backend == "postgresql":
+        assert quick in done and "AutoDoctor assistant" in joined(quick.result())
+        assert not slow.done()
+    else:
+        assert not done
+    release.set()
+    assert "AutoDoctor assistant" in joined(await slow)
+    assert "AutoDoctor assistant" in joined(await quick)
