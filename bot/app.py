@@ -19,7 +19,7 @@ from bot.flows import route
 from bot.texts import text
 from core.clock import Clock
 from core.config import Config
-from core.db import create_engine, ping
+from core.db import WalCheckpointer, create_engine, ping, sqlite_file
 from core.delivery import OutboxDispatcher, Sender
 from core.engine import Engine
 from core.hub import PgBridge
@@ -57,9 +57,10 @@ def create_app(config: Config, *, engine: AsyncEngine | None = None,
         raise TypeError(f"create_app got unknown overrides: {', '.join(sorted(overrides))}")
     owns_engine = engine is None
     if engine is None:
+        # The WAL of our own SQLite file is checkpointed off the event loop (below).
         engine = create_engine(config.database_url,
                                busy_timeout_ms=config.database.sqlite_busy_timeout_ms,
-                               echo=config.database.echo)
+                               echo=config.database.echo, background_checkpoints=True)
     runtime = build_runtime(config, engine, clock=clock, payments=payments)
     conversation_engine = Engine(runtime, route)
 
@@ -96,6 +97,9 @@ def create_app(config: Config, *, engine: AsyncEngine | None = None,
             await engine.dispose()
 
     app.cleanup_ctx.append(lifecycle)
+    database_file = sqlite_file(engine) if owns_engine else None
+    if database_file is not None:
+        app.cleanup_ctx.append(_checkpoints(WalCheckpointer(database_file)))
     built: dict[str, Sender] = {}
     if config.secrets.telegram_bot_token:
         # aiogram is loaded only when the channel is on.
@@ -144,6 +148,18 @@ def _sweeps(runtime: Runtime) -> Callable[[web.Application], AsyncIterator[None]
         scheduler.shutdown(wait=False)
 
     return schedule
+
+
+def _checkpoints(checkpointer: WalCheckpointer
+                 ) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def checkpoints(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(checkpointer.run_forever(), name="wal-checkpoints")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return checkpoints
 
 
 def _delivery(dispatcher: OutboxDispatcher) -> Callable[[web.Application], AsyncIterator[None]]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from core.config import normalize_database_url
 from core.sqlite_inline import INLINE_BUSY_TIMEOUT_MS, InlineConnection, inline_creator
 
 Sessionmaker = async_sessionmaker[AsyncSession]
+log = logging.getLogger("autodoctor.db")
 
 
 def is_sqlite(engine_or_url: AsyncEngine | str) -> bool:
@@ -29,8 +32,14 @@ def is_sqlite(engine_or_url: AsyncEngine | str) -> bool:
 
 
 def create_engine(url: str, *, busy_timeout_ms: int = 5000, echo: bool = False,
-                  connect_args: dict[str, Any] | None = None) -> AsyncEngine:
-    """An engine with SQLite set up for concurrent use: WAL, foreign keys, busy timeout."""
+                  connect_args: dict[str, Any] | None = None,
+                  background_checkpoints: bool = False) -> AsyncEngine:
+    """An engine with SQLite set up for concurrent use: WAL, foreign keys, busy timeout.
+
+    background_checkpoints: its connections never checkpoint the WAL themselves (a commit
+    that does copies megabytes and syncs the file on the event loop's thread); the caller runs
+    a WalCheckpointer instead.
+    """
     url = normalize_database_url(url)
     kwargs: dict[str, Any] = {"echo": echo, "connect_args": dict(connect_args or {})}
     if is_sqlite(url):
@@ -53,11 +62,12 @@ def create_engine(url: str, *, busy_timeout_ms: int = 5000, echo: bool = False,
         kwargs["pool_use_lifo"] = True
     engine = create_async_engine(url, **kwargs)
     if is_sqlite(url):
-        _configure_sqlite(engine, busy_timeout_ms)
+        _configure_sqlite(engine, busy_timeout_ms, background_checkpoints)
     return engine
 
 
-def _configure_sqlite(engine: AsyncEngine, busy_timeout_ms: int) -> None:
+def _configure_sqlite(engine: AsyncEngine, busy_timeout_ms: int,
+                      background_checkpoints: bool) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Let SQLAlchemy emit BEGIN itself, so "BEGIN IMMEDIATE" below takes the write lock
@@ -74,6 +84,8 @@ def _configure_sqlite(engine: AsyncEngine, busy_timeout_ms: int) -> None:
         timeout = INLINE_BUSY_TIMEOUT_MS if inline else busy_timeout_ms
         cur.execute(f"PRAGMA busy_timeout={int(timeout)}")
         cur.execute("PRAGMA synchronous=NORMAL")
+        if background_checkpoints:
+            cur.execute("PRAGMA wal_autocheckpoint=0")
         cur.close()
 
     # Writers of this process queue on an asyncio lock before BEGIN IMMEDIATE, so they never
@@ -152,6 +164,51 @@ def is_transient(exc: DBAPIError) -> bool:
     run again."""
     text = str(exc.orig).lower() if exc.orig is not None else ""
     return any(s in text for s in ("database is locked", "deadlock", "could not serialize"))
+
+
+class WalCheckpointer:
+    """Checkpoints a SQLite file's write-ahead log every `interval` seconds, on a thread of
+    its own with its own connection, so the event loop never does it (see create_engine's
+    background_checkpoints). PASSIVE: it never waits for readers or writers, and copies what
+    they leave it; the WAL stays about one interval's writes long."""
+
+    def __init__(self, path: str, interval: float = 1.0) -> None:
+        self.path, self.interval = path, interval
+        self._conn: sqlite3.Connection | None = None
+
+    def checkpoint(self) -> tuple[int, int, int]:
+        """One PASSIVE checkpoint (blocking: call it off the loop): (busy, frames in the log,
+        frames checkpointed)."""
+        if self._conn is None:
+            self._conn = sqlite3.connect(self.path, timeout=0, check_same_thread=False,
+                                         isolation_level=None)
+        busy, log_frames, done = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return int(busy), int(log_frames), int(done)
+
+    async def run_forever(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(self.interval)
+                running = asyncio.ensure_future(asyncio.to_thread(self.checkpoint))
+                try:
+                    await asyncio.shield(running)
+                except asyncio.CancelledError:
+                    await asyncio.wait({running})  # its thread still uses the connection
+                    raise
+                except sqlite3.Error as exc:  # busy or briefly unavailable: next time
+                    log.info("WAL checkpoint skipped: %s", exc)
+        finally:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+def sqlite_file(engine: AsyncEngine) -> str | None:
+    """The file of an engine on a plain SQLite file (statements on the loop), else None."""
+    url = engine.url
+    if not is_sqlite(engine) or not url.database or url.database == ":memory:" or url.query:
+        return None
+    return url.database
 
 
 def create_sessionmaker(engine: AsyncEngine, hub: object = None) -> Sessionmaker:

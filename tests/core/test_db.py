@@ -14,7 +14,9 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import migrations
-from core.db import create_engine, create_sessionmaker
+from bot.app import RUNTIME
+from core.config import Config
+from core.db import WalCheckpointer, create_engine, create_sessionmaker
 from core.models import (
     Base,
     Customer,
@@ -238,3 +240,48 @@ async def test_sqlite_writer_gives_up_after_the_busy_timeout(tmp_path: Path) -> 
     finally:
         other.close()
         await engine.dispose()
+
+
+async def test_the_wal_is_checkpointed_on_a_thread_not_by_commits_on_the_loop(
+        tmp_path: Path) -> None:
+    # A commit that checkpoints copies the log into the file and syncs it, on the loop's
+    # thread; with background checkpoints commits never do, and a thread keeps the log short.
+    path = tmp_path / "wal.db"
+    engine = create_engine(f"sqlite+aiosqlite:///{path}", background_checkpoints=True)
+    checkpointer = WalCheckpointer(str(path), interval=0.05)
+    try:
+        async with engine.begin() as conn:
+            assert (await conn.execute(text("PRAGMA wal_autocheckpoint"))).scalar_one() == 0
+            await conn.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, body TEXT)"))
+        for _ in range(40):  # far past SQLite's own threshold of 1,000 pages
+            async with engine.begin() as conn:
+                await conn.execute(text("INSERT INTO t (body) VALUES (:b)"),
+                                   [{"b": "x" * 4000} for _ in range(50)])
+        frames_before = checkpointer.checkpoint()[1]
+        assert frames_before > 1000  # nothing was checkpointed by the commits themselves
+
+        task = asyncio.create_task(checkpointer.run_forever())
+        await asyncio.sleep(0.3)
+        async with engine.begin() as conn:  # the next writer starts the log over
+            await conn.execute(text("INSERT INTO t (body) VALUES ('after')"))
+        await asyncio.sleep(0.3)
+        busy, frames, done = await asyncio.to_thread(checkpointer.checkpoint)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert busy == 0 and frames == done and frames < 50
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar_one() == 2001
+    finally:
+        await engine.dispose()
+
+
+async def test_the_service_engine_leaves_checkpoints_to_its_thread(config: Config) -> None:
+    from bot.app import create_app
+
+    app = create_app(config, background=False)
+    engine = app[RUNTIME].engine
+    async with engine.connect() as conn:
+        assert (await conn.execute(text("PRAGMA wal_autocheckpoint"))).scalar_one() == 0
+    assert any(getattr(ctx, "__name__", "") == "checkpoints" for ctx in app.cleanup_ctx)
+    await engine.dispose()
