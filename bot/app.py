@@ -99,7 +99,8 @@ def create_app(config: Config, *, engine: AsyncEngine | None = None,
     app.cleanup_ctx.append(lifecycle)
     database_file = sqlite_file(engine) if owns_engine else None
     if database_file is not None:
-        app.cleanup_ctx.append(_checkpoints(WalCheckpointer(database_file)))
+        app.cleanup_ctx.append(_background("wal-checkpoints",
+                                           WalCheckpointer(database_file).run_forever))
     built: dict[str, Sender] = {}
     if config.secrets.telegram_bot_token:
         # aiogram is loaded only when the channel is on.
@@ -112,7 +113,7 @@ def create_app(config: Config, *, engine: AsyncEngine | None = None,
     if background:
         app.cleanup_ctx.append(_sweeps(runtime))
         if dispatcher.senders:
-            app.cleanup_ctx.append(_delivery(dispatcher))
+            app.cleanup_ctx.append(_background("outbox", dispatcher.run_forever))
     return app
 
 
@@ -150,27 +151,18 @@ def _sweeps(runtime: Runtime) -> Callable[[web.Application], AsyncIterator[None]
     return schedule
 
 
-def _checkpoints(checkpointer: WalCheckpointer
-                 ) -> Callable[[web.Application], AsyncIterator[None]]:
-    async def checkpoints(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(checkpointer.run_forever(), name="wal-checkpoints")
+def _background(name: str, run: Callable[[], Awaitable[None]]
+                ) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A task that runs as long as the app does (delivery, checkpoints); cancelled at stop."""
+    async def lifetime(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(run(), name=name)
         yield
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
-    return checkpoints
-
-
-def _delivery(dispatcher: OutboxDispatcher) -> Callable[[web.Application], AsyncIterator[None]]:
-    async def deliver(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(dispatcher.run_forever(), name="outbox")
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    return deliver
+    lifetime.__name__ = name
+    return lifetime
 
 
 _SECRETS_NEEDED = {

@@ -283,5 +283,5 @@ async def test_the_service_engine_leaves_checkpoints_to_its_thread(config: Confi
     engine = app[RUNTIME].engine
     async with engine.connect() as conn:
         assert (await conn.execute(text("PRAGMA wal_autocheckpoint"))).scalar_one() == 0
-    assert any(getattr(ctx, "__name__", "") == "checkpoints" for ctx in app.cleanup_ctx)
+    assert any(getattr(ctx, "__name__", "") == "wal-checkpoints" for ctx in app.cleanup_ctx)
     await engine.dispose()
