@@ -39,6 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 import migrations
 from bot.app import build_runtime
+from bot.cli import settle_heap
 from bot.flows import route
 from core import dispatch
 from core.clock import SystemClock
@@ -300,6 +301,9 @@ def report(scenarios: list[Scenario], args: argparse.Namespace) -> None:
 
 async def main_async(args: argparse.Namespace) -> int:
     scenarios: list[Scenario] = []
+    # As `autodoctor serve` does once its app is built: what start-up loaded is frozen out of
+    # the collector's way.
+    settle_heap()
     with tempfile.TemporaryDirectory(prefix="autodoctor-accept-") as tmpdir:
         tmp = Path(tmpdir)
         env = {"AUTODOCTOR_SECRET_KEY": "bench-secret-key-not-for-production"}
