@@ -64,7 +64,7 @@ def cmd_migrate(args: argparse.Namespace, config: Config) -> int:
 GC_THRESHOLDS = (5_000, 10, 10)
 
 
-def settle_heap() -> None:
+def settle_heap() -> int:
     """What is loaded at start (modules, the app, compiled statements and templates) lives as
     long as the process: frozen out of the cyclic collector's way, so a full collection under
     load scans only what requests made, not the whole heap (a pause of tens of ms, in the
@@ -72,6 +72,7 @@ def settle_heap() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+    return gc.get_freeze_count()
 
 
 def cmd_serve(args: argparse.Namespace, config: Config) -> int:
@@ -85,7 +86,7 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     host = args.host or config.server.host
     port = args.port or config.server.port
     app = create_app(config)
-    settle_heap()
+    log.info("start-up heap settled: %s objects frozen", settle_heap())
     log.info("serving on http://%s:%s", host, port)
     web.run_app(app, host=host, port=port, print=None, handle_signals=True,
                 access_log=None, shutdown_timeout=10)

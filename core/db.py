@@ -36,19 +36,17 @@ def create_engine(url: str, *, busy_timeout_ms: int = 5000, echo: bool = False,
                   background_checkpoints: bool = False) -> AsyncEngine:
     """An engine with SQLite set up for concurrent use: WAL, foreign keys, busy timeout.
 
-    background_checkpoints: its connections never checkpoint the WAL themselves (a commit
-    that does copies megabytes and syncs the file on the event loop's thread); the caller runs
-    a WalCheckpointer instead.
+    background_checkpoints: on a plain file (see sqlite_file), its connections never
+    checkpoint the WAL themselves (a commit that does copies megabytes and syncs the file on
+    the event loop's thread); the caller runs a WalCheckpointer on sqlite_file(engine).
     """
     url = normalize_database_url(url)
     kwargs: dict[str, Any] = {"echo": echo, "connect_args": dict(connect_args or {})}
     if is_sqlite(url):
-        parsed = make_url(url)
-        database = parsed.database
-        in_memory = not database or database == ":memory:"
-        if not in_memory:
+        database = make_url(url).database
+        if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        if in_memory or parsed.query:
+        if _plain_file(url) is None:
             kwargs["connect_args"].setdefault("timeout", busy_timeout_ms / 1000)
         else:
             # A plain file: statements run on the loop's thread (core.sqlite_inline).
@@ -84,7 +82,7 @@ def _configure_sqlite(engine: AsyncEngine, busy_timeout_ms: int,
         timeout = INLINE_BUSY_TIMEOUT_MS if inline else busy_timeout_ms
         cur.execute(f"PRAGMA busy_timeout={int(timeout)}")
         cur.execute("PRAGMA synchronous=NORMAL")
-        if background_checkpoints:
+        if background_checkpoints and inline:  # a plain file, which sqlite_file names
             cur.execute("PRAGMA wal_autocheckpoint=0")
         cur.close()
 
@@ -205,10 +203,17 @@ class WalCheckpointer:
 
 def sqlite_file(engine: AsyncEngine) -> str | None:
     """The file of an engine on a plain SQLite file (statements on the loop), else None."""
-    url = engine.url
-    if not is_sqlite(engine) or not url.database or url.database == ":memory:" or url.query:
+    return _plain_file(engine.url.render_as_string(hide_password=False))
+
+
+def _plain_file(url: str) -> str | None:
+    # A file, not memory, and no URI options: such an engine runs statements on the loop.
+    if not is_sqlite(url):
         return None
-    return url.database
+    parsed = make_url(url)
+    if not parsed.database or parsed.database == ":memory:" or parsed.query:
+        return None
+    return parsed.database
 
 
 def create_sessionmaker(engine: AsyncEngine, hub: object = None) -> Sessionmaker:

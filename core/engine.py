@@ -30,7 +30,7 @@ from core.models import (
 )
 from core.outbox import enqueue
 from core.runtime import Runtime
-from core.sql import dialect_insert, insert_ids, insert_ignore, insert_returning
+from core.sql import dialect_insert, insert_ids, insert_ignore
 from core.transcript import MessageRow
 
 log = logging.getLogger("autodoctor.engine")
@@ -271,8 +271,7 @@ class Engine:
         """Messages in order in one transaction; None for a duplicate delivery."""
         async with self.runtime.sessions.begin() as session:
             people = await _known_people(session, inbounds)
-            if len(people) < len({(i.channel, i.address) for i in inbounds}):
-                await _meet(session, inbounds, people, self.runtime.clock.now())
+            await _meet(session, inbounds, people, self.runtime.clock.now())
             return [await self._receive_in(session, inbound, people) for inbound in inbounds]
 
     async def _receive_in(self, session: AsyncSession, inbound: Inbound,
@@ -338,27 +337,14 @@ async def _meet(session: AsyncSession, inbounds: Sequence[Inbound],
     widget visitors costs what one costs). Someone created by another process meanwhile
     raises IntegrityError, and the engine's retry finds them."""
     missing = {(i.channel, i.address): i for i in inbounds if (i.channel, i.address) not in people}
+    if not missing:
+        return
     with session.no_autoflush:  # nothing pending in this session can be one of them
         found = {(x.channel, x.address): x for x in (await session.scalars(
             select(Identity).where(tuple_(Identity.channel, Identity.address)
                                    .in_(sorted(missing))))).all()}
         new = [inbound for key, inbound in missing.items() if key not in found]
-        if new:
-            customer_ids = await insert_ids(session, Customer, [
-                {"display_name": i.display_name, "created_at": i.received_at or now}
-                for i in new])
-            created = (await session.scalars(
-                dialect_insert(session, Identity)
-                .on_conflict_do_nothing(index_elements=["channel", "address"])
-                .returning(Identity),
-                [{"channel": i.channel, "address": i.address, "customer_id": customer_id,
-                  "display_name": i.display_name, "created_at": i.received_at or now}
-                 for i, customer_id in zip(new, customer_ids, strict=True)])).all()
-            if len(created) < len(new):
-                raise IntegrityError("identity created concurrently", None, Exception("race"))
-            found.update({(x.channel, x.address): x for x in created})
-            log.info("new customers=%s channels=%s", ",".join(map(str, customer_ids)),
-                     ",".join(sorted({i.channel for i in new})))
+        found.update({(x.channel, x.address): x for x in await _new_customers(session, new, now)})
         # Usually none has a conversation yet (someone linked outside the bot, say on the web
         # console, or just created); one made meanwhile by another process is read and locked.
         identities = [found[key] for key in missing]
@@ -376,6 +362,28 @@ async def _meet(session: AsyncSession, inbounds: Sequence[Inbound],
                 .with_for_update())
             assert conversation is not None
         people[key] = (identity, conversation, None, None)
+
+
+async def _new_customers(session: AsyncSession, inbounds: Sequence[Inbound],
+                         now: datetime) -> list[Identity]:
+    """First contacts become customers, with their identities, in two multi-row statements.
+    An identity another process created meanwhile raises IntegrityError: the retry finds it."""
+    if not inbounds:
+        return []
+    customer_ids = await insert_ids(session, Customer, [
+        {"display_name": i.display_name, "created_at": i.received_at or now} for i in inbounds])
+    with session.no_autoflush:
+        created = list((await session.scalars(
+            dialect_insert(session, Identity)
+            .on_conflict_do_nothing(index_elements=["channel", "address"]).returning(Identity),
+            [{"channel": i.channel, "address": i.address, "customer_id": customer_id,
+              "display_name": i.display_name, "created_at": i.received_at or now}
+             for i, customer_id in zip(inbounds, customer_ids, strict=True)])).all())
+    if len(created) < len(inbounds):
+        raise IntegrityError("identity created concurrently", None, Exception("race"))
+    log.info("new customers=%s channels=%s", ",".join(map(str, customer_ids)),
+             ",".join(sorted({i.channel for i in inbounds})))
+    return created
 
 
 def _retryable(exc: DBAPIError) -> bool:
@@ -401,16 +409,7 @@ async def resolve_person(session: AsyncSession, inbound: Inbound,
             Identity.channel == inbound.channel, Identity.address == inbound.address))
     if identity is not None:
         return identity, None
-    customer = await insert_returning(session, Customer, {
-        "display_name": inbound.display_name, "created_at": now})
-    assert customer is not None
-    identity = await insert_returning(session, Identity, {
-        "channel": inbound.channel, "address": inbound.address, "customer_id": customer.id,
-        "display_name": inbound.display_name, "created_at": now}, ["channel", "address"])
-    if identity is None:
-        # Another process created it first; the retry will find theirs.
-        raise IntegrityError("identity created concurrently", None, Exception("race"))
-    log.info("new customer=%s channel=%s", customer.id, inbound.channel)
+    (identity,) = await _new_customers(session, [inbound], now)
     # Nobody else can see this identity yet: its conversation is written with the rest.
     conversation = Conversation(identity_id=identity.id, flow="customer", step="start",
                                 data={}, version=0, created_at=now, updated_at=now)

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 from core import transcript
 from core.messages import Outbound
 from core.models import Identity, OutboxItem
-from core.sql import bulk_insert_sync, insert_ignore
+from core.sql import bulk_insert, insert_ignore
 from core.transcript import MessageRow
 
 HUB = "autodoctor.hub"
@@ -124,10 +124,8 @@ async def enqueue_many(session: AsyncSession, items: list[tuple[int, Outbound]],
              for identity_id, out in items]
     rows = [_outbox_values(identity_id, key, out, body, now)
             for identity_id, key, out, body in keyed]
-    conn = await session.connection()
-    queued = dict(await conn.run_sync(lambda sync: bulk_insert_sync(
-        sync, OutboxItem.__table__, rows, returning=("dedupe_key", "id"),
-        conflict=("dedupe_key",))))
+    queued = dict(await bulk_insert(session, OutboxItem.__table__, rows,
+                                    returning=("dedupe_key", "id"), conflict=("dedupe_key",)))
     for identity_id, key, out, body in keyed:
         if key in queued:
             message = transcript.add(session, MessageRow(

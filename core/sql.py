@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any, TypeVar
 
-from sqlalchemy import Table, bindparam, insert, text
+from sqlalchemy import Table, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -64,14 +64,24 @@ async def insert_ids(session: AsyncSession, model: type[Any],
 
 
 def insert_ids_sync(conn: Any, table: Table, rows: list[dict[str, Any]]) -> list[int]:
-    """insert_ids on a sync Connection (inside the session's flush hooks)."""
-    if conn.dialect.name == "postgresql":
-        return sorted(bulk_insert_sync(conn, table, rows, returning=("id",)))
-    # SQLite, under its write lock: a new rowid is the largest so far plus one, row after row
-    # in VALUES order (insertmanyvalues sends them in order), so the ids sorted are in
-    # parameter order. (Asking SQLAlchemy for that order here would cost a statement per row:
-    # these tables have no sentinel column.)
-    return sorted(conn.execute(insert(table).returning(table.c.id), rows).scalars())
+    """insert_ids on a sync Connection (inside the session's flush hooks).
+
+    One statement draws its ids in the order it inserts the rows: PostgreSQL's identity
+    sequence in the unnest's ORDER BY; SQLite, under its write lock, the largest rowid plus one,
+    row after row in VALUES order. So the ids sorted are in the order of `rows`. (Asking
+    SQLAlchemy for that order would cost SQLite a statement per row: these tables have no
+    sentinel column.)
+    """
+    return sorted(bulk_insert_sync(conn, table, rows, returning=("id",)))
+
+
+async def bulk_insert(session: AsyncSession, table: Table, rows: list[dict[str, Any]], *,
+                      returning: tuple[str, ...] = (),
+                      conflict: tuple[str, ...] | None = None) -> list[Any]:
+    """bulk_insert_sync on the session's connection."""
+    conn = await session.connection()
+    return await conn.run_sync(lambda sync: bulk_insert_sync(
+        sync, table, rows, returning=returning, conflict=conflict))
 
 
 def bulk_insert_sync(conn: Any, table: Table, rows: list[dict[str, Any]], *,
@@ -84,24 +94,23 @@ def bulk_insert_sync(conn: Any, table: Table, rows: list[dict[str, Any]], *,
     PostgreSQL: INSERT … SELECT FROM unnest(one array per column) ORDER BY the row's place.
     Its SQL is the same whatever the number of rows, so the server prepares it once, and the
     values travel as a dozen arrays instead of thousands of parameters. (A VALUES list, as
-    SQLAlchemy's executemany builds it, is a new statement for each count.) The ids of an
-    identity column are drawn in that order. SQLite: SQLAlchemy's multi-row VALUES.
+    SQLAlchemy's executemany builds it, is a new statement for each count.) SQLite:
+    SQLAlchemy's multi-row VALUES (its statements cost no round trip).
     """
     if not rows:
         return []
-    columns = tuple(rows[0])
-    if conn.dialect.name != "postgresql":
+    if conn.dialect.name == "postgresql":
+        columns = tuple(rows[0])
+        stmt = _unnest_insert(table, columns, returning, conflict)
+        params: Any = {name: [row[name] for row in rows] for name in columns}
+    else:
         stmt = dialect_insert_for(conn.dialect.name, table)
         if conflict is not None:
             stmt = stmt.on_conflict_do_nothing(index_elements=list(conflict))
         if returning:
             stmt = stmt.returning(*(table.c[name] for name in returning))
-            result = conn.execute(stmt, rows)
-            return list(result.scalars() if len(returning) == 1 else result.all())
-        conn.execute(stmt, rows)
-        return []
-    stmt = _unnest_insert(table, columns, returning, conflict)
-    result = conn.execute(stmt, {name: [row[name] for row in rows] for name in columns})
+        params = rows
+    result = conn.execute(stmt, params)
     if not returning:
         return []
     return list(result.scalars() if len(returning) == 1 else result.all())

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from core.engine import Engine
 from core.messages import Inbound, Outbound
 
@@ -37,3 +44,29 @@ class Chat:
 
 def joined(replies: list[Outbound]) -> str:
     return "\n".join(r.text for r in replies)
+
+
+@contextmanager
+def _listening(engine: AsyncEngine, name: str,
+               pick: Callable[..., Any]) -> Iterator[list[Any]]:
+    seen: list[Any] = []
+
+    def on_event(*args: Any) -> None:
+        seen.append(pick(*args))
+
+    event.listen(engine.sync_engine, name, on_event)
+    try:
+        yield seen
+    finally:
+        event.remove(engine.sync_engine, name, on_event)
+
+
+def recording_statements(engine: AsyncEngine) -> Any:
+    """`with recording_statements(engine) as statements:` the SQL run meanwhile, in order."""
+    return _listening(engine, "before_cursor_execute",
+                      lambda conn, cursor, statement, *rest: statement)
+
+
+def counting_commits(engine: AsyncEngine) -> Any:
+    """`with counting_commits(engine) as commits:` one entry per COMMIT meanwhile."""
+    return _listening(engine, "commit", lambda conn: conn)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -82,6 +83,9 @@ def test_migrate_then_serve_on_sqlite_with_no_accounts(tmp_path: Path, sig: int)
     assert "channel sms: off" in stderr
     assert "stopped" in stderr
     assert "Traceback" not in stderr
+    # What start-up loaded is kept out of the collector's way (no long pauses under load).
+    frozen = re.search(r"start-up heap settled: (\d+) objects frozen", stderr)
+    assert frozen is not None and int(frozen.group(1)) > 10_000, stderr
 
 
 def test_migrate_then_serve_on_postgresql(tmp_path: Path, pg_database: str) -> None:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.flows import route
 from core.engine import Engine
 from core.models import Checkout, Conversation, Intake, Message, OutboxItem
 from core.runtime import Runtime
-from tests.helpers import Chat, joined
+from tests.helpers import Chat, joined, recording_statements
 
 GOOD_VIN = "1HGCM82633A004352"
 
@@ -267,17 +267,9 @@ async def test_summary_and_first_confirm_need_no_lookups(chat: Chat, runtime: Ru
     await chat.send(GOOD_VIN)
     await chat.send("84000")
     await chat.send("Grinding noise from the front left wheel when braking")
-    statements: list[str] = []
-
-    def on_execute(conn: object, cursor: object, statement: str, *args: object) -> None:
-        statements.append(statement)
-
-    event.listen(engine.sync_engine, "before_cursor_execute", on_execute)
-    try:
+    with recording_statements(engine) as statements:
         summary = joined(await chat.tap("Skip"))
         link = (await chat.tap("Confirm and pay"))[-1].link
-    finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", on_execute)
     assert "Photos/files: 0" in summary and link is not None
     reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
     # Only the engine's own lookup of the sender, once per message.

@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
-from sqlalchemy import event, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.app import ENGINE, RUNTIME
@@ -19,6 +19,7 @@ from core.messages import Inbound
 from core.models import File, Identity, Intake, Message
 from core.outbox import tell
 from core.transcript import write_pending
+from tests.helpers import recording_statements
 
 GOOD_VIN = "1HGCM82633A004352"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
@@ -118,22 +119,14 @@ async def test_full_intake_over_websocket_ends_with_payment_link(client: TestCli
 
 async def test_replies_reach_the_socket_without_reading_the_transcript_back(
         client: TestClient, engine: AsyncEngine) -> None:
-    reads: list[str] = []
-
-    def on_execute(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if "FROM messages" in statement:
-            reads.append(statement)
-
-    event.listen(engine.sync_engine, "before_cursor_execute", on_execute)
-    try:
+    with recording_statements(engine) as statements:
         w = Widget(client)
         await w.connect()  # a new visitor: the greeting comes from the rows just stored
         await w.expect()
         await w.tap("Quick Chat")
         assert "odometer" in await w.say(GOOD_VIN, replies=2)
-    finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", on_execute)
     # The committed rows were handed to the socket by the hub; nothing was read back.
+    reads = [s for s in statements if "FROM messages" in s]
     assert reads == []
     async with client.app[RUNTIME].readers() as s:
         stored = (await s.scalars(select(Message.id).where(Message.direction == "out")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 from datetime import UTC, datetime, timedelta, timezone
@@ -16,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 import migrations
 from bot.app import RUNTIME
 from core.config import Config
-from core.db import WalCheckpointer, create_engine, create_sessionmaker
+from core.db import WalCheckpointer, create_engine, create_sessionmaker, sqlite_file
 from core.models import (
     Base,
     Customer,
@@ -277,6 +278,9 @@ async def test_the_wal_is_checkpointed_on_a_thread_not_by_commits_on_the_loop(
 
 
 async def test_the_service_engine_leaves_checkpoints_to_its_thread(config: Config) -> None:
+    # The running service: its commits never checkpoint, and still the log is kept short.
+    from aiohttp.test_utils import TestServer
+
     from bot.app import create_app
 
     app = create_app(config, background=False)
@@ -284,4 +288,20 @@ async def test_the_service_engine_leaves_checkpoints_to_its_thread(config: Confi
     async with engine.connect() as conn:
         assert (await conn.execute(text("PRAGMA wal_autocheckpoint"))).scalar_one() == 0
     assert any(getattr(ctx, "__name__", "") == "wal-checkpoints" for ctx in app.cleanup_ctx)
-    await engine.dispose()
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, body TEXT)"))
+        for _ in range(40):  # far past SQLite's own threshold of 1,000 pages
+            async with engine.begin() as conn:
+                await conn.execute(text("INSERT INTO t (body) VALUES (:b)"),
+                                   [{"b": "x" * 4000} for _ in range(50)])
+        await asyncio.sleep(2.5)  # the service's checkpointer runs every second
+        async with engine.begin() as conn:  # the next writer starts the log over
+            await conn.execute(text("INSERT INTO t (body) VALUES ('after')"))
+        with contextlib.closing(sqlite3.connect(str(sqlite_file(engine)))) as probe:
+            frames = probe.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+        assert frames < 50, frames
+    finally:
+        await server.close()

@@ -4,11 +4,9 @@ each had been handled alone."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
-from sqlalchemy import event, select, text
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.flows import route
@@ -18,23 +16,9 @@ from core.messages import Inbound
 from core.models import Conversation, Customer, Identity, Message
 from core.runtime import Runtime
 from tests.conftest import PG_URL
-from tests.helpers import Chat, joined
+from tests.helpers import Chat, counting_commits, joined, recording_statements
 
 GOOD_VIN = "1HGCM82633A004352"
-
-
-@contextmanager
-def counting_commits(engine: AsyncEngine) -> Iterator[list[int]]:
-    commits: list[int] = []
-
-    def on_commit(conn: object) -> None:
-        commits.append(1)
-
-    event.listen(engine.sync_engine, "commit", on_commit)
-    try:
-        yield commits
-    finally:
-        event.remove(engine.sync_engine, "commit", on_commit)
 
 
 async def test_people_writing_at_once_share_transactions_and_get_their_own_answers(
@@ -153,20 +137,6 @@ async def test_drain_waits_for_messages_already_handed_in(runtime: Runtime) -> N
         assert len((await s.scalars(select(Message).where(Message.direction == "in"))).all()) == 5
     assert all("AutoDoctor" in joined(reply) for reply in await asyncio.gather(*sending))
     assert await bot.drain()  # nothing under way: at once
-
-
-@contextmanager
-def recording_statements(engine: AsyncEngine) -> Iterator[list[str]]:
-    statements: list[str] = []
-
-    def on_execute(conn: object, cursor: object, statement: str, *args: object) -> None:
-        statements.append(statement)
-
-    event.listen(engine.sync_engine, "before_cursor_execute", on_execute)
-    try:
-        yield statements
-    finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", on_execute)
 
 
 async def test_many_first_contacts_in_one_batch_cost_what_a_few_do(
