@@ -4,9 +4,11 @@ Each round seeds M mechanics linked on "telegram" (rows created directly), one c
 request, and offers it to them with core.dispatch.offer_request. Then M concurrent
 Engine.handle(Inbound(action="accept:<ref>")) calls start together, each in its own database
 session, exactly as a channel would deliver the taps. Printed: winners (must be 1 per round),
-losers told "already taken", anything else, and the answer latency of each tap (from the common
-start to its reply; target p99 < 100 ms). Mechanics of earlier rounds are made inactive, so each
-round offers to M fresh mechanics while the tables keep growing.
+losers told "Already taken" (a toast; the notice closing their offer says it in the chat, and a
+reply only if that notice had gone out before the tap), anything else, and the answer latency of
+each tap (from the common start to its reply; target p99 < 100 ms). Mechanics of earlier rounds
+are made inactive, so each round offers to M fresh mechanics while the tables keep growing. A
+first, uncounted round warms the connections up, as a running service's are.
 
 With --instances 2 the taps alternate between two Engine instances on two separate database
 engines (connection pools), as two `autodoctor serve` processes sharing one database would.
@@ -54,6 +56,7 @@ from core.models import (
     Intake,
     Mechanic,
     Offer,
+    OutboxItem,
     SessionRequest,
 )
 from core.runtime import Runtime
@@ -138,6 +141,7 @@ async def warm(engine: AsyncEngine, connections: int) -> None:
 class Round:
     winners: int = 0
     taken: int = 0
+    replied: int = 0  # losers answered by a reply besides the closing notice
     other: Counter[str] = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)  # seconds, every answered tap
@@ -170,8 +174,10 @@ async def race(engines: list[Engine], request: SessionRequest,
         if handled.toast == "Accepted":
             result.winners += 1
             result.winner_latency = latency
-        elif "already taken" in said:
+        elif handled.toast == "Already taken" and (not said or "already taken" in said):
+            # Told by the notice closing their offer (still on its way), or by a reply.
             result.taken += 1
+            result.replied += bool(said)
         else:
             result.other[f"{handled.toast}: {said[:60]}"] += 1
 
@@ -200,8 +206,11 @@ async def check(runtime: Runtime, request: SessionRequest, m: int) -> bool:
             Offer.request_id == request.id, Offer.status == "taken"))
         accepted = await s.scalar(select(func.count()).select_from(Offer).where(
             Offer.request_id == request.id, Offer.status == "accepted"))
+        # One closing notice per offer: "accepted by you", or "taken by another mechanic".
+        notices = await s.scalar(select(func.count()).select_from(OutboxItem).where(
+            OutboxItem.dedupe_key.startswith(f"offer-closed:{request.id}:")))
     return (fresh is not None and fresh.status == "accepted" and fresh.mechanic_id is not None
-            and taken == m - 1 and accepted == 1)
+            and taken == m - 1 and accepted == 1 and notices == m)
 
 
 # --- one scenario ------------------------------------------------------------------------------
@@ -211,6 +220,7 @@ class Scenario:
     db: str
     instances: int
     rounds: list[Round] = field(default_factory=list)
+    cold: Round | None = None  # the warm-up round, on connections that had not run it yet
 
     @property
     def latencies(self) -> list[float]:
@@ -237,14 +247,19 @@ async def run_scenario(db: str, url: str, instances: int, config: Config,
         await migrations.upgrade(made[0])
         runtimes = [build_runtime(config, e, clock=SystemClock()) for e in made]
         engines = [Engine(r, route) for r in runtimes]
-        for round_no in range(args.rounds):
+        for e in made:
+            await warm(e, 10 if db == "postgresql" else 4)
+        # Round 0 warms up, as a running service is: its pool's connections (most recently
+        # used first) have these statements prepared. Its figures are printed apart ("cold").
+        for round_no in range(args.rounds + 1):
             request, mechanics = await seed_round(runtimes[0], round_no, args.mechanics,
                                                  first_message=args.first_message)
-            for e in made:
-                await warm(e, 10 if db == "postgresql" else 4)
             result = await race(engines, request, mechanics)
             result.db_ok = await check(runtimes[0], request, args.mechanics)
-            scenario.rounds.append(result)
+            if round_no == 0:
+                scenario.cold = result
+            else:
+                scenario.rounds.append(result)
     finally:
         for e in made:
             await e.dispose()
@@ -260,27 +275,34 @@ def fmt(value: float | None, spec: str = ".1f") -> str:
 def report(scenarios: list[Scenario], args: argparse.Namespace) -> None:
     print(f"\n{args.mechanics} mechanics with an offer tap Accept at once "
           f"(Engine.handle, own session each), {args.rounds} round(s) per scenario")
-    head = (f"{'db':<11}{'inst':>5}{'winners':>9}{'taken':>7}{'other':>6}{'errors':>7}"
-            f"{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}{'p99<100':>8}{'win ms':>8}{'round s':>8}"
-            f"{'cpu/tap':>8}{'db ok':>6}")
+    head = (f"{'db':<11}{'inst':>5}{'winners':>11}{'taken':>7}{'reply':>6}{'other':>6}"
+            f"{'errors':>7}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}{'p99<100':>8}{'win ms':>8}"
+            f"{'round s':>8}{'cpu/tap':>8}{'db ok':>6}")
     print(head)
     print("-" * len(head))
     for sc in scenarios:
         winners = ",".join(str(r.winners) for r in sc.rounds)
         taken = sum(r.taken for r in sc.rounds)
+        replied = sum(r.replied for r in sc.rounds)
         other = sum(sum(r.other.values()) for r in sc.rounds)
         errors = sum(len(r.errors) for r in sc.rounds)
         p99 = sc.pct(0.99)
         wins = [r.winner_latency * 1000 for r in sc.rounds if r.winner_latency is not None]
         answered = sum(len(r.latencies) for r in sc.rounds)
         cpu_per_tap = sum(r.cpu for r in sc.rounds) * 1000 / answered if answered else None
-        print(f"{sc.db:<11}{sc.instances:>5}{winners:>9}{taken:>7}{other:>6}{errors:>7}"
+        print(f"{sc.db:<11}{sc.instances:>5}{winners:>11}{taken:>7}{replied:>6}{other:>6}"
+              f"{errors:>7}"
               f"{fmt(sc.pct(0.50)):>8}{fmt(p99):>8}{fmt(sc.pct(1.0)):>8}"
               f"{'ok' if p99 is not None and p99 < 100 else 'NO':>8}"
               f"{fmt(max(wins) if wins else None):>8}"
               f"{fmt(max(r.seconds for r in sc.rounds), '.2f'):>8}"
               f"{fmt(cpu_per_tap, '.1f'):>8}"
               f"{'ok' if all(r.db_ok for r in sc.rounds) else 'NO':>6}")
+        if sc.cold is not None:
+            cold = sc.cold
+            print(f"{'':<11}warm-up round (not counted): winners {cold.winners}, p99 "
+                  f"{fmt(percentile_ms(cold.latencies, 0.99))} ms, db ok "
+                  f"{'ok' if cold.db_ok else 'NO'}")
         if args.per_round:
             for i, r in enumerate(sc.rounds):
                 print(f"{'':<11}round {i}: winners {r.winners}, taken {r.taken}, "
@@ -292,11 +314,13 @@ def report(scenarios: list[Scenario], args: argparse.Namespace) -> None:
                 print(f"{'':<11}other answer x{count}: {what}")
             for error in r.errors[:3]:
                 print(f"{'':<11}error: {error}")
-    print("winners: per round (must be 1); taken: losers told \"already taken\"; latency: from\n"
-          "the common start to each tap's answer, all rounds; win ms: the winner's answer (max\n"
-          "over rounds); round s: the slowest round; cpu/tap: this process's CPU ms per tap\n"
-          "(the database server's not included); db ok: request accepted, one offer accepted\n"
-          "and every other one 'taken'. Target: p99 < 100 ms.")
+    print("winners: per round (must be 1); taken: losers answered \"Already taken\" (the toast,\n"
+          "and the notice closing their offer, or a reply if that notice had gone out already);\n"
+          "reply: of those, answered by a reply too; latency: from the common start to each\n"
+          "tap's answer, all rounds; win ms: the winner's answer (max over rounds); round s: the\n"
+          "slowest round; cpu/tap: this process's CPU ms per tap (the database server's not\n"
+          "included); db ok: request accepted, one offer accepted, every other one 'taken', and\n"
+          "one closing notice per offer. Target: p99 < 100 ms.")
 
 
 async def main_async(args: argparse.Namespace) -> int:
@@ -316,7 +340,7 @@ async def main_async(args: argparse.Namespace) -> int:
                     scenarios.append(await run_scenario(db, url, instances, config, args))
     report(scenarios, args)
     good = all(r.winners == 1 and r.db_ok and not r.errors
-               for sc in scenarios for r in sc.rounds)
+               for sc in scenarios for r in [*sc.rounds, *([sc.cold] if sc.cold else [])])
     return 0 if good else 1
 
 

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import event, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session, SessionTransaction
 
 from core.admins import alert_admins
 from core.messages import Button, Outbound
@@ -28,6 +29,7 @@ from core.models import (
     Intake,
     Mechanic,
     Offer,
+    OutboxItem,
     SessionRequest,
 )
 from core.outbox import enqueue_many, tell
@@ -55,6 +57,10 @@ class Outcome(enum.Enum):
 class AcceptResult:
     outcome: Outcome
     request: SessionRequest | None = None
+    # TAKEN only: the closing notice of this mechanic's offer ("taken by another mechanic") to
+    # the chat the tap came from is queued and not delivered yet (or queued in this very
+    # transaction): that notice is the answer, and a reply would say the same thing twice.
+    told: bool = False
 
 
 async def holds_job(session: AsyncSession, mechanic_id: int) -> SessionRequest | None:
@@ -203,6 +209,21 @@ async def notify_unattended(session: AsyncSession, runtime: Runtime, request: Se
 
 
 _TAPPED = "autodoctor.dispatch.tapped"
+# Per request ref: the identities (chats) about to be told it is taken (see AcceptResult.told).
+_CLOSED = "autodoctor.dispatch.closed"
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget(session: Session, transaction: SessionTransaction) -> None:
+    # What a transaction learnt about taps and closed offers ends with it (rolled back or not).
+    if transaction.parent is None:
+        session.info.pop(_TAPPED, None)
+        session.info.pop(_CLOSED, None)
+
+
+def _closing_key(request: SessionRequest) -> str:
+    """The dedupe key prefix of the messages that close a request's offers."""
+    return f"offer-closed:{request.id}:"
 
 
 @dataclass
@@ -245,10 +266,12 @@ async def _request_and_offer(session: AsyncSession, ref: str,
 
 
 async def accept(session: AsyncSession, runtime: Runtime, ref: str, mechanic_id: int,
-                 now: datetime, *, admin: str | None = None) -> AcceptResult:
+                 now: datetime, *, admin: str | None = None,
+                 identity_id: int | None = None) -> AcceptResult:
     """The mechanic takes the request, if it is still open and they hold no other job.
 
     `admin` assigns without an offer (unattended queue); the rules are otherwise the same.
+    `identity_id`: the chat the tap came from (for AcceptResult.told).
     """
     request, offered = await _request_and_offer(session, ref, mechanic_id)
     if request is None:
@@ -260,7 +283,7 @@ async def accept(session: AsyncSession, runtime: Runtime, ref: str, mechanic_id:
                     mechanic_id)
         return AcceptResult(Outcome.NOT_OFFERED, request)
     if request.status == "accepted":
-        return AcceptResult(Outcome.TAKEN, request)
+        return await _taken(session, request, identity_id)
     if request.status not in OPEN_STATUSES:
         return AcceptResult(Outcome.CLOSED, request)
     if await holds_job(session, mechanic_id) is not None:
@@ -278,10 +301,29 @@ async def accept(session: AsyncSession, runtime: Runtime, ref: str, mechanic_id:
         return AcceptResult(Outcome.BUSY, request)
     await session.refresh(request)
     if won is None:
-        return AcceptResult(Outcome.TAKEN if request.status == "accepted" else Outcome.CLOSED,
-                            request)
+        if request.status == "accepted":
+            return await _taken(session, request, identity_id)
+        return AcceptResult(Outcome.CLOSED, request)
     await _after_accept(session, runtime, request, mechanic_id, now, admin=admin)
     return AcceptResult(Outcome.ACCEPTED, request)
+
+
+async def _taken(session: AsyncSession, request: SessionRequest,
+                 identity_id: int | None) -> AcceptResult:
+    """TAKEN, told or not. The chats with a closing notice still to deliver are read once per
+    transaction and request (few rows: the outbox's pending ones, by its status index)."""
+    if identity_id is None:
+        return AcceptResult(Outcome.TAKEN, request)
+    closed: dict[str, set[int]] = session.info.setdefault(_CLOSED, {})
+    waiting = closed.get(request.ref)
+    if waiting is None:
+        with session.no_autoflush:
+            waiting = closed[request.ref] = set((await session.scalars(
+                select(OutboxItem.identity_id).where(
+                    OutboxItem.status == "pending",
+                    OutboxItem.dedupe_key.startswith(_closing_key(request), autoescape=True)))
+            ).all())
+    return AcceptResult(Outcome.TAKEN, request, told=identity_id in waiting)
 
 
 async def assign(session: AsyncSession, runtime: Runtime, ref: str, mechanic_id: int,
@@ -321,8 +363,10 @@ async def _after_accept(session: AsyncSession, runtime: Runtime, request: Sessio
         text = yours if offer_mechanic == mechanic_id else taken
         closing.append((identity_id, Outbound(
             channel=channel, address=address, text=text, edit_of=provider_message_id,
-            dedupe_key=f"offer-closed:{request.id}:{offer_mechanic}:{stamp}")))
+            dedupe_key=f"{_closing_key(request)}{offer_mechanic}:{stamp}")))
     await enqueue_many(session, closing, now)
+    session.info.setdefault(_CLOSED, {})[request.ref] = {
+        identity_id for identity_id, out in closing}
     await tell(session, await mechanic_identity(session, mechanic_id),
                runtime.texts("accepted_details", request=request, plan=plan, intake=intake,
                              customer_name=customer.display_name),

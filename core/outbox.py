@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import uuid
 from datetime import datetime
 from typing import Any
@@ -13,7 +15,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 from core import transcript
 from core.messages import Outbound
 from core.models import Identity, OutboxItem
-from core.sql import bulk_insert, insert_ignore
+from core.sql import insert_ignore
 from core.transcript import MessageRow
 
 HUB = "autodoctor.hub"
@@ -72,7 +74,7 @@ async def enqueue(session: AsyncSession, identity: Identity, outbound: Outbound,
         # A fresh message cannot be a duplicate. The widget and the console read it from the
         # transcript, so it needs no outbox row at all; providers get one to deliver.
         transcript.add(session, message, outbox=None if direct else _outbox_values(
-            identity.id, f"msg:{uuid.uuid4().hex}", outbound, body, now))
+            identity.id, _fresh_key(), outbound, body, now))
     else:
         # A keyed message (an offer, a notice) is queued at most once, whoever tries again:
         # its outbox row is written first, to tell.
@@ -84,6 +86,25 @@ async def enqueue(session: AsyncSession, identity: Identity, outbound: Outbound,
         transcript.add(session, message, outbox_id=outbox_id)
     wake_after_commit(session, identity.id, message)
     return message
+
+
+# Unkeyed messages still need a unique dedupe_key: this process's random prefix and a counter
+# (uuid4 per message reads the system's random source each time). A forked child draws its own.
+_key_prefix = ""
+_key_counter = itertools.count(1)
+
+
+def _new_key_prefix() -> None:
+    global _key_prefix, _key_counter
+    _key_prefix, _key_counter = f"msg:{uuid.uuid4().hex}:", itertools.count(1)
+
+
+_new_key_prefix()
+os.register_at_fork(after_in_child=_new_key_prefix)
+
+
+def _fresh_key() -> str:
+    return f"{_key_prefix}{next(_key_counter)}"
 
 
 def _outbox_values(identity_id: int, key: str, outbound: Outbound, body: dict[str, Any],
@@ -116,20 +137,21 @@ async def enqueue_many(session: AsyncSession, items: list[tuple[int, Outbound]],
 
     Multi-row statements that bypass the ORM, a fixed handful whatever the count: offering a
     request to 1,000 mechanics or closing 200 offers must not cost thousands of round trips.
-    Sockets of these identities are woken to read the rows from the database.
+    The messages are written at once, with whatever else waits to be (core.transcript).
     """
     if not items:
         return {}
-    keyed = [(identity_id, out.dedupe_key or f"msg:{uuid.uuid4().hex}", out, out.to_body())
-             for identity_id, out in items]
-    rows = [_outbox_values(identity_id, key, out, body, now)
-            for identity_id, key, out, body in keyed]
-    queued = dict(await bulk_insert(session, OutboxItem.__table__, rows,
-                                    returning=("dedupe_key", "id"), conflict=("dedupe_key",)))
-    for identity_id, key, out, body in keyed:
+    keyed: dict[str, tuple[MessageRow, dict[str, Any]]] = {}
+    for identity_id, out in items:
+        key = out.dedupe_key or _fresh_key()
+        if key in keyed:
+            continue  # the same message twice in one call: queued once
+        body = out.to_body()
+        keyed[key] = (MessageRow(identity_id=identity_id, direction="out", channel=out.channel,
+                                 text=out.text, body=body, created_at=now),
+                      _outbox_values(identity_id, key, out, body, now))
+    queued = await transcript.add_keyed(session, list(keyed.values()))
+    for key, (message, _values) in keyed.items():
         if key in queued:
-            message = transcript.add(session, MessageRow(
-                identity_id=identity_id, direction="out", channel=out.channel, text=out.text,
-                body=body, created_at=now), outbox_id=queued[key])
-            wake_after_commit(session, identity_id, message)
+            wake_after_commit(session, message.identity_id, message)
     return queued

@@ -7,6 +7,11 @@ they wait here, in the session, and go to the database together just before its 
 its commit: one INSERT for the messages, one for their outbox rows, one UPDATE for outbox rows
 written earlier (a keyed message, whose row had to exist first to tell a duplicate).
 
+Many keyed messages at once (offers, the closing edits of an accept) are written at once
+instead, with what waits: their outbox rows go in after the messages, ON CONFLICT (dedupe_key)
+DO NOTHING, and the message of a key already queued is deleted again (rare: a retry). No UPDATE
+then, and one statement per table whatever the count.
+
 A row's `id` is known once written. Code that reads the messages table in the transaction that
 added them calls `write_pending` first. Inside a savepoint nothing waits: a rolled-back
 savepoint must take its rows with it, so they are written at once.
@@ -18,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Integer, bindparam, event, text, update
+from sqlalchemy import Integer, bindparam, delete, event, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
@@ -61,12 +66,30 @@ class _Pending:
     outbox: list[tuple[MessageRow, dict[str, Any]]] = field(default_factory=list)
     # Outbox rows already inserted (keyed messages), to point at their message.
     links: list[tuple[MessageRow, int]] = field(default_factory=list)
+    # Keyed outbox rows to insert with their message's id unless the key is queued already.
+    keyed: list[tuple[MessageRow, dict[str, Any]]] = field(default_factory=list)
 
 
 def add(session: AsyncSession | Session, row: MessageRow, *,
         outbox: dict[str, Any] | None = None, outbox_id: int | None = None) -> MessageRow:
     """Queue a transcript row (and its new outbox row's values, or the id of an outbox row
     already inserted) to be written before the session's next flush or its commit."""
+    return _add(session, row, outbox=outbox, outbox_id=outbox_id)
+
+
+async def add_keyed(session: AsyncSession,
+                    rows: list[tuple[MessageRow, dict[str, Any]]]) -> dict[str, int]:
+    """Write these messages now, each with its keyed outbox row (values with a dedupe_key),
+    together with every row waiting. A key already queued keeps its row, and its message is not
+    kept (its id stays None). Returns the outbox id of each key queued now."""
+    for row, values in rows:
+        _add(session, row, keyed=values)
+    return await session.run_sync(_write)
+
+
+def _add(session: AsyncSession | Session, row: MessageRow, *,
+         outbox: dict[str, Any] | None = None, outbox_id: int | None = None,
+         keyed: dict[str, Any] | None = None) -> MessageRow:
     sync = session.sync_session if isinstance(session, AsyncSession) else session
     pending: _Pending | None = sync.info.get(_PENDING)
     if pending is None:
@@ -76,6 +99,9 @@ def add(session: AsyncSession | Session, row: MessageRow, *,
         pending.outbox.append((row, outbox))
     elif outbox_id is not None:
         pending.links.append((row, outbox_id))
+    elif keyed is not None:
+        pending.keyed.append((row, keyed))
+        return row  # written by add_keyed, with the rest
     nested = sync.get_nested_transaction()
     if nested is not None:
         # A savepoint rolled back must take the row with it: written now, and forgotten
@@ -91,10 +117,11 @@ async def write_pending(session: AsyncSession) -> None:
         await session.run_sync(_write)
 
 
-def _write(session: Session) -> None:
+def _write(session: Session) -> dict[str, int]:
     pending: _Pending | None = session.info.pop(_PENDING, None)
     if pending is None or not pending.messages:
-        return
+        return {}
+    nested = session.get_nested_transaction()
     conn = session.connection()
     rows = pending.messages
     ids = insert_ids_sync(conn, Message.__table__, [r.values() for r in rows])
@@ -103,6 +130,21 @@ def _write(session: Session) -> None:
     if pending.outbox:
         bulk_insert_sync(conn, OutboxItem.__table__,
                          [{**values, "message_id": row.id} for row, values in pending.outbox])
+    queued: dict[str, int] = {}
+    if pending.keyed:
+        queued = dict(bulk_insert_sync(
+            conn, OutboxItem.__table__,
+            [{**values, "message_id": row.id} for row, values in pending.keyed],
+            returning=("dedupe_key", "id"), conflict=("dedupe_key",)))
+        unsent = [row for row, values in pending.keyed if values["dedupe_key"] not in queued]
+        if unsent:
+            conn.execute(delete(Message.__table__).where(
+                Message.__table__.c.id.in_([row.id for row in unsent])))
+            for row in unsent:
+                row.id = None
+        if nested is not None:
+            session.info.setdefault(_IN_SAVEPOINT, []).extend(
+                (nested, row) for row, values in pending.keyed if row.id is not None)
     if pending.links:
         if conn.dialect.name == "postgresql":
             # One statement of one shape whatever the count (prepared once, unlike a VALUES
@@ -113,6 +155,7 @@ def _write(session: Session) -> None:
             # SQLite: one statement run per row, on the loop's thread (no round trip).
             conn.execute(_LINK_SQLITE, [{"outbox_id": outbox_id, "new_message_id": row.id}
                                         for row, outbox_id in pending.links])
+    return queued
 
 
 _OUTBOX = OutboxItem.__table__

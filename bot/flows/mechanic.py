@@ -72,11 +72,15 @@ async def handle(ctx: Context) -> None:
 
 
 async def _accept(ctx: Context, mechanic: Mechanic, ref: str) -> None:
-    result = await dispatch.accept(ctx.session, ctx.runtime, ref, mechanic.id, ctx.now)
+    result = await dispatch.accept(ctx.session, ctx.runtime, ref, mechanic.id, ctx.now,
+                                   identity_id=ctx.identity.id)
     outcome = result.outcome
     ctx.toast = text("toast", outcome=outcome.value)
-    if outcome is Outcome.ACCEPTED:
-        return  # the details message was queued by dispatch
+    if outcome is Outcome.ACCEPTED or result.told:
+        # Accepted: the details message was queued by dispatch. Taken a moment ago: the offer
+        # message's closing edit ("taken by another mechanic"), on its way to this chat, is
+        # the answer, with the toast; a reply would say it twice (two SMS, two bubbles).
+        return
     replies = {
         Outcome.ALREADY_YOURS: text("accept_already_yours", ref=ref),
         Outcome.TAKEN: text("accept_taken", ref=ref),

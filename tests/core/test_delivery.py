@@ -12,8 +12,8 @@ from core.clock import ManualClock
 from core.delivery import OutboxDispatcher
 from core.errors import PermanentFailure, RetryLater
 from core.messages import Outbound
-from core.models import Customer, Identity, OutboxItem
-from core.outbox import enqueue
+from core.models import Customer, Identity, Message, OutboxItem
+from core.outbox import enqueue, enqueue_many
 from core.runtime import Runtime
 
 
@@ -209,3 +209,35 @@ async def test_next_rows_are_claimed_while_earlier_ones_are_still_being_sent(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_many_keyed_messages_are_queued_once_and_keep_the_transcript_in_order(
+        runtime: Runtime) -> None:
+    # enqueue_many writes the messages with whatever else waits (here an earlier reply), then
+    # their keyed outbox rows: a key queued already keeps its row and leaves no stray message.
+    await queue(runtime, "k1", "before")
+    now = runtime.clock.now()
+
+    async def queue_many(keys: list[str]) -> dict[str, int]:
+        async with runtime.sessions.begin() as s:
+            identity = await s.scalar(select(Identity).where(Identity.address == "k1"))
+            assert identity is not None
+            await enqueue(s, identity, Outbound("flaky", "k1", "first in this transaction"), now)
+            queued = await enqueue_many(s, [(identity.id, Outbound(
+                "flaky", "k1", f"keyed {key}", dedupe_key=key)) for key in keys], now)
+            await enqueue(s, identity, Outbound("flaky", "k1", "last in this transaction"), now)
+            return queued
+
+    assert sorted(await queue_many(["a", "b", "a"])) == ["a", "b"]
+    again = await queue_many(["b", "c"])
+    assert sorted(again) == ["c"]
+    async with runtime.sessions() as s:
+        messages = (await s.scalars(select(Message).where(Message.direction == "out")
+                                    .order_by(Message.id))).all()
+        outbox = {row.message_id: row for row in (await s.scalars(select(OutboxItem))).all()}
+    assert [m.text for m in messages] == [
+        "before", "first in this transaction", "keyed a", "keyed b", "last in this transaction",
+        "first in this transaction", "keyed c", "last in this transaction"]
+    # Every message has its outbox row, pointing at it (no UPDATE needed, none left unlinked).
+    assert all(m.id in outbox and outbox[m.id].payload["text"] == m.text for m in messages)
+    assert len(outbox) == len(messages) and again["c"] == outbox[messages[6].id].id

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.flows import route
 from core import dispatch
-from core.engine import Engine
+from core.engine import Engine, Handled
 from core.messages import Inbound
 from core.models import (
     Admin,
@@ -118,16 +118,27 @@ async def test_no_eligible_mechanic_sends_request_to_admin_queue(runtime: Runtim
     assert len(alerts) == 1 and request.ref in alerts[0].payload["text"]
 
 
+async def tap(engine: Engine, mechanic: object, ref: str) -> Handled:
+    return await engine.handle(Inbound(channel=mechanic.channel,  # type: ignore[attr-defined]
+                                       address=mechanic.address,  # type: ignore[attr-defined]
+                                       action=f"accept:{ref}"))
+
+
+def taken_notices(texts: list[str], ref: str) -> int:
+    """How often one person was told this request went to someone else."""
+    return sum(f"{ref} was taken by another mechanic" in t
+               or f"{ref} was already taken by another mechanic" in t for t in texts)
+
+
 async def test_fifty_mechanics_tap_accept_at_once_exactly_one_wins(runtime: Runtime) -> None:
     mechanics = [await linked_mechanic(runtime, f"M{i}") for i in range(50)]
     request = await paid_request(runtime, "chat10")
     await offer(runtime, request)
     engine = Engine(runtime, route)
-    replies = await asyncio.gather(*(tap_accept(engine, m, request.ref) for m in mechanics))
-    taken = [r for r in replies if "already taken" in r]
+    answers = await asyncio.gather(*(tap(engine, m, request.ref) for m in mechanics))
+    assert sorted(a.toast or "" for a in answers) == ["Accepted"] + ["Already taken"] * 49
     status, winner = await status_of(runtime, request)
     assert status == "accepted" and winner is not None
-    assert len(taken) == 49
     winner_identity = next(m for m in mechanics if m.mechanic_id == winner)
     texts = await sent_to(runtime, winner_identity)
     assert any(t.startswith(f"It's yours: {request.ref}") for t in texts)
@@ -135,25 +146,68 @@ async def test_fifty_mechanics_tap_accept_at_once_exactly_one_wins(runtime: Runt
     async with runtime.sessions() as s:
         offers = (await s.scalars(select(Offer).where(Offer.request_id == request.id))).all()
     assert sorted(o.status for o in offers).count("taken") == 49
-    loser = next(m for m in mechanics if m.mechanic_id != winner)
-    assert f"Request {request.ref} was taken by another mechanic." in await sent_to(runtime,
-                                                                                    loser)
-    customer_texts = await sent_to(runtime, type(loser)(channel="console", address="cust"))
+    # Each loser is told exactly once: by the closing edit of their offer if it was closed in
+    # the transaction that answered their tap, else by a reply (a later batch).
+    for loser in (m for m in mechanics if m.mechanic_id != winner):
+        assert taken_notices(await sent_to(runtime, loser), request.ref) == 1
+    customer_texts = await sent_to(runtime, type(mechanics[0])(channel="console", address="cust"))
     assert sum("accepted your Quick Chat request" in t for t in customer_texts) == 1
+
+
+async def test_a_loser_is_answered_by_the_closing_notice_on_its_way_not_told_twice(
+        runtime: Runtime) -> None:
+    # Two engines: Ann's tap is handled after Sam's transaction committed. The notice closing
+    # her offer is still in the outbox: with the toast, it is her answer.
+    sam, ann = [await linked_mechanic(runtime, name, channel="telegram", address=address)
+                for name, address in (("Sam", "501"), ("Ann", "502"))]
+    request = await paid_request(runtime, "chat10")
+    await offer(runtime, request)
+    won = await tap(Engine(runtime, route), sam, request.ref)
+    lost = await tap(Engine(runtime, route), ann, request.ref)
+    assert (won.toast, lost.toast) == ("Accepted", "Already taken")
+    assert lost.replies == []
+    told = await sent_to(runtime, ann)
+    assert told[-1] == f"Request {request.ref} was taken by another mechanic."
+    assert taken_notices(told, request.ref) == 1
+    # Delivered, and Ann (on a stale screen, or typing ACCEPT) taps again: now a reply.
+    async with runtime.sessions.begin() as s:
+        await s.execute(update(OutboxItem).values(status="sent"))
+    late = await tap(Engine(runtime, route), ann, request.ref)
+    assert late.toast == "Already taken"
+    assert [r.text for r in late.replies] == [
+        f"Sorry, {request.ref} was already taken by another mechanic."]
+
+    # One batch, on the web (whose notices are delivered as they commit): the loser's tap,
+    # handled in the winner's transaction, is answered by the closing edit alone.
+    bob, eve = [await linked_mechanic(runtime, name) for name in ("Bob", "Eve")]
+    again = await paid_request(runtime, "chat10", address="c2")
+    await offer(runtime, again)
+    engine = Engine(runtime, route)
+    first, second = await asyncio.gather(*(tap(engine, m, again.ref) for m in (bob, eve)))
+    assert (first.toast, second.toast) == ("Accepted", "Already taken")
+    assert second.replies == []
+    told = await sent_to(runtime, eve)
+    assert told[-1] == f"Request {again.ref} was taken by another mechanic."
+    assert taken_notices(told, again.ref) == 1
 
 
 async def test_accept_race_across_two_app_instances(engine_factory: object, runtime: Runtime,
                                                     engine: AsyncEngine) -> None:
     other = Runtime.build(runtime.config, engine_factory(),  # type: ignore[operator]
                           runtime.payments, runtime.texts, runtime.clock)
-    mechanics = [await linked_mechanic(runtime, f"X{i}") for i in range(20)]
+    mechanics = [await linked_mechanic(runtime, f"X{i}", channel="telegram",
+                                       address=str(700 + i)) for i in range(20)]
     request = await paid_request(runtime, "chat10")
     await offer(runtime, request)
     first, second = Engine(runtime, route), Engine(other, route)
-    replies = await asyncio.gather(*(
-        tap_accept(first if i % 2 else second, m, request.ref) for i, m in enumerate(mechanics)))
-    assert sum("already taken" in r for r in replies) == 19
-    assert (await status_of(runtime, request))[0] == "accepted"
+    answers = await asyncio.gather(*(
+        tap(first if i % 2 else second, m, request.ref) for i, m in enumerate(mechanics)))
+    assert sorted(a.toast or "" for a in answers) == ["Accepted"] + ["Already taken"] * 19
+    status, winner = await status_of(runtime, request)
+    assert status == "accepted"
+    # Losers of either process are told once: their offer's closing notice, still queued.
+    for loser in (m for m in mechanics if m.mechanic_id != winner):
+        assert taken_notices(await sent_to(runtime, loser), request.ref) == 1
 
 
 async def test_a_mechanic_holding_a_job_cannot_accept_another(runtime: Runtime) -> None:
