@@ -10,7 +10,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.models import Checkout, File, Identity, Intake
-from core.sql import insert_returning
+from core.sql import add_new
 
 MIN_PROBLEM_WORDS = 4
 MIN_PROBLEM_LETTERS = 15
@@ -25,11 +25,9 @@ class AttachResult:
 
 async def start_intake(session: AsyncSession, customer_id: int, channel: str,
                        now: datetime) -> Intake:
-    intake = await insert_returning(session, Intake, {
+    return await add_new(session, Intake, {
         "customer_id": customer_id, "channel": channel, "status": "draft", "created_at": now,
         "updated_at": now})
-    assert intake is not None
-    return intake
 
 
 async def count_files(session: AsyncSession, intake: Intake) -> int:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import weakref
+from collections import deque
 from functools import lru_cache
 from typing import Any, TypeVar
 
-from sqlalchemy import Table, bindparam, text
+from sqlalchemy import Engine, Table, bindparam, event, insert, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session, SessionTransaction, make_transient_to_detached
 
 T = TypeVar("T")
 
@@ -137,3 +140,74 @@ def _unnest_insert(table: Table, columns: tuple[str, ...], returning: tuple[str,
     if returning:
         stmt = stmt.columns(*(table.c[name] for name in returning))
     return stmt
+
+
+# --- new rows as ORM objects without a statement each -------------------------------------------
+
+ID_BLOCK = 64
+_NEXTVAL = text("SELECT nextval(pg_get_serial_sequence(:table, 'id'))"
+                " FROM generate_series(1, :count)")
+_free_ids: weakref.WeakKeyDictionary[Engine, dict[str, deque[int]]] = (
+    weakref.WeakKeyDictionary())
+_NEW_ROWS = "autodoctor.sql.new_rows"
+
+
+async def add_new(session: AsyncSession, model: type[T], values: dict[str, Any]) -> T:
+    """A new row as a persistent ORM object whose id is known at once, for a hot path that
+    would otherwise pay a statement (a round trip) per row.
+
+    PostgreSQL: the id comes from the table's sequence, drawn ahead ID_BLOCK at a time per
+    engine (gaps, and two processes' rows interleaved: nothing here orders by id), and the row
+    is INSERTed just before the session's next flush or its commit, in one statement with the
+    other new rows of its table, ahead of the flush's own UPDATEs (which may point at it).
+    SQLite (no round trips): one INSERT … RETURNING id, now. `values` are the columns to set,
+    the others are None; a change made to the object later is an UPDATE, as usual."""
+    table: Table = model.__table__  # type: ignore[attr-defined]
+    bind = session.get_bind()
+    if bind.dialect.name == "postgresql":
+        free = _free_ids.setdefault(bind, {}).setdefault(table.name, deque())
+        if not free:
+            free.extend((await session.execute(
+                _NEXTVAL, {"table": table.name, "count": ID_BLOCK})).scalars())
+        new_id = free.popleft()
+    else:
+        with session.no_autoflush:
+            new_id = (await session.execute(insert(table).returning(table.c.id), values)
+                      ).scalar_one()
+    row_values = {**{column.key: None for column in table.columns}, **values, "id": new_id}
+    row = model(**row_values)
+    # Persistent as if just loaded: nothing left expired (to load later) or pending.
+    make_transient_to_detached(row)
+    session.add(row)
+    if bind.dialect.name == "postgresql":
+        sync = session.sync_session
+        sync.info.setdefault(_NEW_ROWS, {}).setdefault(table, []).append(row_values)
+        if sync.in_nested_transaction():
+            # A savepoint rolled back must take the row with it: written now.
+            await session.run_sync(_write_new_rows)
+    return row
+
+
+def _write_new_rows(session: Session, *_args: object) -> None:
+    pending: dict[Table, list[dict[str, Any]]] | None = session.info.pop(_NEW_ROWS, None)
+    if pending:
+        conn = session.connection()
+        for table, rows in pending.items():
+            bulk_insert_sync(conn, table, rows)
+
+
+def _write_unless_nested(session: Session, *_args: object) -> None:
+    if not session.in_nested_transaction():
+        _write_new_rows(session)
+
+
+def _forget_new_rows(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:
+        session.info.pop(_NEW_ROWS, None)
+
+
+# Registered before core.transcript's hooks (which import this module): rows written here come
+# first, so transcript rows may point at them.
+event.listen(Session, "before_flush", _write_unless_nested)
+event.listen(Session, "before_commit", _write_unless_nested)
+event.listen(Session, "after_transaction_end", _forget_new_rows)

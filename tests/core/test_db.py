@@ -20,6 +20,7 @@ from core.config import Config
 from core.db import WalCheckpointer, create_engine, create_sessionmaker, sqlite_file
 from core.models import (
     Base,
+    Conversation,
     Customer,
     Identity,
     InboundEvent,
@@ -28,7 +29,9 @@ from core.models import (
     OutboxItem,
     SessionRequest,
 )
+from core.sql import add_new
 from core.sqlite_inline import InlineConnection
+from tests.helpers import recording_statements
 
 NOW = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
 
@@ -305,3 +308,65 @@ async def test_the_service_engine_leaves_checkpoints_to_its_thread(config: Confi
         assert frames < 50, frames
     finally:
         await server.close()
+
+
+async def test_add_new_rows_known_at_once_written_together_before_what_points_at_them(
+        engine: AsyncEngine) -> None:
+    # core.sql.add_new: the new object's id is known at once; on PostgreSQL no statement per
+    # row (ids drawn ahead from the sequence, one INSERT for the lot at the flush, ahead of
+    # the flush's UPDATEs that point at them); a savepoint rolled back takes its row along.
+    sessions = create_sessionmaker(engine)
+    async with sessions.begin() as s:
+        customer = Customer(created_at=NOW)
+        s.add(customer)
+        await s.flush()
+        identity = Identity(channel="web", address="v_new", customer_id=customer.id,
+                            created_at=NOW)
+        s.add(identity)
+        await s.flush()
+        conversation = Conversation(identity_id=identity.id, flow="customer", step="start",
+                                    data={}, created_at=NOW, updated_at=NOW)
+        s.add(conversation)
+        await s.flush()
+    postgres = engine.dialect.name == "postgresql"
+    with recording_statements(engine) as statements:
+        async with sessions.begin() as s:
+            conversation = await s.get(Conversation, conversation.id)
+            assert conversation is not None
+            intakes = [await add_new(s, Intake, {"customer_id": customer.id, "channel": "web",
+                                                 "status": "draft", "created_at": NOW,
+                                                 "updated_at": NOW}) for _ in range(5)]
+            assert len({i.id for i in intakes}) == 5 and intakes[0].plan is None
+            before_flush = [x for x in statements if "intakes" in x or "nextval" in x]
+            conversation.intake_id = intakes[-1].id  # an UPDATE in the same flush
+            intakes[0].plan = "chat10"  # changed before it is written: still kept
+            async with s.begin_nested() as savepoint:
+                dropped = await add_new(s, Intake, {"customer_id": customer.id,
+                                                    "channel": "web", "status": "draft",
+                                                    "created_at": NOW, "updated_at": NOW})
+                await savepoint.rollback()
+    writes = [x for x in statements if x.lstrip().upper().startswith("INSERT INTO")
+              and "intakes" in x]
+    if postgres:
+        assert before_flush and all("nextval" in x for x in before_flush)
+        assert len(writes) == 2  # the five at the flush, and the one in the savepoint
+    else:
+        assert len(writes) == 6
+    async with sessions() as s:
+        stored = {i.id: i for i in (await s.scalars(select(Intake))).all()}
+        assert set(stored) == {i.id for i in intakes} and dropped.id not in stored
+        assert stored[intakes[0].id].plan == "chat10"
+        assert stored[intakes[0].id].created_at == NOW
+        assert (await s.get(Conversation, conversation.id)).intake_id == intakes[-1].id
+
+
+async def test_add_new_refuses_naive_datetimes_like_the_orm(engine: AsyncEngine) -> None:
+    sessions = create_sessionmaker(engine)
+    async with sessions.begin() as s:
+        customer = Customer(created_at=NOW)
+        s.add(customer)
+    with pytest.raises(Exception, match="naive datetime"):
+        async with sessions.begin() as s:
+            await add_new(s, Intake, {"customer_id": customer.id, "channel": "web",
+                                      "status": "draft", "created_at": datetime(2026, 1, 1),
+                                      "updated_at": NOW})
