@@ -5,11 +5,13 @@ For each database the service runs as `python -m bot.cli serve` in a subprocess 
 run complete intakes over real WebSockets (hello, tier, VIN, odometer, problem, skip photos,
 confirm): at saturation (each frame sent as soon as the last is answered), then once more at a
 person's pace. A bare aiohttp WebSocket echo server, in its own subprocess, gets the same
-clients and the same frames at saturation, as the yardstick. Server memory (VmRSS) is read
+clients and the same frames at saturation, as the yardstick; the two alternate, --repeat runs
+of each (a single one-second echo run swings by a third on a shared machine), and the median of
+each is reported. Server memory (VmRSS) is read
 idle after start and with N idle widget connections open.
 
     .venv/bin/python bench/widget_throughput.py [--customers 200] [--idle 1000]
-        [--db sqlite,postgresql] [--intakes 5] [--think SECONDS] [--pace 1]
+        [--db sqlite,postgresql] [--intakes 5] [--think SECONDS] [--pace 1] [--repeat 3]
 
 PostgreSQL comes from AUTODOCTOR_BENCH_PG_URL (default postgresql://postgres@127.0.0.1:5432/
 postgres); a database bench_<random> is created there and dropped afterwards. All traffic goes to
@@ -31,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -256,6 +258,9 @@ class Result:
     idle_open: int
     rss_after: float
     paced: Run | None = None  # the same customers at a person's pace (--pace)
+    ours_rates: list[float] = field(default_factory=list)  # every saturation run, in order
+    echo_rates: list[float] = field(default_factory=list)
+    failed: int = 0  # failed intakes over all saturation runs
 
 
 async def bench_db(db: str, database_url: str | None, args: argparse.Namespace,
@@ -292,24 +297,37 @@ async def bench_db(db: str, database_url: str | None, args: argparse.Namespace,
             await close_all(sockets)
             await asyncio.sleep(1)
             url = f"http://127.0.0.1:{port}/ws/widget"
-            ours = await load(http, url, server, args.customers, args.think, False,
-                              args.intakes)
+            # Saturation runs of ours and of the echo server, alternating, `repeat` of each:
+            # a one-second echo run alone swings by a third on a shared machine.
+            ours_runs: list[Run] = []
+            echo_runs: list[Run] = []
+            for _ in range(args.repeat):
+                ours_runs.append(await load(http, url, server, args.customers, args.think,
+                                            False, args.intakes))
+                echo_runs.append(await load(http, f"http://127.0.0.1:{echo_port}/ws", echo,
+                                            args.customers, args.think, True, args.intakes))
             paced = (await load(http, url, server, args.customers, args.pace, False)
                      if args.pace else None)
             rss_after = server.rss_mb()
-            theirs = await load(http, f"http://127.0.0.1:{echo_port}/ws", echo, args.customers,
-                                args.think, True, args.intakes)
         finally:
             await close_all(sockets)
             for proc in (server, echo):
                 proc.stop()
     errors, locked = server.log_count(" ERROR "), server.log_count("database is locked")
-    failures = ours.failures + (paced.failures if paced else [])
+    failures = [f for run in ours_runs for f in run.failures] + (paced.failures if paced else [])
+    ours, theirs = median_run(ours_runs), median_run(echo_runs)
     if failures or errors:
         print(f"{db}: {len(failures)} failed intakes{', e.g. ' if failures else ''}"
               f"{failures[0] if failures else ''}; server log: {errors} ERROR lines, "
               f"{locked} lines 'database is locked'")
-    return Result(db, ours, theirs, rss_start, rss_idle, idle_open, rss_after, paced)
+    return Result(db, ours, theirs, rss_start, rss_idle, idle_open, rss_after, paced,
+                  [r.rate for r in ours_runs], [r.rate for r in echo_runs],
+                  sum(len(r.failures) for r in ours_runs))
+
+
+def median_run(runs: list[Run]) -> Run:
+    """The run with the median rate (the lower middle one of an even count)."""
+    return sorted(runs, key=lambda r: r.rate)[(len(runs) - 1) // 2]
 
 
 def report(results: list[Result], args: argparse.Namespace) -> None:
@@ -333,6 +351,12 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
                  f"{'ok' if p.pct(0.99) < 50 else 'NO':>4}" if p else f"{'-':>10}{'-':>7}{'':>4}")
               + f"{r.rss_start:>6.0f}{r.rss_idle:>6.0f}"
               f"{'ok' if r.rss_idle < 150 else 'NO':>5}{r.rss_after:>5.0f}")
+        if len(r.ours_rates) > 1:
+            print(f"{'':<11}{len(r.ours_rates)} alternating runs, median shown: ours "
+                  + "/".join(f"{x:.0f}" for x in r.ours_rates) + " msg/s, echo "
+                  + "/".join(f"{x:.0f}" for x in r.echo_rates) + " msg/s; ours/echo per pair "
+                  + "/".join(f"{o / e:.0%}" for o, e in zip(r.ours_rates, r.echo_rates,
+                                                            strict=True) if e))
         if r.idle_open < args.idle:
             print(f"{'':<11}only {r.idle_open}/{args.idle} idle connections opened")
         print(f"{'':<11}server CPU {o.cpu:.1f}s = {o.cpu / max(len(o.latencies), 1) * 1000:.2f}"
@@ -369,7 +393,7 @@ async def main_async(args: argparse.Namespace) -> int:
             for proc in procs:
                 proc.stop()
     report(results, args)
-    return 0 if all(not r.ours.failures for r in results) else 1
+    return 0 if all(not r.failed for r in results) else 1
 
 
 def raise_nofile(needed: int) -> None:
@@ -392,6 +416,9 @@ def main() -> int:
     parser.add_argument("--pace", type=float, default=1.0,
                         help="mean seconds between a customer's messages in the paced phase "
                              "(default 1; 0 leaves the phase out)")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="saturation runs of ours and of the echo server, alternating; the "
+                             "median of each is reported (default 3)")
     parser.add_argument("--db", default="sqlite,postgresql",
                         type=lambda s: [d.strip() for d in s.split(",") if d.strip()])
     parser.add_argument("--pg-url", default=os.environ.get("AUTODOCTOR_BENCH_PG_URL", PG_URL))
@@ -403,6 +430,8 @@ def main() -> int:
     unknown = set(args.db) - {"sqlite", "postgresql"}
     if unknown:
         parser.error(f"unknown --db {', '.join(sorted(unknown))}")
+    if not 1 <= args.repeat <= 20:
+        parser.error("--repeat takes 1..20")
     raise_nofile(2 * max(args.idle, args.customers) + 1024)
     return asyncio.run(main_async(args))
 

@@ -151,6 +151,14 @@ class Engine:
         self._locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
         self._waiting: list[_Waiting] = []
         self._running: set[asyncio.Task[None]] = set()
+        # Per channel: the message counter and reply-time histogram (labelled once).
+        self._metrics: dict[str, tuple[Any, Any]] = {}
+
+    def _metrics_for(self, channel: str) -> tuple[Any, Any]:
+        metrics = self.runtime.metrics
+        pair = (metrics.messages_in.labels(channel), metrics.reply_seconds.labels(channel))
+        self._metrics[channel] = pair
+        return pair
 
     @asynccontextmanager
     async def _person_lock(self, key: tuple[str, str]) -> AsyncIterator[None]:
@@ -175,8 +183,10 @@ class Engine:
 
     async def handle(self, inbound: Inbound) -> Handled:
         """Like receive(), with the short answer for a button tap (a Telegram toast)."""
-        inbound = replace(inbound, text=clean_text(inbound.text),
-                          action=clean_text(inbound.action)[:255] if inbound.action else None)
+        text = clean_text(inbound.text)
+        action = clean_text(inbound.action)[:255] if inbound.action else None
+        if text != inbound.text or action != inbound.action:
+            inbound = replace(inbound, text=text, action=action)
         started = time.perf_counter()
         async with self._person_lock((inbound.channel, inbound.address)):
             ctx = await self._submit(inbound)
@@ -187,9 +197,9 @@ class Engine:
                 await work()
             except Exception:
                 log.exception("after-commit work failed channel=%s", inbound.channel)
-        metrics = self.runtime.metrics
-        metrics.messages_in.labels(inbound.channel).inc()
-        metrics.reply_seconds.labels(inbound.channel).observe(time.perf_counter() - started)
+        counted, timed = self._metrics.get(inbound.channel) or self._metrics_for(inbound.channel)
+        counted.inc()
+        timed.observe(time.perf_counter() - started)
         return Handled(ctx.replies, ctx.toast, identity_id=ctx.identity.id,
                        reply_rows=ctx.reply_rows)
 

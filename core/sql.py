@@ -12,7 +12,8 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session, SessionTransaction, make_transient_to_detached
+from sqlalchemy.orm import Session, SessionTransaction, class_mapper, make_transient_to_detached
+from sqlalchemy.orm.attributes import instance_state
 
 T = TypeVar("T")
 
@@ -161,7 +162,8 @@ async def add_new(session: AsyncSession, model: type[T], values: dict[str, Any])
     is INSERTed just before the session's next flush or its commit, in one statement with the
     other new rows of its table, ahead of the flush's own UPDATEs (which may point at it).
     SQLite (no round trips): one INSERT … RETURNING id, now. `values` are the columns to set,
-    the others are None; a change made to the object later is an UPDATE, as usual."""
+    the others are NULL (column defaults do not apply); a change made to the object later is
+    an UPDATE, as usual."""
     table: Table = model.__table__  # type: ignore[attr-defined]
     bind = session.get_bind()
     if bind.dialect.name == "postgresql":
@@ -175,8 +177,10 @@ async def add_new(session: AsyncSession, model: type[T], values: dict[str, Any])
             new_id = (await session.execute(insert(table).returning(table.c.id), values)
                       ).scalar_one()
     row_values = {**{column.key: None for column in table.columns}, **values, "id": new_id}
-    row = model(**row_values)
-    # Persistent as if just loaded: nothing left expired (to load later) or pending.
+    # Persistent as if just loaded (nothing expired, to load later, or pending): the values go
+    # straight into the instance's dict, as a query's loading does, not attribute by attribute.
+    row = class_mapper(model).class_manager.new_instance()
+    instance_state(row).dict.update(row_values)
     make_transient_to_detached(row)
     session.add(row)
     if bind.dialect.name == "postgresql":
