@@ -295,7 +295,9 @@ async def accept(session: AsyncSession, runtime: Runtime, ref: str, mechanic_id:
                 .where(SessionRequest.id == request.id,
                        SessionRequest.status.in_(OPEN_STATUSES))
                 .values(status="accepted", mechanic_id=mechanic_id, accepted_at=now)
-                .returning(SessionRequest.id))).scalar_one_or_none()
+                .returning(SessionRequest.id)
+                # The request is refreshed below: no need to search the session's objects.
+                .execution_options(synchronize_session=False))).scalar_one_or_none()
     except IntegrityError:
         # The partial unique index: this mechanic won another request a moment ago.
         return AcceptResult(Outcome.BUSY, request)
