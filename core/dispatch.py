@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import event, func, insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session, SessionTransaction
 
 from core.admins import alert_admins
 from core.messages import Button, Outbound
@@ -35,6 +34,7 @@ from core.models import (
 from core.outbox import enqueue_many, tell
 from core.payments import split_cents
 from core.runtime import Runtime
+from core.sql import transaction_scoped
 
 log = logging.getLogger("autodoctor.dispatch")
 
@@ -213,12 +213,7 @@ _TAPPED = "autodoctor.dispatch.tapped"
 _CLOSED = "autodoctor.dispatch.closed"
 
 
-@event.listens_for(Session, "after_transaction_end")
-def _forget(session: Session, transaction: SessionTransaction) -> None:
-    # What a transaction learnt about taps and closed offers ends with it (rolled back or not).
-    if transaction.parent is None:
-        session.info.pop(_TAPPED, None)
-        session.info.pop(_CLOSED, None)
+transaction_scoped(_TAPPED, _CLOSED)
 
 
 def _closing_key(request: SessionRequest) -> str:

@@ -10,12 +10,12 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.orm import Session
 
 from core import transcript
 from core.messages import Outbound
-from core.models import Identity, OutboxItem
-from core.sql import insert_ignore
+from core.models import Identity
+from core.sql import transaction_scoped
 from core.transcript import MessageRow
 
 HUB = "autodoctor.hub"
@@ -48,10 +48,7 @@ def _publish(session: Session) -> None:
             if rows is not None and all(m.id is not None for m in rows)})
 
 
-@event.listens_for(Session, "after_transaction_end")
-def _forget(session: Session, transaction: SessionTransaction) -> None:
-    if transaction.parent is None:  # rolled back: nobody is woken
-        session.info.pop(_TOUCHED, None)
+transaction_scoped(_TOUCHED)  # rolled back: nobody is woken
 
 
 # Channels delivered straight from the transcript (an open socket, a terminal), not by a
@@ -63,7 +60,8 @@ async def enqueue(session: AsyncSession, identity: Identity, outbound: Outbound,
                   *, conversation_id: int | None = None,
                   consultation_id: int | None = None) -> MessageRow | None:
     """Store the message and queue its delivery; None if its dedupe_key was already queued.
-    The rows are written with the session's next flush (core.transcript)."""
+    The rows are written with the session's next flush, a keyed message's at once
+    (core.transcript)."""
     direct = identity.channel in TRANSCRIPT_CHANNELS
     body = outbound.to_body()
     message = MessageRow(identity_id=identity.id, conversation_id=conversation_id,
@@ -76,14 +74,11 @@ async def enqueue(session: AsyncSession, identity: Identity, outbound: Outbound,
         transcript.add(session, message, outbox=None if direct else _outbox_values(
             identity.id, _fresh_key(), outbound, body, now))
     else:
-        # A keyed message (an offer, a notice) is queued at most once, whoever tries again:
-        # its outbox row is written first, to tell.
-        outbox_id = await insert_ignore(
-            session, OutboxItem, _outbox_values(identity.id, outbound.dedupe_key, outbound,
-                                                body, now), ["dedupe_key"])
-        if outbox_id is None:
+        # A keyed message (an offer, a notice) is queued at most once, whoever tries again.
+        queued = await transcript.add_keyed(session, [(message, _outbox_values(
+            identity.id, outbound.dedupe_key, outbound, body, now))])
+        if outbound.dedupe_key not in queued:
             return None
-        transcript.add(session, message, outbox_id=outbox_id)
     wake_after_commit(session, identity.id, message)
     return message
 

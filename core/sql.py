@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import weakref
 from collections import deque
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any, TypeVar
 
@@ -192,7 +193,7 @@ async def add_new(session: AsyncSession, model: type[T], values: dict[str, Any])
     return row
 
 
-def _write_new_rows(session: Session, *_args: object) -> None:
+def _write_new_rows(session: Session) -> None:
     pending: dict[Table, list[dict[str, Any]]] | None = session.info.pop(_NEW_ROWS, None)
     if pending:
         conn = session.connection()
@@ -200,18 +201,37 @@ def _write_new_rows(session: Session, *_args: object) -> None:
             bulk_insert_sync(conn, table, rows)
 
 
-def _write_unless_nested(session: Session, *_args: object) -> None:
-    if not session.in_nested_transaction():
-        _write_new_rows(session)
+# --- what one transaction keeps in session.info ----------------------------------------------
+
+_TRANSACTION_KEYS: set[str] = set()
 
 
-def _forget_new_rows(session: Session, transaction: SessionTransaction) -> None:
+def transaction_scoped(*keys: str) -> None:
+    """These session.info keys hold what one transaction gathered (rows to write, people to
+    wake, taps seen): dropped when it ends, committed or rolled back."""
+    _TRANSACTION_KEYS.update(keys)
+
+
+def write_before_flush(write: Callable[[Session], object]) -> None:
+    """Run `write` just before each flush and each commit, outside a savepoint (inside one,
+    the caller writes at once: a savepoint rolled back must take its rows along). Writers run
+    in the order they were registered."""
+    def hook(session: Session, *_args: object) -> None:
+        if not session.in_nested_transaction():
+            write(session)
+
+    event.listen(Session, "before_flush", hook)
+    event.listen(Session, "before_commit", hook)
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _end_of_transaction(session: Session, transaction: SessionTransaction) -> None:
     if transaction.parent is None:
-        session.info.pop(_NEW_ROWS, None)
+        for key in _TRANSACTION_KEYS:
+            session.info.pop(key, None)
 
 
-# Registered before core.transcript's hooks (which import this module): rows written here come
+# Registered before core.transcript's (which imports this module): rows written here come
 # first, so transcript rows may point at them.
-event.listen(Session, "before_flush", _write_unless_nested)
-event.listen(Session, "before_commit", _write_unless_nested)
-event.listen(Session, "after_transaction_end", _forget_new_rows)
+write_before_flush(_write_new_rows)
+transaction_scoped(_NEW_ROWS)

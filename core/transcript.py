@@ -4,13 +4,12 @@ Every message in or out is a `messages` row (and, for a provider's channel, an `
 pointing at it). A busy transaction (the engine's group commit, a winner's accept closing 200
 offers) writes hundreds of them; as ORM objects each costs far more than the row itself. So
 they wait here, in the session, and go to the database together just before its next flush or
-its commit: one INSERT for the messages, one for their outbox rows, one UPDATE for outbox rows
-written earlier (a keyed message, whose row had to exist first to tell a duplicate).
+its commit: one INSERT for the messages, one for their outbox rows.
 
-Many keyed messages at once (offers, the closing edits of an accept) are written at once
-instead, with what waits: their outbox rows go in after the messages, ON CONFLICT (dedupe_key)
-DO NOTHING, and the message of a key already queued is deleted again (rare: a retry). No UPDATE
-then, and one statement per table whatever the count.
+Keyed messages (offers, notices: queued at most once per dedupe_key) are written at once
+instead, with what waits, because the caller must know whether each was queued: their outbox
+rows go in after the messages, ON CONFLICT (dedupe_key) DO NOTHING, and the message of a key
+already queued is deleted again (rare: a retry). One statement per table whatever the count.
 
 A row's `id` is known once written. Code that reads the messages table in the transaction that
 added them calls `write_pending` first. Inside a savepoint nothing waits: a rolled-back
@@ -23,13 +22,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Integer, bindparam, delete, event, text, update
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import delete, event
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
 
 from core.models import Message, OutboxItem
-from core.sql import bulk_insert_sync, insert_ids_sync
+from core.sql import bulk_insert_sync, insert_ids_sync, transaction_scoped, write_before_flush
 
 _PENDING = "autodoctor.transcript.pending"
 _IN_SAVEPOINT = "autodoctor.transcript.in_savepoint"
@@ -64,17 +62,15 @@ class _Pending:
     messages: list[MessageRow] = field(default_factory=list)
     # Outbox rows to insert with their message's id.
     outbox: list[tuple[MessageRow, dict[str, Any]]] = field(default_factory=list)
-    # Outbox rows already inserted (keyed messages), to point at their message.
-    links: list[tuple[MessageRow, int]] = field(default_factory=list)
     # Keyed outbox rows to insert with their message's id unless the key is queued already.
     keyed: list[tuple[MessageRow, dict[str, Any]]] = field(default_factory=list)
 
 
 def add(session: AsyncSession | Session, row: MessageRow, *,
-        outbox: dict[str, Any] | None = None, outbox_id: int | None = None) -> MessageRow:
-    """Queue a transcript row (and its new outbox row's values, or the id of an outbox row
-    already inserted) to be written before the session's next flush or its commit."""
-    return _add(session, row, outbox=outbox, outbox_id=outbox_id)
+        outbox: dict[str, Any] | None = None) -> MessageRow:
+    """Queue a transcript row (and its new outbox row's values) to be written before the
+    session's next flush or its commit."""
+    return _add(session, row, outbox=outbox)
 
 
 async def add_keyed(session: AsyncSession,
@@ -88,8 +84,8 @@ async def add_keyed(session: AsyncSession,
 
 
 def _add(session: AsyncSession | Session, row: MessageRow, *,
-         outbox: dict[str, Any] | None = None, outbox_id: int | None = None,
-         keyed: dict[str, Any] | None = None) -> MessageRow:
+         outbox: dict[str, Any] | None = None, keyed: dict[str, Any] | None = None
+         ) -> MessageRow:
     sync = session.sync_session if isinstance(session, AsyncSession) else session
     pending: _Pending | None = sync.info.get(_PENDING)
     if pending is None:
@@ -97,8 +93,6 @@ def _add(session: AsyncSession | Session, row: MessageRow, *,
     pending.messages.append(row)
     if outbox is not None:
         pending.outbox.append((row, outbox))
-    elif outbox_id is not None:
-        pending.links.append((row, outbox_id))
     elif keyed is not None:
         pending.keyed.append((row, keyed))
         return row  # written by add_keyed, with the rest
@@ -145,44 +139,7 @@ def _write(session: Session) -> dict[str, int]:
         if nested is not None:
             session.info.setdefault(_IN_SAVEPOINT, []).extend(
                 (nested, row) for row, values in pending.keyed if row.id is not None)
-    if pending.links:
-        if conn.dialect.name == "postgresql":
-            # One statement of one shape whatever the count (prepared once, unlike a VALUES
-            # list, whose SQL changes with its length): the ids as two arrays.
-            conn.execute(_LINK_PG, {"outbox_ids": [link[1] for link in pending.links],
-                                    "message_ids": [link[0].id for link in pending.links]})
-        else:
-            # SQLite: one statement run per row, on the loop's thread (no round trip).
-            conn.execute(_LINK_SQLITE, [{"outbox_id": outbox_id, "new_message_id": row.id}
-                                        for row, outbox_id in pending.links])
     return queued
-
-
-_OUTBOX = OutboxItem.__table__
-_LINK_PG = text(
-    "UPDATE outbox SET message_id = linked.message_id"
-    " FROM unnest(:outbox_ids, :message_ids) AS linked(outbox_id, message_id)"
-    " WHERE outbox.id = linked.outbox_id").bindparams(
-    bindparam("outbox_ids", type_=ARRAY(Integer)), bindparam("message_ids", type_=ARRAY(Integer)))
-_LINK_SQLITE = (update(_OUTBOX).where(_OUTBOX.c.id == bindparam("outbox_id"))
-                .values(message_id=bindparam("new_message_id")))
-
-
-def _before_flush(session: Session, _context: object, _instances: object) -> None:
-    if not session.in_nested_transaction():
-        _write(session)
-
-
-def _before_commit(session: Session) -> None:
-    if not session.in_nested_transaction():
-        _write(session)
-
-
-def _discard(session: Session, transaction: SessionTransaction) -> None:
-    # The transaction is over: after a rollback its waiting rows go with it.
-    if transaction.parent is None:
-        session.info.pop(_PENDING, None)
-        session.info.pop(_IN_SAVEPOINT, None)
 
 
 def _unwritten(session: Session, previous: SessionTransaction) -> None:
@@ -191,7 +148,6 @@ def _unwritten(session: Session, previous: SessionTransaction) -> None:
             row.id = None
 
 
-event.listen(Session, "before_flush", _before_flush)
-event.listen(Session, "before_commit", _before_commit)
-event.listen(Session, "after_transaction_end", _discard)
+write_before_flush(_write)
+transaction_scoped(_PENDING, _IN_SAVEPOINT)  # after a rollback its waiting rows go with it
 event.listen(Session, "after_soft_rollback", _unwritten)
