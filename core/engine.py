@@ -10,9 +10,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, String, bindparam, func, select, tuple_
+from sqlalchemy import ColumnElement, Select, String, bindparam, func, select, tuple_
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -31,7 +32,7 @@ from core.models import (
 )
 from core.outbox import enqueue
 from core.runtime import Runtime
-from core.sql import dialect, dialect_insert, insert_ids, insert_ignore
+from core.sql import dialect, dialect_insert, get_by_id, insert_ids, insert_ignore
 from core.transcript import MessageRow
 
 log = logging.getLogger("autodoctor.engine")
@@ -89,8 +90,7 @@ class Context:
         transaction is in the session already and is returned as it is."""
         if key is None:
             return None
-        with self.session.no_autoflush:
-            return await self.session.get(model, key)
+        return await get_by_id(self.session, model, key)
 
     async def send(self, identity: Identity, outbound: Outbound,
                    **kwargs: Any) -> MessageRow | None:
@@ -330,28 +330,47 @@ async def _known_people(session: AsyncSession,
     caller keeps the intakes referenced, so the session's identity map still holds them when
     the flow looks them up (no second query). Mechanics likewise."""
     keys = sorted({(inbound.channel, inbound.address) for inbound in inbounds})
-    rows = (await session.execute(
-        select(Identity, Conversation, Intake, Mechanic)
-        .join(Conversation, Conversation.identity_id == Identity.id)
-        .outerjoin(Intake, Intake.id == Conversation.intake_id)
-        .outerjoin(Mechanic, Mechanic.id == Identity.mechanic_id)
-        .where(_identity_in(dialect(session), keys))
-        .order_by(Conversation.id)
-        .with_for_update(of=Conversation))).all()
+    name = dialect(session)
+    rows = (await session.execute(_people_query(name), _identity_params(name, keys))).all()
     return {(row[0].channel, row[0].address): (row[0], row[1], row[2], row[3]) for row in rows}
 
 
-def _identity_in(dialect_name: str, keys: list[tuple[str, str]]) -> ColumnElement[bool]:
-    """(channel, address) among these keys. PostgreSQL: the keys as two arrays, so the SQL is
-    the same whatever their number (the server parses and plans it once per connection, not
-    once per batch size: a list of 400 parameters took it milliseconds to plan)."""
+@lru_cache(maxsize=4)
+def _people_query(dialect_name: str) -> Select[Any]:
+    # Built once: the keys are bound at execution (building and keying this statement anew
+    # took longer than running it for a small batch).
+    return (select(Identity, Conversation, Intake, Mechanic)
+            .join(Conversation, Conversation.identity_id == Identity.id)
+            .outerjoin(Intake, Intake.id == Conversation.intake_id)
+            .outerjoin(Mechanic, Mechanic.id == Identity.mechanic_id)
+            .where(_identity_in(dialect_name))
+            .order_by(Conversation.id)
+            .with_for_update(of=Conversation))
+
+
+@lru_cache(maxsize=4)
+def _identities_query(dialect_name: str) -> Select[Any]:
+    return select(Identity).where(_identity_in(dialect_name))
+
+
+def _identity_in(dialect_name: str) -> ColumnElement[bool]:
+    """(channel, address) among the keys bound by _identity_params. PostgreSQL: the keys as
+    two arrays, so the SQL is the same whatever their number (the server parses and plans it
+    once per connection, not once per batch size: a list of 400 parameters took it
+    milliseconds to plan)."""
     if dialect_name != "postgresql":
-        return tuple_(Identity.channel, Identity.address).in_(keys)
-    pairs = func.unnest(bindparam("channels", [k[0] for k in keys], type_=ARRAY(String)),
-                        bindparam("addresses", [k[1] for k in keys], type_=ARRAY(String))
+        return tuple_(Identity.channel, Identity.address).in_(bindparam("keys", expanding=True))
+    pairs = func.unnest(bindparam("channels", type_=ARRAY(String)),
+                        bindparam("addresses", type_=ARRAY(String))
                         ).table_valued("channel", "address").render_derived()
     return tuple_(Identity.channel, Identity.address).in_(
         select(pairs.c.channel, pairs.c.address))
+
+
+def _identity_params(dialect_name: str, keys: list[tuple[str, str]]) -> dict[str, Any]:
+    if dialect_name != "postgresql":
+        return {"keys": keys}
+    return {"channels": [k[0] for k in keys], "addresses": [k[1] for k in keys]}
 
 
 async def _meet(session: AsyncSession, inbounds: Sequence[Inbound],
@@ -364,8 +383,9 @@ async def _meet(session: AsyncSession, inbounds: Sequence[Inbound],
     if not missing:
         return
     with session.no_autoflush:  # nothing pending in this session can be one of them
+        name = dialect(session)
         found = {(x.channel, x.address): x for x in (await session.scalars(
-            select(Identity).where(_identity_in(dialect(session), sorted(missing))))).all()}
+            _identities_query(name), _identity_params(name, sorted(missing)))).all()}
         new = [inbound for key, inbound in missing.items() if key not in found]
         found.update({(x.channel, x.address): x for x in await _new_customers(session, new, now)})
         # Usually none has a conversation yet (someone linked outside the bot, say on the web

@@ -29,7 +29,7 @@ from core.models import (
     OutboxItem,
     SessionRequest,
 )
-from core.sql import add_new
+from core.sql import add_new, get_by_id
 from core.sqlite_inline import InlineConnection
 from tests.helpers import recording_statements
 
@@ -370,3 +370,26 @@ async def test_add_new_refuses_naive_datetimes_like_the_orm(engine: AsyncEngine)
             await add_new(s, Intake, {"customer_id": customer.id, "channel": "web",
                                       "status": "draft", "created_at": datetime(2026, 1, 1),
                                       "updated_at": NOW})
+
+
+async def test_get_by_id_returns_the_object_in_hand_or_loads_it(engine: AsyncEngine) -> None:
+    # core.sql.get_by_id: what session.get would return, without flushing; an object this
+    # transaction holds comes back as it is, changes and all, with no statement; one that
+    # is expired, or not loaded, is read from the database.
+    sessions = create_sessionmaker(engine)
+    async with sessions.begin() as s:
+        customer = Customer(display_name="Ann", created_at=NOW)
+        s.add(customer)
+    async with sessions.begin() as s:
+        loaded = (await s.scalars(select(Customer))).one()
+        loaded.display_name = "Changed, not flushed"
+        with recording_statements(engine) as statements:
+            assert await get_by_id(s, Customer, customer.id) is loaded
+        assert statements == []
+        assert loaded.display_name == "Changed, not flushed"
+        s.expire(loaded)
+        with recording_statements(engine) as statements:
+            again = await get_by_id(s, Customer, customer.id)
+        assert again is loaded and again.display_name == "Ann" and len(statements) == 1
+        assert await get_by_id(s, Customer, customer.id + 1000) is None
+        assert await get_by_id(s, Intake, customer.id) is None  # another table's row
