@@ -15,6 +15,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 CACHE_SIZE = 1024
 _rendered: dict[tuple[Any, ...], str] = {}
 _PLAIN = (str, int, float, bool, type(None))
+_frozen_keys: dict[int, tuple[Any, tuple[Any, ...]]] = {}
 
 
 @cache
@@ -59,10 +60,19 @@ def _settled(value: Any) -> Any:
         return type(value), value
     if isinstance(value, Mapping):
         return dict, tuple((_settled(k), _settled(v)) for k, v in value.items())
+    kept = _frozen_keys.get(id(value))
+    if kept is not None and kept[0] is value:
+        return kept[1]
     params = getattr(type(value), "__dataclass_params__", None)
     if params is not None and params.frozen:
-        return type(value), tuple(_settled(getattr(value, field.name))
-                                  for field in dataclasses.fields(value))
+        settled = type(value), tuple(_settled(getattr(value, field.name))
+                                     for field in dataclasses.fields(value))
+        # A frozen dataclass of plain values cannot change: its key is worked out once (the
+        # object is held, so its id is not reused by another meanwhile).
+        if len(_frozen_keys) >= CACHE_SIZE:
+            _frozen_keys.clear()
+        _frozen_keys[id(value)] = (value, settled)
+        return settled
     raise _Unsettled
 
 

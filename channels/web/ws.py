@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import secrets
 from collections import deque
@@ -19,6 +18,7 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
 from aiohttp import WSMsgType, web
 from sqlalchemy import select
 
@@ -167,7 +167,9 @@ class _Connection:
     async def send_json(self, frame: dict[str, Any]) -> None:
         async with self.send_lock:
             if not self.ws.closed:
-                await self.ws.send_str(json.dumps(frame, ensure_ascii=False))
+                # orjson: UTF-8 as it is, like json.dumps(ensure_ascii=False), in a 20th of
+                # the time; the bytes go out as the TEXT frame they are.
+                await self.ws.send_frame(orjson.dumps(frame), WSMsgType.TEXT)
 
     async def error(self, code: str, message: str) -> None:
         await self.send_json({"type": "error", "code": code, "message": message})
@@ -178,8 +180,8 @@ class _Connection:
                                 f"That message is too large (the limit is "
                                 f"{self.server.max_frame} bytes).")
         try:
-            frame = json.loads(data)
-        except ValueError:
+            frame = orjson.loads(data)
+        except ValueError:  # orjson.JSONDecodeError is one
             raise ProtocolError("bad_json", "Frames must be JSON objects.") from None
         if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
             raise ProtocolError("bad_frame", 'Frames must be JSON objects with a "type".')

@@ -191,6 +191,8 @@ async def test_unknown_visitor_token_starts_fresh(client: TestClient) -> None:
 
 @pytest.mark.parametrize(("raw", "code"), [
     ("not json", "bad_json"),
+    ('{"type": "message", "text": "\\ud800 half a character"}', "bad_json"),
+    ('{"type": "message", "text": NaN}', "bad_json"),
     ("[1, 2]", "bad_frame"),
     ('{"type": "dance"}', "unknown_type"),
     ('{"type": "message", "text": 5}', "bad_frame"),
