@@ -21,13 +21,26 @@ class Mailbox:
         self.event = asyncio.Event()
         self.rows: list[Any] = []
         self.reread = False
+        self._held = 0
 
     def deliver(self, rows: list[Any] | None) -> None:
         if rows is None:
             self.reread = True
         else:
             self.rows.extend(rows)
-        self.event.set()
+        if not self._held:
+            self.event.set()
+
+    def hold(self) -> None:
+        """Keep what comes from now on without waking the waiter: the subscriber takes it
+        itself at release() (a socket sending the replies to the message it has just handed
+        in, without a second task waking up to do it)."""
+        self._held += 1
+
+    def release(self) -> tuple[list[Any], bool]:
+        """End a hold(); what came meanwhile (or since the last take), as take() gives it."""
+        self._held -= 1
+        return self.take()
 
     def take(self) -> tuple[list[Any], bool]:
         """What came since the last take: (rows, whether to read the database too)."""

@@ -130,6 +130,9 @@ class _Connection:
         self.mailbox: Mailbox | None = None
         self.pusher: asyncio.Task[None] | None = None
         self.send_lock = asyncio.Lock()
+        # One push at a time (the pusher's, or the handler's own after a message): each sends
+        # what it took in id order, and two must not interleave.
+        self.push_lock = asyncio.Lock()
         self.closing = False
 
     async def run(self) -> None:
@@ -192,7 +195,9 @@ class _Connection:
         if kind not in ("message", "action"):
             raise ProtocolError("unknown_type", f"Unknown frame type {kind[:40]!r}; expected "
                                                 "hello, message or action.")
-        if self.address is None:
+        if self.address is None or self.mailbox is None:
+            # Until a hello has gone through (a refused invite, a greeting that failed: the
+            # client may say hello again).
             raise ProtocolError("hello_required", 'Send {"type": "hello"} first.')
         if not self.server.limiter.allow(self.address):
             raise ProtocolError("rate_limited", "You're sending messages very quickly; please "
@@ -203,7 +208,7 @@ class _Connection:
             await self.on_action(frame)
 
     async def on_hello(self, frame: dict[str, Any]) -> None:
-        if self.address is not None:
+        if self.mailbox is not None:
             raise ProtocolError("already_started", "This connection already said hello.")
         token, resume_after, invite = (frame.get("visitor"), frame.get("resume_after"),
                                        frame.get("mechanic_invite"))
@@ -217,9 +222,11 @@ class _Connection:
         identity = await self._identity(visitor_address(token)) if token else None
         if identity is None:
             token, resume_after = new_visitor_token(), None
-        self.address = visitor_address(token)
+        address = visitor_address(token)
         if invite is not None:
-            identity = await self._link_mechanic(invite)
+            # An invite refused leaves the connection as it was: hello may be sent again.
+            identity = await self._link_mechanic(invite, address)
+        self.address = address
         await self.send_json({"type": "welcome", "visitor": token})
         if identity is not None:
             await self._start_pushing(identity.id, resume_after or 0)
@@ -231,15 +238,14 @@ class _Connection:
         # A new visitor has no messages but the greeting, which is in hand: nothing to read.
         await self._start_pushing(handled.identity_id, 0, handled.reply_rows)
 
-    async def _link_mechanic(self, code: str) -> Identity:
-        assert self.address is not None
+    async def _link_mechanic(self, code: str, address: str) -> Identity:
         async with self.runtime.sessions.begin() as session:
-            mechanic = await redeem_invite(session, self.runtime, code, CHANNEL, self.address,
+            mechanic = await redeem_invite(session, self.runtime, code, CHANNEL, address,
                                            self.runtime.clock.now())
         if mechanic is None:
             raise ProtocolError("invalid_invite", "That mechanic invite is unknown or was "
                                                   "already used on another device.")
-        identity = await self._identity(self.address)
+        identity = await self._identity(address)
         assert identity is not None
         return identity
 
@@ -271,10 +277,7 @@ class _Connection:
                 return
             rows, reread = self.mailbox.take()
             try:
-                if reread or failures:
-                    await self.push_new()
-                else:
-                    await self.push_rows(rows)
+                await self._push(rows, reread or failures > 0)
                 failures = 0
             except (ConnectionError, asyncio.CancelledError):
                 raise
@@ -286,6 +289,32 @@ class _Connection:
                             failures, exc_info=failures == 1)
                 await asyncio.sleep(min(5.0, 0.1 * 2 ** failures))
                 self.mailbox.event.set()
+
+    async def _push(self, rows: Sequence[Message | MessageRow], reread: bool) -> None:
+        async with self.push_lock:
+            if reread:
+                await self.push_new()
+            else:
+                await self.push_rows(rows)
+
+    async def _hand_in(self, inbound: Inbound) -> None:
+        """Hand a message to the engine and send what its transaction committed for this
+        person (the replies, and whatever else came meanwhile) from here, not by waking the
+        pusher for it."""
+        mailbox = self.mailbox
+        assert mailbox is not None
+        mailbox.hold()
+        try:
+            await self.server.engine.receive(inbound)
+        finally:
+            rows, reread = mailbox.release()
+            if rows or reread:
+                try:
+                    await self._push(rows, reread)
+                except Exception:  # noqa: BLE001 - nothing is lost: the pusher reads it again
+                    log.warning("widget push failed identity=%s; the pusher tries again",
+                                self.identity_id, exc_info=True)
+                    mailbox.deliver(None)
 
     async def push_rows(self, rows: Sequence[Message | MessageRow]) -> None:
         """Send rows this process has just committed, skipping any already sent (a database
@@ -341,16 +370,15 @@ class _Connection:
         if not text.strip() and not attachments:
             raise ProtocolError("empty_message", "That message was empty.")
         assert self.address is not None
-        await self.server.engine.receive(Inbound(channel=CHANNEL, address=self.address,
-                                                 text=text, attachments=tuple(attachments)))
+        await self._hand_in(Inbound(channel=CHANNEL, address=self.address, text=text,
+                                    attachments=tuple(attachments)))
 
     async def on_action(self, frame: dict[str, Any]) -> None:
         payload = frame.get("payload")
         if not isinstance(payload, str) or not payload or len(payload) > 255:
             raise ProtocolError("bad_frame", '"payload" must be a non-empty string.')
         assert self.address is not None
-        await self.server.engine.receive(Inbound(channel=CHANNEL, address=self.address,
-                                                 action=payload))
+        await self._hand_in(Inbound(channel=CHANNEL, address=self.address, action=payload))
 
 
 class _Recent:

@@ -135,6 +135,54 @@ async def test_replies_reach_the_socket_without_reading_the_transcript_back(
     await w.close()
 
 
+async def test_a_refused_invite_leaves_the_connection_ready_for_another_hello(
+        client: TestClient) -> None:
+    ws = await client.ws_connect("/ws/widget")
+    OPEN.append(ws)
+    await ws.send_json({"type": "hello", "visitor": None, "resume_after": None,
+                        "mechanic_invite": "NOSUCHCODE"})
+    refused = await ws.receive_json(timeout=10)
+    assert refused["type"] == "error" and refused["code"] == "invalid_invite"
+    await ws.send_json({"type": "message", "text": "hello?"})
+    assert (await ws.receive_json(timeout=10))["code"] == "hello_required"
+    await ws.send_json({"type": "hello", "visitor": None, "resume_after": None,
+                        "mechanic_invite": None})
+    assert (await ws.receive_json(timeout=10))["type"] == "welcome"
+    greeting = await ws.receive_json(timeout=10)
+    assert "Which kind of help" in greeting["text"]
+    await ws.send_json({"type": "message", "text": "1"})
+    assert "VIN" in (await ws.receive_json(timeout=10))["text"]
+
+
+async def test_a_message_from_elsewhere_during_a_turn_arrives_once_in_order(
+        client: TestClient) -> None:
+    # The socket sends its own turn's replies itself; a message committed for the same person
+    # meanwhile (another tab, a mechanic) is sent with them, once, in id order.
+    w = Widget(client)
+    await w.connect()
+    await w.expect()
+    runtime = client.app[RUNTIME]
+    engine = client.app[ENGINE]
+    assert w.visitor is not None and w.ws is not None
+    address = visitor_address(w.visitor)
+    await w.ws.send_json({"type": "action", "payload": "plan:chat10"})
+    await engine.receive(Inbound(channel="web", address=address, text="/status"))
+    async with runtime.sessions.begin() as s:
+        identity = await s.scalar(select(Identity).where(Identity.address == address))
+        assert await tell(s, identity, "A note from the team", runtime.clock.now(),
+                          key="note:1")
+    got = await w.expect(3)
+    texts = [m["text"] for m in got]
+    assert sum("A note from the team" in t for t in texts) == 1
+    ids = [m["id"] for m in w.messages]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    async with runtime.readers() as s:
+        stored = (await s.scalars(select(Message.id).where(
+            Message.identity_id == identity.id, Message.direction == "out")
+            .order_by(Message.id))).all()
+    assert ids == list(stored)
+
+
 async def test_reconnect_with_resume_after_loses_nothing_and_repeats_nothing(
         client: TestClient) -> None:
     w = Widget(client)
