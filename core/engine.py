@@ -13,7 +13,16 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Select, String, bindparam, func, select, tuple_
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    String,
+    bindparam,
+    func,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -32,7 +41,14 @@ from core.models import (
 )
 from core.outbox import enqueue
 from core.runtime import Runtime
-from core.sql import dialect, dialect_insert, get_by_id, insert_ids, insert_ignore
+from core.sql import (
+    dialect,
+    dialect_insert,
+    get_by_id,
+    insert_ids,
+    insert_ignore,
+    write_all,
+)
 from core.transcript import MessageRow
 
 log = logging.getLogger("autodoctor.engine")
@@ -49,6 +65,44 @@ def clean_text(raw: str) -> str:
     return _CONTROL.sub("", raw)[:MAX_INBOUND_CHARS]
 
 
+@dataclass(slots=True, eq=False)
+class ConversationState:
+    """One person's conversation row, as plain values: the flows change it, and the engine
+    writes every conversation of a batch back in one statement (as ORM objects, loading and
+    flushing them cost more than the rest of a message's handling in the database layer)."""
+
+    id: int
+    identity_id: int
+    flow: str
+    step: str
+    data: dict[str, Any]
+    intake_id: int | None
+    version: int
+    created_at: datetime
+    updated_at: datetime
+    # Handled in this transaction: to be written back.
+    changed: bool = False
+
+    def values(self) -> dict[str, Any]:
+        return {"b_id": self.id, "b_flow": self.flow, "b_step": self.step, "b_data": self.data,
+                "b_intake_id": self.intake_id, "b_version": self.version,
+                "b_updated_at": self.updated_at}
+
+
+_CONVERSATION = Conversation.__table__
+_CONVERSATION_COLUMNS = tuple(_CONVERSATION.c[name] for name in (
+    "id", "identity_id", "flow", "step", "data", "intake_id", "version", "created_at",
+    "updated_at"))
+_WRITE_CONVERSATIONS = (
+    update(_CONVERSATION).where(_CONVERSATION.c.id == bindparam("b_id"))
+    .values({name: bindparam(f"b_{name}")
+             for name in ("flow", "step", "data", "intake_id", "version", "updated_at")}))
+
+
+def _state(values: Sequence[Any]) -> ConversationState:
+    return ConversationState(*values)
+
+
 @dataclass
 class Context:
     """What a flow sees while handling one inbound message, inside its transaction."""
@@ -57,7 +111,7 @@ class Context:
     runtime: Runtime
     inbound: Inbound
     identity: Identity
-    conversation: Conversation
+    conversation: ConversationState
     now: datetime
     replies: list[Outbound] = field(default_factory=list)
     # The replies' transcript rows, in order (an open socket can send them as they are).
@@ -283,7 +337,14 @@ class Engine:
         async with self.runtime.sessions.begin() as session:
             people = await _known_people(session, inbounds)
             await _meet(session, inbounds, people, self.runtime.clock.now())
-            return [await self._receive_in(session, inbound, people) for inbound in inbounds]
+            handled = [await self._receive_in(session, inbound, people) for inbound in inbounds]
+            changed = [person[1].values() for person in people.values() if person[1].changed]
+            if changed:
+                # After the rows waiting: a conversation may point at an intake made in this
+                # batch.
+                await write_all(session)
+                await session.execute(_WRITE_CONVERSATIONS, changed)
+            return handled
 
     async def _receive_in(self, session: AsyncSession, inbound: Inbound,
                           people: dict[tuple[str, str], Person]) -> Context | None:
@@ -307,6 +368,7 @@ class Engine:
         await self.router(ctx)
         conversation.version += 1
         conversation.updated_at = now
+        conversation.changed = True
         return ctx
 
 
@@ -320,7 +382,7 @@ def _describe(exc: BaseException) -> str:
     return type(orig).__name__ if orig is not None else f"{type(exc).__name__}: {exc}"
 
 
-Person = tuple[Identity, Conversation, Intake | None, Mechanic | None]
+Person = tuple[Identity, ConversationState, Intake | None, Mechanic | None]
 
 
 async def _known_people(session: AsyncSession,
@@ -332,20 +394,21 @@ async def _known_people(session: AsyncSession,
     keys = sorted({(inbound.channel, inbound.address) for inbound in inbounds})
     name = dialect(session)
     rows = (await session.execute(_people_query(name), _identity_params(name, keys))).all()
-    return {(row[0].channel, row[0].address): (row[0], row[1], row[2], row[3]) for row in rows}
+    return {(row[0].channel, row[0].address): (row[0], _state(row[3:]), row[1], row[2])
+            for row in rows}
 
 
 @lru_cache(maxsize=4)
 def _people_query(dialect_name: str) -> Select[Any]:
     # Built once: the keys are bound at execution (building and keying this statement anew
     # took longer than running it for a small batch).
-    return (select(Identity, Conversation, Intake, Mechanic)
-            .join(Conversation, Conversation.identity_id == Identity.id)
-            .outerjoin(Intake, Intake.id == Conversation.intake_id)
+    return (select(Identity, Intake, Mechanic, *_CONVERSATION_COLUMNS)
+            .join(_CONVERSATION, _CONVERSATION.c.identity_id == Identity.id)
+            .outerjoin(Intake, Intake.id == _CONVERSATION.c.intake_id)
             .outerjoin(Mechanic, Mechanic.id == Identity.mechanic_id)
             .where(_identity_in(dialect_name))
-            .order_by(Conversation.id)
-            .with_for_update(of=Conversation))
+            .order_by(_CONVERSATION.c.id)
+            .with_for_update(of=_CONVERSATION))
 
 
 @lru_cache(maxsize=4)
@@ -391,19 +454,20 @@ async def _meet(session: AsyncSession, inbounds: Sequence[Inbound],
         # Usually none has a conversation yet (someone linked outside the bot, say on the web
         # console, or just created); one made meanwhile by another process is read and locked.
         identities = [found[key] for key in missing]
-        conversations = {c.identity_id: c for c in (await session.scalars(
-            dialect_insert(session, Conversation)
-            .on_conflict_do_nothing(index_elements=["identity_id"]).returning(Conversation),
+        conversations = {c.identity_id: c for c in map(_state, (await session.execute(
+            dialect_insert(session, _CONVERSATION)
+            .on_conflict_do_nothing(index_elements=["identity_id"])
+            .returning(*_CONVERSATION_COLUMNS),
             [{"identity_id": x.id, "flow": "customer" if x.mechanic_id is None else "mechanic",
               "step": "start", "data": {}, "version": 0, "created_at": now, "updated_at": now}
-             for x in identities])).all()}
+             for x in identities])).all())}
     for key, identity in zip(missing, identities, strict=True):
         conversation = conversations.get(identity.id)
         if conversation is None:
-            conversation = await session.scalar(
-                select(Conversation).where(Conversation.identity_id == identity.id)
-                .with_for_update())
-            assert conversation is not None
+            row = (await session.execute(
+                select(*_CONVERSATION_COLUMNS)
+                .where(_CONVERSATION.c.identity_id == identity.id).with_for_update())).one()
+            conversation = _state(row)
         people[key] = (identity, conversation, None, None)
 
 

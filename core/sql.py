@@ -234,8 +234,25 @@ def write_before_flush(write: Callable[[Session], object]) -> None:
         if not session.in_nested_transaction():
             write(session)
 
+    _writers.append(write)
     event.listen(Session, "before_flush", hook)
     event.listen(Session, "before_commit", hook)
+
+
+_writers: list[Callable[[Session], object]] = []
+
+
+async def write_all(session: AsyncSession) -> None:
+    """Write now what waits for the next flush (the rows of write_before_flush's writers, in
+    their order) and then the session's own changes. A flush alone writes nothing when the
+    session's objects are unchanged, and then its writers do not run either."""
+    def write(sync: Session) -> None:
+        if not sync.in_nested_transaction():
+            for writer in _writers:
+                writer(sync)
+        sync.flush()
+
+    await session.run_sync(write)
 
 
 @event.listens_for(Session, "after_transaction_end")

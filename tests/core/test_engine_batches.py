@@ -43,6 +43,38 @@ async def test_people_writing_at_once_share_transactions_and_get_their_own_answe
     assert len(inbound) == 60
 
 
+async def test_a_batchs_conversations_are_written_back_in_one_statement(
+        runtime: Runtime, engine: AsyncEngine) -> None:
+    # The flows change each conversation as plain values; the engine writes them all back
+    # with one UPDATE per transaction, whatever changed in each (steps, data, intakes made in
+    # the same batch that they now point at).
+    bot = Engine(runtime, route)
+    chats = [Chat(bot, channel="web", address=f"v_{i}") for i in range(20)]
+    await asyncio.gather(*(chat.send("hi") for chat in chats))
+    async with runtime.sessions() as s:
+        before = {c.identity_id: c.version for c in (await s.scalars(select(Conversation)))}
+    with recording_statements(engine) as statements, counting_commits(engine) as commits:
+        await asyncio.gather(*(chat.send("1" if i % 2 else "cancel")
+                               for i, chat in enumerate(chats)))
+    updates = [x for x in statements if x.lstrip().upper().startswith("UPDATE CONVERSATIONS")]
+    assert len(updates) == len(commits), (len(updates), len(commits))
+    async with runtime.sessions() as s:
+        after = (await s.scalars(select(Conversation).order_by(Conversation.id))).all()
+    assert all(c.version == before[c.identity_id] + 1 for c in after)
+    steps = sorted((c.step, c.intake_id is None) for c in after)
+    assert steps == [("start", True)] * 10 + [("vehicle", False)] * 10
+    # A new person's conversation points at the intake made in the same transaction.
+    fresh = [Chat(bot, channel="web", address=f"new_{i}") for i in range(5)]
+    await asyncio.gather(*(chat.send("hi") for chat in fresh))
+    async with runtime.sessions() as s:
+        rows = (await s.execute(
+            select(Conversation.step, Conversation.data, Conversation.intake_id)
+            .join(Identity, Identity.id == Conversation.identity_id)
+            .where(Identity.address.like("new_%")))).all()
+    assert [(r.step, r.data) for r in rows] == [("plan", {"files": 0})] * 5
+    assert all(r.intake_id is not None for r in rows)
+
+
 async def test_a_failing_message_costs_the_others_in_its_batch_nothing(
         runtime: Runtime, engine: AsyncEngine) -> None:
     async def router(ctx: Context) -> None:
