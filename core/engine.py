@@ -8,7 +8,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, TypeVar
@@ -26,6 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from core import transcript
 from core.config import Config
@@ -47,7 +48,8 @@ from core.sql import (
     get_by_id,
     insert_ids,
     insert_ignore,
-    write_all,
+    transaction_scoped,
+    write_before_commit,
 )
 from core.transcript import MessageRow
 
@@ -67,9 +69,10 @@ def clean_text(raw: str) -> str:
 
 @dataclass(slots=True, eq=False)
 class ConversationState:
-    """One person's conversation row, as plain values: the flows change it, and the engine
-    writes every conversation of a batch back in one statement (as ORM objects, loading and
-    flushing them cost more than the rest of a message's handling in the database layer)."""
+    """One person's conversation row, as plain values. The flows change it; the engine
+    writes the conversations a transaction handled back at its commit, in one statement (as
+    ORM objects, loading and flushing them cost more than the rest of a message's handling in
+    the database layer)."""
 
     id: int
     identity_id: int
@@ -80,27 +83,30 @@ class ConversationState:
     version: int
     created_at: datetime
     updated_at: datetime
-    # Handled in this transaction: to be written back.
-    changed: bool = False
-
-    def values(self) -> dict[str, Any]:
-        return {"b_id": self.id, "b_flow": self.flow, "b_step": self.step, "b_data": self.data,
-                "b_intake_id": self.intake_id, "b_version": self.version,
-                "b_updated_at": self.updated_at}
 
 
 _CONVERSATION = Conversation.__table__
-_CONVERSATION_COLUMNS = tuple(_CONVERSATION.c[name] for name in (
-    "id", "identity_id", "flow", "step", "data", "intake_id", "version", "created_at",
-    "updated_at"))
+_CONVERSATION_COLUMNS = tuple(_CONVERSATION.c[f.name] for f in fields(ConversationState))
+_WRITTEN = ("flow", "step", "data", "intake_id", "version", "updated_at")
 _WRITE_CONVERSATIONS = (
     update(_CONVERSATION).where(_CONVERSATION.c.id == bindparam("b_id"))
-    .values({name: bindparam(f"b_{name}")
-             for name in ("flow", "step", "data", "intake_id", "version", "updated_at")}))
+    .values({name: bindparam(f"b_{name}") for name in _WRITTEN}))
+# The conversations handled in this transaction and not yet written back.
+_HANDLED = "autodoctor.engine.handled_conversations"
 
 
-def _state(values: Sequence[Any]) -> ConversationState:
-    return ConversationState(*values)
+def _write_conversations(session: Session) -> None:
+    handled: list[ConversationState] | None = session.info.pop(_HANDLED, None)
+    if handled:
+        session.connection().execute(_WRITE_CONVERSATIONS, [
+            {"b_id": c.id, **{f"b_{name}": getattr(c, name) for name in _WRITTEN}}
+            for c in handled])
+
+
+# At the commit only (nothing reads a conversation back in the transaction that handles it),
+# after core.sql's new rows: a conversation may point at an intake made in the same one.
+write_before_commit(_write_conversations)
+transaction_scoped(_HANDLED)
 
 
 @dataclass
@@ -337,14 +343,7 @@ class Engine:
         async with self.runtime.sessions.begin() as session:
             people = await _known_people(session, inbounds)
             await _meet(session, inbounds, people, self.runtime.clock.now())
-            handled = [await self._receive_in(session, inbound, people) for inbound in inbounds]
-            changed = [person[1].values() for person in people.values() if person[1].changed]
-            if changed:
-                # After the rows waiting: a conversation may point at an intake made in this
-                # batch.
-                await write_all(session)
-                await session.execute(_WRITE_CONVERSATIONS, changed)
-            return handled
+            return [await self._receive_in(session, inbound, people) for inbound in inbounds]
 
     async def _receive_in(self, session: AsyncSession, inbound: Inbound,
                           people: dict[tuple[str, str], Person]) -> Context | None:
@@ -368,7 +367,7 @@ class Engine:
         await self.router(ctx)
         conversation.version += 1
         conversation.updated_at = now
-        conversation.changed = True
+        session.sync_session.info.setdefault(_HANDLED, []).append(conversation)
         return ctx
 
 
@@ -394,7 +393,7 @@ async def _known_people(session: AsyncSession,
     keys = sorted({(inbound.channel, inbound.address) for inbound in inbounds})
     name = dialect(session)
     rows = (await session.execute(_people_query(name), _identity_params(name, keys))).all()
-    return {(row[0].channel, row[0].address): (row[0], _state(row[3:]), row[1], row[2])
+    return {(row[0].channel, row[0].address): (row[0], ConversationState(*row[3:]), row[1], row[2])
             for row in rows}
 
 
@@ -454,20 +453,21 @@ async def _meet(session: AsyncSession, inbounds: Sequence[Inbound],
         # Usually none has a conversation yet (someone linked outside the bot, say on the web
         # console, or just created); one made meanwhile by another process is read and locked.
         identities = [found[key] for key in missing]
-        conversations = {c.identity_id: c for c in map(_state, (await session.execute(
+        made = (await session.execute(
             dialect_insert(session, _CONVERSATION)
             .on_conflict_do_nothing(index_elements=["identity_id"])
             .returning(*_CONVERSATION_COLUMNS),
             [{"identity_id": x.id, "flow": "customer" if x.mechanic_id is None else "mechanic",
               "step": "start", "data": {}, "version": 0, "created_at": now, "updated_at": now}
-             for x in identities])).all())}
+             for x in identities])).all()
+        conversations = {row.identity_id: ConversationState(*row) for row in made}
     for key, identity in zip(missing, identities, strict=True):
         conversation = conversations.get(identity.id)
         if conversation is None:
             row = (await session.execute(
                 select(*_CONVERSATION_COLUMNS)
                 .where(_CONVERSATION.c.identity_id == identity.id).with_for_update())).one()
-            conversation = _state(row)
+            conversation = ConversationState(*row)
         people[key] = (identity, conversation, None, None)
 
 

@@ -230,29 +230,34 @@ def write_before_flush(write: Callable[[Session], object]) -> None:
     """Run `write` just before each flush and each commit, outside a savepoint (inside one,
     the caller writes at once: a savepoint rolled back must take its rows along). Writers run
     in the order they were registered."""
-    def hook(session: Session, *_args: object) -> None:
-        if not session.in_nested_transaction():
-            write(session)
-
-    _writers.append(write)
-    event.listen(Session, "before_flush", hook)
-    event.listen(Session, "before_commit", hook)
+    _writers.append((write, True))
 
 
-_writers: list[Callable[[Session], object]] = []
+def write_before_commit(write: Callable[[Session], object]) -> None:
+    """Like write_before_flush, but only at the commit: for rows nothing reads back in the
+    transaction that changes them, written once however often it flushes."""
+    _writers.append((write, False))
 
 
-async def write_all(session: AsyncSession) -> None:
-    """Write now what waits for the next flush (the rows of write_before_flush's writers, in
-    their order) and then the session's own changes. A flush alone writes nothing when the
-    session's objects are unchanged, and then its writers do not run either."""
-    def write(sync: Session) -> None:
-        if not sync.in_nested_transaction():
-            for writer in _writers:
-                writer(sync)
-        sync.flush()
+# Each writer, and whether it runs before flushes too.
+_writers: list[tuple[Callable[[Session], object], bool]] = []
 
-    await session.run_sync(write)
+
+@event.listens_for(Session, "before_flush")
+def _before_flush(session: Session, *_args: object) -> None:
+    _write_waiting(session, committing=False)
+
+
+@event.listens_for(Session, "before_commit")
+def _before_commit(session: Session) -> None:
+    _write_waiting(session, committing=True)
+
+
+def _write_waiting(session: Session, *, committing: bool) -> None:
+    if not session.in_nested_transaction():
+        for write, at_flush in _writers:
+            if at_flush or committing:
+                write(session)
 
 
 @event.listens_for(Session, "after_transaction_end")
