@@ -231,3 +231,32 @@ async def test_on_postgresql_a_second_transaction_runs_beside_a_slow_one(
     release.set()
     assert "AutoDoctor assistant" in joined(await slow)
     assert "AutoDoctor assistant" in joined(await quick)
+
+
+# PostgreSQL's case: SQLite runs one transaction at a time.
+@pytest.mark.parametrize("backend", ["postgresql"])
+async def test_a_second_transaction_waits_until_enough_messages_want_it(
+        runtime: Runtime, backend: str) -> None:
+    # Beside a transaction under way, a second starts only for a batch worth its fixed cost
+    # (SPARE_MIN_WAITING messages), or once a message has waited SPARE_AFTER.
+    release = asyncio.Event()
+
+    async def router(ctx: Context) -> None:
+        if ctx.text == "slow":
+            await release.wait()
+        await route(ctx)
+
+    bot = Engine(runtime, router)
+    bot.SPARE_MIN_WAITING, bot.SPARE_AFTER = 5, 60.0
+    slow = asyncio.create_task(Chat(bot, channel="web", address="slow").send("slow"))
+    await asyncio.sleep(0.1)
+    few = [asyncio.create_task(Chat(bot, channel="web", address=f"q{i}").send("hi"))
+           for i in range(4)]
+    done, _ = await asyncio.wait(few, timeout=0.5)
+    assert not done  # four wait for the batch after the slow one
+    fifth = asyncio.create_task(Chat(bot, channel="web", address="q4").send("hi"))
+    done, _ = await asyncio.wait([*few, fifth], timeout=3)
+    assert len(done) == 5 and not slow.done()  # five are worth a transaction of their own
+    assert all("AutoDoctor assistant" in joined(task.result()) for task in done)
+    release.set()
+    assert "AutoDoctor assistant" in joined(await slow)
