@@ -193,9 +193,10 @@ class Engine:
     message (or a race) costs the others nothing but time.
     """
 
-    # Messages per transaction. PostgreSQL: each statement is a round trip, so a larger
-    # batch saves more; SQLite's statements cost none, and a smaller one answers sooner.
-    MAX_BATCH = {"postgresql": 256, "sqlite": 64}
+    # Messages per transaction. Each statement costs a round trip (PostgreSQL) or a hop to
+    # SQLite's thread, whatever the batch's size: a larger batch saves more. (SQLite at 64
+    # answered 200 saturating widget customers about 5 % slower than at 256.)
+    MAX_BATCH = {"postgresql": 256, "sqlite": 256}
     DRAIN_SECONDS = 10.0
     # A further transaction starts beside the one under way only when this many messages wait
     # for it, or when one has waited SPARE_AFTER seconds (the one under way is slow: a lock,
@@ -210,7 +211,7 @@ class Engine:
         self.runtime = runtime
         self.router = router
         dialect = runtime.engine.dialect.name
-        self.max_batch = max_batch or self.MAX_BATCH.get(dialect, 64)
+        self.max_batch = max_batch or self.MAX_BATCH.get(dialect, 256)
         # Transactions under way at once. PostgreSQL: two, so one batch's round trips to the
         # server overlap the next batch's Python work (a batch never holds two messages of one
         # person, and one person's messages wait for each other). SQLite has one writer: one.
