@@ -6,9 +6,8 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import event, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session, attributes
 
 from core.models import Checkout, File, Identity, Intake
 from core.sql import add_new
@@ -29,25 +28,6 @@ async def start_intake(session: AsyncSession, customer_id: int, channel: str,
     return await add_new(session, Intake, {
         "customer_id": customer_id, "channel": channel, "status": "draft", "created_at": now,
         "updated_at": now})
-
-
-_INTAKE_COLUMNS = tuple(c.key for c in Intake.__table__.columns if not c.primary_key)
-
-
-@event.listens_for(Session, "before_flush")
-def _uniform_intake_updates(session: Session, *_args: object) -> None:
-    """Every changed intake is written with all its columns, so a flush sends one UPDATE for
-    all of them. (The unit of work sends one per set of changed columns: a batch of intakes at
-    six different steps cost six statements, each about as dear as the batch's others.)"""
-    for obj in session.dirty:
-        if type(obj) is Intake:
-            state = attributes.instance_state(obj)
-            if state.committed_state:  # changed (not merely touched)
-                # Flagged, even a column set to the value it had (which the unit of work
-                # would leave out).
-                for key in _INTAKE_COLUMNS:
-                    if key in state.dict:
-                        attributes.flag_modified(obj, key)
 
 
 async def count_files(session: AsyncSession, intake: Intake) -> int:

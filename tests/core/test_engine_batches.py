@@ -13,7 +13,7 @@ from bot.flows import route
 from core.db import create_engine
 from core.engine import Context, Engine
 from core.messages import Inbound
-from core.models import Conversation, Customer, Identity, Intake, Message
+from core.models import Conversation, Customer, Identity, Message
 from core.runtime import Runtime
 from tests.conftest import PG_URL
 from tests.helpers import Chat, counting_commits, joined, recording_statements
@@ -260,25 +260,3 @@ async def test_a_second_transaction_waits_until_enough_messages_want_it(
     assert all("AutoDoctor assistant" in joined(task.result()) for task in done)
     release.set()
     assert "AutoDoctor assistant" in joined(await slow)
-
-
-async def test_a_batchs_intakes_are_updated_in_one_statement_whatever_changed(
-        runtime: Runtime, engine: AsyncEngine) -> None:
-    bot = Engine(runtime, route)
-    chats = [Chat(bot, channel="web", address=f"v_{i}") for i in range(20)]
-    await asyncio.gather(*(chat.send("hi") for chat in chats))
-    await asyncio.gather(*(chat.send("2") for chat in chats[10:]))
-    # Half choose a plan, half give a VIN: different columns, one UPDATE per commit.
-    with recording_statements(engine) as statements, counting_commits(engine) as commits:
-        await asyncio.gather(*(chat.send("1" if i < 10 else GOOD_VIN)
-                               for i, chat in enumerate(chats)))
-    updates = [x for x in statements if x.lstrip().upper().startswith("UPDATE INTAKES")]
-    assert 1 <= len(updates) <= len(commits), (len(updates), len(commits))
-    async with runtime.sessions() as s:
-        rows = (await s.execute(
-            select(Identity.address, Intake.plan, Intake.vin, Intake.vehicle_year)
-            .join(Conversation, Conversation.identity_id == Identity.id)
-            .join(Intake, Intake.id == Conversation.intake_id))).all()
-    got = {r.address: (r.plan, r.vin, r.vehicle_year) for r in rows}
-    assert got == {**{f"v_{i}": ("chat10", None, None) for i in range(10)},
-                   **{f"v_{i}": ("video15", GOOD_VIN, 2003) for i in range(10, 20)}}
