@@ -411,13 +411,23 @@ Person = tuple[Identity, ConversationState, Intake | None, Mechanic | None]
 
 async def _known_people(session: AsyncSession,
                         inbounds: Sequence[Inbound]) -> dict[tuple[str, str], Person]:
-    """The usual case in one query for any number of senders: identity, conversation (locked,
-    in id order so concurrent batches cannot deadlock on each other) and current intake. The
+    """The usual case in one query for any number of senders (PostgreSQL: after one that
+    locks): identity, conversation (locked, in id order so concurrent batches cannot deadlock
+    on each other) and current intake. The
     caller keeps the intakes referenced, so the session's identity map still holds them when
     the flow looks them up (no second query). Mechanics likewise."""
     keys = sorted({(inbound.channel, inbound.address) for inbound in inbounds})
     name = dialect(session)
-    rows = (await session.execute(_people_query(name), _identity_params(name, keys))).all()
+    params = _identity_params(name, keys)
+    if name == "postgresql":
+        # The conversations are locked first, and read with their intakes by the next
+        # statement. A statement that waits for a row lock gets that row as the other
+        # transaction committed it, but the rows it joins to it as they were before: a
+        # message that waited for a payment's transaction (which pays the intake and moves
+        # the conversation on) would see the new step beside an unpaid intake, and could
+        # cancel it. The next statement, its locks held, reads everything as committed.
+        await session.execute(_lock_query(), params)
+    rows = (await session.execute(_people_query(name), params)).all()
     return {(row[0].channel, row[0].address): (row[0], ConversationState(*row[3:]), row[1], row[2])
             for row in rows}
 
@@ -431,6 +441,15 @@ def _people_query(dialect_name: str) -> Select[Any]:
             .outerjoin(Intake, Intake.id == _CONVERSATION.c.intake_id)
             .outerjoin(Mechanic, Mechanic.id == Identity.mechanic_id)
             .where(_identity_in(dialect_name))
+            .order_by(_CONVERSATION.c.id)
+            .with_for_update(of=_CONVERSATION))
+
+
+@lru_cache(maxsize=1)
+def _lock_query() -> Select[Any]:
+    return (select(_CONVERSATION.c.id)
+            .join(Identity, Identity.id == _CONVERSATION.c.identity_id)
+            .where(_identity_in("postgresql"))
             .order_by(_CONVERSATION.c.id)
             .with_for_update(of=_CONVERSATION))
 

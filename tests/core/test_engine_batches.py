@@ -13,7 +13,7 @@ from bot.flows import route
 from core.db import create_engine
 from core.engine import Context, Engine
 from core.messages import Inbound
-from core.models import Conversation, Customer, Identity, Message
+from core.models import Conversation, Customer, Identity, Intake, Message
 from core.runtime import Runtime
 from tests.conftest import PG_URL
 from tests.helpers import Chat, counting_commits, joined, recording_statements
@@ -260,3 +260,26 @@ async def test_a_second_transaction_waits_until_enough_messages_want_it(
     assert all("AutoDoctor assistant" in joined(task.result()) for task in done)
     release.set()
     assert "AutoDoctor assistant" in joined(await slow)
+
+
+async def test_a_message_waiting_for_a_payment_sees_the_intake_paid(
+        runtime: Runtime, backend: str) -> None:
+    # The customer types "cancel" while the payment's transaction (another process, or a
+    # webhook beside the engine) holds their conversation. Once it commits, the message must
+    # see the intake paid, not cancel it as unpaid. (PostgreSQL: a statement that waited for
+    # a row lock used to read the rows joined to it as they were before the wait.)
+    from billing.payments import mark_paid
+    from tests.billing.helpers import awaiting_payment
+
+    waiting = await awaiting_payment(runtime, address="payer")
+    bot = Engine(runtime, route)
+    async with runtime.sessions.begin() as s:
+        request = await mark_paid(s, runtime, waiting.checkout.ref, runtime.clock.now())
+        assert request is not None
+        typed = asyncio.create_task(Chat(bot, channel="web", address="payer").send("cancel"))
+        await asyncio.sleep(0.3)  # the message waits for this transaction (SQLite: its lock)
+    replies = await typed
+    async with runtime.sessions() as s:
+        status = await s.scalar(select(Intake.status).where(Intake.id == waiting.intake.id))
+    assert status == "paid"
+    assert runtime.texts("cancelled") not in joined(replies)
