@@ -193,11 +193,11 @@ class Engine:
     message (or a race) costs the others nothing but time.
     """
 
-    # Messages per transaction. A statement costs about the same whatever the batch's size
-    # (a round trip on PostgreSQL; SQLAlchemy's own work per statement on both), so a larger
-    # batch saves more. (SQLite at 64 answered 200 saturating widget customers 2-5 % slower
-    # than at 256.)
-    MAX_BATCH = {"postgresql": 256, "sqlite": 256}
+    # Messages per transaction, on both databases. A statement costs about the same whatever
+    # the batch's size (a round trip on PostgreSQL; SQLAlchemy's own work per statement on
+    # both), so a larger batch saves more. (SQLite at 64 answered 200 saturating widget
+    # customers 2-5 % slower than at 256.)
+    MAX_BATCH = 256
     DRAIN_SECONDS = 10.0
     # A further transaction starts beside the one under way only when this many messages wait
     # for it, or when one has waited SPARE_AFTER seconds (the one under way is slow: a lock,
@@ -212,7 +212,7 @@ class Engine:
         self.runtime = runtime
         self.router = router
         dialect = runtime.engine.dialect.name
-        self.max_batch = max_batch or self.MAX_BATCH.get(dialect, 256)
+        self.max_batch = max_batch or self.MAX_BATCH
         # Transactions under way at once. PostgreSQL: two, so one batch's round trips to the
         # server overlap the next batch's Python work (a batch never holds two messages of one
         # person, and one person's messages wait for each other). SQLite has one writer: one.
@@ -413,9 +413,9 @@ async def _known_people(session: AsyncSession,
                         inbounds: Sequence[Inbound]) -> dict[tuple[str, str], Person]:
     """The usual case in one query for any number of senders (PostgreSQL: after one that
     locks): identity, conversation (locked, in id order so concurrent batches cannot deadlock
-    on each other) and current intake. The
-    caller keeps the intakes referenced, so the session's identity map still holds them when
-    the flow looks them up (no second query). Mechanics likewise."""
+    on each other) and current intake. The caller keeps the intakes referenced, so the
+    session's identity map still holds them when the flow looks them up (no second query).
+    Mechanics likewise."""
     keys = sorted({(inbound.channel, inbound.address) for inbound in inbounds})
     name = dialect(session)
     params = _identity_params(name, keys)
@@ -436,20 +436,23 @@ async def _known_people(session: AsyncSession,
 def _people_query(dialect_name: str) -> Select[Any]:
     # Built once: the keys are bound at execution (building and keying this statement anew
     # took longer than running it for a small batch).
-    return (select(Identity, Intake, Mechanic, *_CONVERSATION_COLUMNS)
-            .join(_CONVERSATION, _CONVERSATION.c.identity_id == Identity.id)
-            .outerjoin(Intake, Intake.id == _CONVERSATION.c.intake_id)
-            .outerjoin(Mechanic, Mechanic.id == Identity.mechanic_id)
-            .where(_identity_in(dialect_name))
-            .order_by(_CONVERSATION.c.id)
-            .with_for_update(of=_CONVERSATION))
+    return _senders_locked(
+        select(Identity, Intake, Mechanic, *_CONVERSATION_COLUMNS)
+        .join(_CONVERSATION, _CONVERSATION.c.identity_id == Identity.id)
+        .outerjoin(Intake, Intake.id == _CONVERSATION.c.intake_id)
+        .outerjoin(Mechanic, Mechanic.id == Identity.mechanic_id), dialect_name)
 
 
 @lru_cache(maxsize=1)
 def _lock_query() -> Select[Any]:
-    return (select(_CONVERSATION.c.id)
-            .join(Identity, Identity.id == _CONVERSATION.c.identity_id)
-            .where(_identity_in("postgresql"))
+    return _senders_locked(
+        select(_CONVERSATION.c.id)
+        .join(Identity, Identity.id == _CONVERSATION.c.identity_id), "postgresql")
+
+
+def _senders_locked(query: Select[Any], dialect_name: str) -> Select[Any]:
+    """The senders' rows of `query`, their conversations locked in id order."""
+    return (query.where(_identity_in(dialect_name))
             .order_by(_CONVERSATION.c.id)
             .with_for_update(of=_CONVERSATION))
 

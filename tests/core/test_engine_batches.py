@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bot.flows import route
 from core.db import create_engine
 from core.engine import Context, Engine
-from core.messages import Inbound
+from core.messages import Inbound, Outbound
 from core.models import Conversation, Customer, Identity, Intake, Message
 from core.runtime import Runtime
 from tests.conftest import PG_URL
@@ -207,10 +207,10 @@ async def test_a_first_contact_keeps_the_name_it_came_with(runtime: Runtime) -> 
                                         ("102", "Bo", "Bo"), ("103", "Cy", "Cy")]
 
 
-async def test_on_postgresql_a_second_transaction_runs_beside_a_slow_one(
-        runtime: Runtime, backend: str) -> None:
-    # PostgreSQL: while one batch waits (on the server, or here on a slow flow), the next
-    # person's message is handled in a transaction of its own. SQLite has one writer: it waits.
+async def _held_by_a_slow_message(
+        runtime: Runtime) -> tuple[Engine, asyncio.Event, asyncio.Task[list[Outbound]]]:
+    """An engine whose transaction is held open by the message "slow" (sent already) until
+    the event is set."""
     release = asyncio.Event()
 
     async def router(ctx: Context) -> None:
@@ -221,6 +221,15 @@ async def test_on_postgresql_a_second_transaction_runs_beside_a_slow_one(
     bot = Engine(runtime, router)
     slow = asyncio.create_task(Chat(bot, channel="web", address="slow").send("slow"))
     await asyncio.sleep(0.1)
+    return bot, release, slow
+
+
+async def test_on_postgresql_a_second_transaction_runs_beside_a_slow_one(
+        runtime: Runtime, backend: str) -> None:
+    # PostgreSQL: while one batch waits (on the server, or here on a slow flow), the next
+    # person's message is handled in a transaction of its own (after SPARE_AFTER). SQLite has
+    # one writer: it waits.
+    bot, release, slow = await _held_by_a_slow_message(runtime)
     quick = asyncio.create_task(Chat(bot, channel="web", address="quick").send("hi"))
     done, _ = await asyncio.wait({quick}, timeout=3)
     if backend == "postgresql":
@@ -239,17 +248,8 @@ async def test_a_second_transaction_waits_until_enough_messages_want_it(
         runtime: Runtime, backend: str) -> None:
     # Beside a transaction under way, a second starts only for a batch worth its fixed cost
     # (SPARE_MIN_WAITING messages), or once a message has waited SPARE_AFTER.
-    release = asyncio.Event()
-
-    async def router(ctx: Context) -> None:
-        if ctx.text == "slow":
-            await release.wait()
-        await route(ctx)
-
-    bot = Engine(runtime, router)
+    bot, release, slow = await _held_by_a_slow_message(runtime)
     bot.SPARE_MIN_WAITING, bot.SPARE_AFTER = 5, 60.0
-    slow = asyncio.create_task(Chat(bot, channel="web", address="slow").send("slow"))
-    await asyncio.sleep(0.1)
     few = [asyncio.create_task(Chat(bot, channel="web", address=f"q{i}").send("hi"))
            for i in range(4)]
     done, _ = await asyncio.wait(few, timeout=0.5)
