@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,8 +161,7 @@ class Run:
         return len(self.latencies) / self.seconds if self.seconds else 0.0
 
     def pct(self, q: float) -> float:
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else 0.0
+        return percentile_ms(self.latencies, q)
 
 
 async def converse(http: aiohttp.ClientSession, url: str, script: list[tuple[dict[str, Any], int]],
@@ -256,6 +256,44 @@ async def close_all(sockets: list[aiohttp.ClientWebSocketResponse]) -> None:
 
 # --- PostgreSQL ---------------------------------------------------------------------------------
 
+PROBE_INTERVAL = 0.02
+
+
+@contextlib.asynccontextmanager
+async def commit_probe(database_url: str | None, seconds: list[float]) -> AsyncIterator[None]:
+    """On PostgreSQL, while the block runs: a one-row INSERT committed every PROBE_INTERVAL on
+    its own connection, each commit's duration appended to `seconds`. A commit waits for the
+    server to flush its log to disk, and so does each of ours: the yardstick that tells the
+    disk's stalls from the service's own latency."""
+    if database_url is None:
+        yield
+        return
+    import asyncpg
+
+    conn = await asyncpg.connect(database_url, timeout=10)
+    await conn.execute("CREATE TABLE IF NOT EXISTS bench_commit_probe (at timestamptz)")
+
+    async def probe() -> None:
+        while True:
+            start = time.perf_counter()
+            await conn.execute("INSERT INTO bench_commit_probe VALUES (now())")  # autocommit
+            seconds.append(time.perf_counter() - start)
+            await asyncio.sleep(PROBE_INTERVAL)
+
+    task = asyncio.create_task(probe())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await conn.close(timeout=5)
+
+
+def percentile_ms(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else 0.0
+
 
 
 # --- one database -------------------------------------------------------------------------------
@@ -273,6 +311,8 @@ class Result:
     ours_rates: list[float] = field(default_factory=list)  # every saturation run, in order
     echo_rates: list[float] = field(default_factory=list)
     failed: int = 0  # failed intakes over all saturation runs
+    # PostgreSQL: seconds of each bare one-row commit on the same server during the paced run
+    commits: list[float] = field(default_factory=list)
 
 
 async def bench_db(db: str, database_url: str | None, args: argparse.Namespace,
@@ -318,8 +358,12 @@ async def bench_db(db: str, database_url: str | None, args: argparse.Namespace,
                                             False, args.intakes))
                 echo_runs.append(await load(http, f"http://127.0.0.1:{echo_port}/ws", echo,
                                             args.customers, args.think, True, args.intakes))
-            paced = (await load(http, url, server, args.customers, args.pace, False)
-                     if args.pace else None)
+            commits: list[float] = []
+            if args.pace:
+                async with commit_probe(database_url, commits):
+                    paced = await load(http, url, server, args.customers, args.pace, False)
+            else:
+                paced = None
             rss_after = server.rss_mb()
         finally:
             await close_all(sockets)
@@ -334,7 +378,7 @@ async def bench_db(db: str, database_url: str | None, args: argparse.Namespace,
               f"{locked} lines 'database is locked'")
     return Result(db, ours, theirs, rss_start, rss_idle, idle_open, rss_after, paced,
                   [r.rate for r in ours_runs], [r.rate for r in echo_runs],
-                  sum(len(r.failures) for r in ours_runs))
+                  sum(len(r.failures) for r in ours_runs), commits)
 
 
 def median_run(runs: list[Run]) -> Run:
@@ -377,6 +421,11 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
         if p:
             print(f"{'':<11}paced: {p.completed}/{args.customers} ok, {p.rate:.0f} msg/s, "
                   f"max {p.pct(1.0):.1f} ms, server {p.cpu / p.seconds:.0%} of a core")
+        if p and r.commits:
+            c = r.commits
+            print(f"{'':<11}meanwhile a bare one-row commit on the same server: p50 "
+                  f"{percentile_ms(c, 0.5):.1f} ms, p99 {percentile_ms(c, 0.99):.1f} ms, "
+                  f"max {percentile_ms(c, 1.0):.1f} ms ({len(c)} commits)")
         print(f"{'':<11}echo: {e.completed}/{expected} ok, p50 {e.pct(0.5):.1f} ms, "
               f"p99 {e.pct(0.99):.1f} ms, CPU {e.cpu / max(len(e.latencies), 1) * 1000:.2f}"
               f" ms/msg, {e.cpu / e.seconds:.0%} of a core; client {e.client_cpu / e.seconds:.0%}"
