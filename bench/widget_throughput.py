@@ -295,7 +295,6 @@ def percentile_ms(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else 0.0
 
 
-
 # --- one database -------------------------------------------------------------------------------
 
 @dataclass
@@ -358,12 +357,11 @@ async def bench_db(db: str, database_url: str | None, args: argparse.Namespace,
                                             False, args.intakes))
                 echo_runs.append(await load(http, f"http://127.0.0.1:{echo_port}/ws", echo,
                                             args.customers, args.think, True, args.intakes))
+            paced: Run | None = None
             commits: list[float] = []
             if args.pace:
                 async with commit_probe(database_url, commits):
                     paced = await load(http, url, server, args.customers, args.pace, False)
-            else:
-                paced = None
             rss_after = server.rss_mb()
         finally:
             await close_all(sockets)
