@@ -109,6 +109,17 @@ class Proc:
         fields = Path(f"/proc/{self.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def queued_seconds(self) -> float | None:
+        """Seconds the process's threads have waited, runnable, for a free core (schedstat;
+        None where the kernel does not keep it)."""
+        total = 0
+        try:
+            for task in Path(f"/proc/{self.popen.pid}/task").iterdir():
+                total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            return None
+        return total / 1e9
+
     def log_count(self, needle: str) -> int:
         return sum(needle in line for line in self.log.read_text(errors="replace").splitlines())
 
@@ -155,6 +166,7 @@ class Run:
     failures: list[str]
     cpu: float = 0.0  # server CPU seconds during the run
     client_cpu: float = 0.0  # this process's CPU seconds during the run
+    queued: float | None = None  # seconds the server waited, runnable, for a free core
 
     @property
     def rate(self) -> float:
@@ -203,7 +215,7 @@ async def load(http: aiohttp.ClientSession, url: str, server: Proc, customers: i
     gc.collect()
     gc.disable()
     try:
-        cpu, start = server.cpu_seconds(), time.perf_counter()
+        cpu, queued, start = server.cpu_seconds(), server.queued_seconds(), time.perf_counter()
         client_cpu = time.process_time()
         async with asyncio.timeout(PHASE_TIMEOUT):
             per_customer = await asyncio.gather(*(
@@ -216,6 +228,8 @@ async def load(http: aiohttp.ClientSession, url: str, server: Proc, customers: i
     for outcome in per_customer:
         results.extend([outcome] if isinstance(outcome, BaseException) else outcome)
     seconds, cpu = time.perf_counter() - start, server.cpu_seconds() - cpu
+    queued_after = server.queued_seconds()
+    queued = None if queued is None or queued_after is None else queued_after - queued
     failures = [f"{type(r).__name__}: {r}" for r in results if isinstance(r, BaseException)]
     done = [r for r in results if isinstance(r, dict)]
     if not echo:  # an intake is complete when its last reply carries the payment link
@@ -224,7 +238,7 @@ async def load(http: aiohttp.ClientSession, url: str, server: Proc, customers: i
         completed = len(done) - len(bad)
     else:
         completed = len(done)
-    return Run(latencies, seconds, completed, failures, cpu, client_cpu)
+    return Run(latencies, seconds, completed, failures, cpu, client_cpu, queued)
 
 
 async def open_idle(http: aiohttp.ClientSession, url: str, count: int,
@@ -414,8 +428,10 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
         if r.idle_open < args.idle:
             print(f"{'':<11}only {r.idle_open}/{args.idle} idle connections opened")
         print(f"{'':<11}server CPU {o.cpu:.1f}s = {o.cpu / max(len(o.latencies), 1) * 1000:.2f}"
-              f" ms/msg, {o.cpu / o.seconds:.0%} of a core; client {o.client_cpu / o.seconds:.0%}"
-              f" of a core; run {o.seconds:.1f}s")
+              f" ms/msg, {o.cpu / o.seconds:.0%} of a core"
+              + (f" (and {o.queued / o.seconds:.0%} of the run waiting for a free core)"
+                 if o.queued is not None else "")
+              + f"; client {o.client_cpu / o.seconds:.0%} of a core; run {o.seconds:.1f}s")
         if p:
             print(f"{'':<11}paced: {p.completed}/{args.customers} ok, {p.rate:.0f} msg/s, "
                   f"max {p.pct(1.0):.1f} ms, server {p.cpu / p.seconds:.0%} of a core")
