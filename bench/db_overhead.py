@@ -94,44 +94,38 @@ async def measure(url: str, args: argparse.Namespace) -> list[tuple[str, float]]
             select_one = text("SELECT 1")
             prepared = await raw.prepare("SELECT 1")
 
-            def in_session(k: int) -> Callable[[], Awaitable[None]]:
-                async def work() -> None:
-                    async with runtime.sessions.begin() as session:
-                        for _ in range(k):
-                            await session.execute(select_one)
-                return work
+            # Each layer: how a transaction begins, and one statement inside it.
+            layers: list[tuple[str, Callable[[], Any], Callable[[Any], Awaitable[object]]]] = [
+                ("AsyncSession (the service's sessions)", runtime.sessions.begin,
+                 lambda session: session.execute(select_one)),
+                ("Core AsyncConnection", engine.begin, lambda conn: conn.execute(select_one)),
+                ("asyncpg alone", raw.transaction, lambda _transaction: prepared.fetch()),
+            ]
 
-            def in_connection(k: int) -> Callable[[], Awaitable[None]]:
+            def transaction(begin: Callable[[], Any],
+                            statement: Callable[[Any], Awaitable[object]],
+                            k: int) -> Callable[[], Awaitable[None]]:
                 async def work() -> None:
-                    async with engine.begin() as conn:
+                    async with begin() as handle:
                         for _ in range(k):
-                            await conn.execute(select_one)
-                return work
-
-            def in_asyncpg(k: int) -> Callable[[], Awaitable[None]]:
-                async def work() -> None:
-                    async with raw.transaction():
-                        for _ in range(k):
-                            await prepared.fetch()
+                            await statement(handle)
                 return work
 
             figures: list[tuple[str, float]] = []
-            for name, make in (("AsyncSession (the service's sessions)", in_session),
-                               ("Core AsyncConnection", in_connection),
-                               ("asyncpg alone", in_asyncpg)):
-                one, five = [await cpu_us(make(k), args.iterations, args.repeat)
-                             for k in STATEMENTS]
+            for name, begin, statement in layers:
+                one, five = [await cpu_us(transaction(begin, statement, k), args.iterations,
+                                          args.repeat) for k in STATEMENTS]
                 per_statement = (five - one) / (STATEMENTS[1] - STATEMENTS[0])
                 figures += [(f"{name}: per statement", per_statement),
                             (f"{name}: per transaction, statements aside", one - per_statement)]
 
-            conversation = Conversation.__table__
-            people = (select(Identity, Intake)
-                      .join(conversation, conversation.c.identity_id == Identity.id)
-                      .join(Intake, Intake.id == conversation.c.intake_id))
-            plain = (select(*Identity.__table__.c, *Intake.__table__.c)
-                     .join(conversation, conversation.c.identity_id == Identity.id)
-                     .join(Intake.__table__, Intake.__table__.c.id == conversation.c.intake_id))
+            identities, intakes = Identity.__table__, Intake.__table__
+            conversations = Conversation.__table__
+            joined = (identities
+                      .join(conversations, conversations.c.identity_id == identities.c.id)
+                      .join(intakes, intakes.c.id == conversations.c.intake_id))
+            people = select(Identity, Intake).select_from(joined)
+            plain = select(*identities.c, *intakes.c).select_from(joined)
 
             def load(query: Any) -> Callable[[], Awaitable[None]]:
                 async def work() -> None:
