@@ -21,7 +21,6 @@ from sqlalchemy import (
     func,
     select,
     tuple_,
-    update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -43,6 +42,7 @@ from core.models import (
 from core.outbox import enqueue
 from core.runtime import Runtime
 from core.sql import (
+    bulk_update_sync,
     dialect,
     dialect_insert,
     get_by_id,
@@ -88,9 +88,6 @@ class ConversationState:
 _CONVERSATION = Conversation.__table__
 _CONVERSATION_COLUMNS = tuple(_CONVERSATION.c[f.name] for f in fields(ConversationState))
 _WRITTEN = ("flow", "step", "data", "intake_id", "version", "updated_at")
-_WRITE_CONVERSATIONS = (
-    update(_CONVERSATION).where(_CONVERSATION.c.id == bindparam("b_id"))
-    .values({name: bindparam(f"b_{name}") for name in _WRITTEN}))
 # The conversations handled in this transaction and not yet written back.
 _HANDLED = "autodoctor.engine.handled_conversations"
 
@@ -98,9 +95,8 @@ _HANDLED = "autodoctor.engine.handled_conversations"
 def _write_conversations(session: Session) -> None:
     handled: list[ConversationState] | None = session.info.pop(_HANDLED, None)
     if handled:
-        session.connection().execute(_WRITE_CONVERSATIONS, [
-            {"b_id": c.id, **{f"b_{name}": getattr(c, name) for name in _WRITTEN}}
-            for c in handled])
+        bulk_update_sync(session.connection(), _CONVERSATION, _WRITTEN, [
+            {"id": c.id, **{name: getattr(c, name) for name in _WRITTEN}} for c in handled])
 
 
 # At the commit only (nothing reads a conversation back in the transaction that handles it),

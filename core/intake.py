@@ -10,7 +10,10 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.models import Checkout, File, Identity, Intake
-from core.sql import add_new
+from core.sql import add_new, write_changes_together
+
+# The engine's group commit changes dozens of intakes in one transaction: written together.
+write_changes_together(Intake)
 
 MIN_PROBLEM_WORDS = 4
 MIN_PROBLEM_LETTERS = 15

@@ -8,13 +8,14 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, Table, bindparam, event, insert, text
+from sqlalchemy import Engine, Table, bindparam, event, insert, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction, class_mapper, make_transient_to_detached
 from sqlalchemy.orm.attributes import instance_state
+from sqlalchemy.orm.state import InstanceState
 
 T = TypeVar("T")
 
@@ -158,6 +159,36 @@ def _unnest_insert(table: Table, columns: tuple[str, ...], returning: tuple[str,
     return stmt
 
 
+def bulk_update_sync(conn: Any, table: Table, columns: tuple[str, ...],
+                     rows: list[dict[str, Any]]) -> None:
+    """UPDATE these rows (each an "id" and a value for every one of `columns`) in one
+    statement: on PostgreSQL, UPDATE … FROM unnest(one array per column), so the server runs
+    one statement however many rows (an executemany is one execution per row, and the ORM
+    issues one executemany per set of changed columns); elsewhere, an executemany."""
+    if not rows:
+        return
+    stmt = _bulk_update(conn.dialect.name, table, columns)
+    if conn.dialect.name == "postgresql":
+        conn.execute(stmt, {name: [row[name] for row in rows] for name in ("id", *columns)})
+    else:
+        conn.execute(stmt, [{f"b_{name}": value for name, value in row.items()} for row in rows])
+
+
+@lru_cache(maxsize=16)
+def _bulk_update(dialect_name: str, table: Table, columns: tuple[str, ...]) -> Any:
+    if dialect_name != "postgresql":
+        return (update(table).where(table.c.id == bindparam("b_id"))
+                .values({name: bindparam(f"b_{name}") for name in columns}))
+    # Column names come from our own table definitions, never from input.
+    names = ("id", *columns)
+    sql = (f'UPDATE "{table.name}" AS t SET '
+           + ", ".join(f'"{name}" = u."{name}"' for name in columns)
+           + " FROM unnest(" + ", ".join(f":{name}" for name in names) + ") AS u("
+           + ", ".join(f'"{name}"' for name in names) + ') WHERE t."id" = u."id"')
+    return text(sql).bindparams(*(bindparam(name, type_=ARRAY(table.c[name].type))
+                                  for name in names))
+
+
 # --- new rows as ORM objects without a statement each -------------------------------------------
 
 ID_BLOCK = 64
@@ -267,7 +298,56 @@ def _end_of_transaction(session: Session, transaction: SessionTransaction) -> No
             session.info.pop(key, None)
 
 
+# --- changed ORM objects written in one statement ---------------------------------------------
+
+_TOGETHER: dict[type[Any], tuple[str, ...]] = {}
+
+
+def write_changes_together(model: type[Any]) -> None:
+    """On PostgreSQL, the objects of `model` changed in a transaction are written, just before
+    each flush and at the commit, in one statement (bulk_update_sync: every column but the
+    id), instead of by the ORM's flush (per object its unit-of-work bookkeeping, and per set of
+    changed columns a statement, which the server runs once per row). They are then marked
+    clean as the flush marks what it wrote. For tables the hot paths change on many rows per
+    transaction (the engine's group commit changes dozens of intakes), with no relationships,
+    version counters or onupdate defaults (the flush's work that is left out). An object
+    with an attribute expired or not loaded, or marked for deletion, is left to the flush."""
+    mapper = class_mapper(model)
+    if mapper.relationships or mapper.version_id_col is not None:
+        raise TypeError(f"{model.__name__}: relationships or versioning need the ORM's flush")
+    columns = tuple(prop.key for prop in mapper.column_attrs if prop.key != "id")
+    table: Table = model.__table__  # type: ignore[attr-defined]
+    if any(table.c[key].onupdate is not None or table.c[key].server_onupdate is not None
+           for key in columns):
+        raise TypeError(f"{model.__name__}: onupdate defaults need the ORM's flush")
+    _TOGETHER[model] = columns
+
+
+def _write_changes(session: Session) -> None:
+    # The identity map's set of modified states (what session.dirty filters, object by
+    # object, through attribute history); a row changed and changed back is written anyway.
+    modified = session.identity_map._modified  # noqa: SLF001
+    if not modified or not _TOGETHER or session.get_bind().dialect.name != "postgresql":
+        return
+    deleted = session._deleted  # noqa: SLF001
+    for model, columns in _TOGETHER.items():
+        states = [state for state in modified
+                  if state.class_ is model and state.committed_state and state.key is not None
+                  and not state.expired_attributes and state not in deleted
+                  and all(key in state.dict for key in columns)]
+        if states:
+            bulk_update_sync(session.connection(), model.__table__,  # type: ignore[attr-defined]
+                             columns, [state.dict for state in states])
+            # As the flush does for what it wrote (Session._register_persistent): committed,
+            # clean, out of the modified set, and known to the transaction as changed in it.
+            InstanceState._commit_all_states(  # noqa: SLF001
+                [(state, state.dict) for state in states], session.identity_map)
+            session._register_altered(states)  # noqa: SLF001
+
+
 # Registered before core.transcript's (which imports this module): rows written here come
-# first, so transcript rows may point at them.
+# first, so transcript rows may point at them; changed rows next (a change may point at a
+# new row).
 write_before_flush(_write_new_rows)
+write_before_flush(_write_changes)
 transaction_scoped(_NEW_ROWS)

@@ -393,3 +393,61 @@ async def test_get_by_id_returns_the_object_in_hand_or_loads_it(engine: AsyncEng
         assert again is loaded and again.display_name == "Ann" and len(statements) == 1
         assert await get_by_id(s, Customer, customer.id + 1000) is None
         assert await get_by_id(s, Intake, customer.id) is None  # another table's row
+
+
+async def test_changed_intakes_are_written_together_and_marked_clean(
+        engine: AsyncEngine) -> None:
+    # core.sql.write_changes_together(Intake): on PostgreSQL the intakes a transaction changed,
+    # whatever columns changed in each, are written in one statement before each flush and at
+    # the commit (the ORM: one statement per set of changed columns, one execution per row).
+    # Written, they are clean; changed again, written again; an intake with an attribute
+    # expired is left to the ORM's flush; a rollback undoes it all.
+    sessions = create_sessionmaker(engine)
+    async with sessions.begin() as s:
+        customer = Customer(created_at=NOW)
+        s.add(customer)
+        await s.flush()
+        s.add_all([Intake(customer_id=customer.id, channel="web", status="draft",
+                          created_at=NOW, updated_at=NOW) for _ in range(5)])
+    later = NOW + timedelta(minutes=5)
+    with recording_statements(engine) as statements:
+        async with sessions.begin() as s:
+            intakes = (await s.scalars(select(Intake).order_by(Intake.id))).all()
+            intakes[0].plan = "chat10"
+            intakes[1].vin, intakes[1].vehicle_year = "1HGCM82633A004352", 2003
+            intakes[2].odometer, intakes[2].odometer_unit = 84000, "km"
+            intakes[3].status, intakes[3].submitted_at = "awaiting_payment", later
+            s.expire(intakes[4], ["plan"])
+            intakes[4].problem = "Grinding noise when braking"
+            # A query flushes first: the four are written and clean.
+            assert (await s.scalar(select(Intake.plan).where(Intake.id == intakes[0].id))
+                    == "chat10")
+            assert not any(inspect(i).modified for i in intakes[:4])
+            intakes[0].problem = "Changed again after the flush"
+    updates = [x for x in statements if x.lstrip().upper().startswith("UPDATE")]
+    if engine.dialect.name == "postgresql":
+        together = [x for x in updates if x.startswith('UPDATE "intakes" AS t')]
+        # Four at the flush, one at the commit; the one with an expired attribute on its own.
+        assert len(together) == 2 and len(updates) == 3, updates
+    else:
+        assert updates and all("intakes" in x for x in updates)
+    async with sessions() as s:
+        stored = (await s.scalars(select(Intake).order_by(Intake.id))).all()
+        assert [(i.plan, i.problem) for i in stored[:1]] == [
+            ("chat10", "Changed again after the flush")]
+        assert (stored[1].vin, stored[1].vehicle_year, stored[1].plan) == (
+            "1HGCM82633A004352", 2003, None)
+        assert (stored[2].odometer, stored[2].odometer_unit) == (84000, "km")
+        assert (stored[3].status, stored[3].submitted_at) == ("awaiting_payment", later)
+        assert stored[4].problem == "Grinding noise when braking"
+        assert all(i.created_at == NOW and i.channel == "web" for i in stored)
+    with pytest.raises(RuntimeError):
+        async with sessions.begin() as s:
+            first = (await s.scalars(select(Intake).order_by(Intake.id))).first()
+            assert first is not None
+            first.plan = "diag50"
+            await s.flush()
+            raise RuntimeError("rolled back")
+    assert "plan" not in inspect(first).dict  # expired by the rollback, as after a flush
+    async with sessions() as s:
+        assert (await s.get(Intake, stored[0].id)).plan == "chat10"

@@ -56,7 +56,8 @@ async def test_a_batchs_conversations_are_written_back_in_one_statement(
     with recording_statements(engine) as statements, counting_commits(engine) as commits:
         await asyncio.gather(*(chat.send("1" if i % 2 else "cancel")
                                for i, chat in enumerate(chats)))
-    updates = [x for x in statements if x.lstrip().upper().startswith("UPDATE CONVERSATIONS")]
+    updates = [x for x in statements
+               if x.lstrip().upper().replace('"', "").startswith("UPDATE CONVERSATIONS")]
     assert len(updates) == len(commits), (len(updates), len(commits))
     async with runtime.sessions() as s:
         after = (await s.scalars(select(Conversation).order_by(Conversation.id))).all()
