@@ -167,6 +167,7 @@ class Run:
     cpu: float = 0.0  # server CPU seconds during the run
     client_cpu: float = 0.0  # this process's CPU seconds during the run
     queued: float | None = None  # seconds the server waited, runnable, for a free core
+    transactions: float | None = None  # engine transactions during the run (ours only)
 
     @property
     def rate(self) -> float:
@@ -205,13 +206,23 @@ async def customer(http: aiohttp.ClientSession, url: str, script: list[tuple[dic
     return [await converse(http, url, script, latencies, think) for _ in range(intakes)]
 
 
+async def engine_transactions(http: aiohttp.ClientSession, metrics_url: str) -> float:
+    """The engine's transactions so far (the count of its batch-size histogram, /metrics)."""
+    async with http.get(metrics_url) as response:
+        body = await response.text()
+    return sum(float(line.split()[-1]) for line in body.splitlines()
+               if line.startswith("autodoctor_engine_batch_messages_count"))
+
+
 async def load(http: aiohttp.ClientSession, url: str, server: Proc, customers: int,
-               think: float, echo: bool, intakes: int = 1) -> Run:
+               think: float, echo: bool, intakes: int = 1, metrics_url: str | None = None
+               ) -> Run:
     script = [(frame, 1) for frame, _ in INTAKE] if echo else INTAKE
     latencies: list[float] = []
     # This client's cyclic garbage collector is off while it measures: its full collections
     # held the echo figure to about half of what the echo server does (the client, not the
     # server, was the limit), and by how much depended on how big this process had grown.
+    transactions = await engine_transactions(http, metrics_url) if metrics_url else None
     gc.collect()
     gc.disable()
     try:
@@ -230,6 +241,8 @@ async def load(http: aiohttp.ClientSession, url: str, server: Proc, customers: i
     seconds, cpu = time.perf_counter() - start, server.cpu_seconds() - cpu
     queued_after = server.queued_seconds()
     queued = None if queued is None or queued_after is None else queued_after - queued
+    if metrics_url and transactions is not None:
+        transactions = await engine_transactions(http, metrics_url) - transactions
     failures = [f"{type(r).__name__}: {r}" for r in results if isinstance(r, BaseException)]
     done = [r for r in results if isinstance(r, dict)]
     if not echo:  # an intake is complete when its last reply carries the payment link
@@ -238,7 +251,7 @@ async def load(http: aiohttp.ClientSession, url: str, server: Proc, customers: i
         completed = len(done) - len(bad)
     else:
         completed = len(done)
-    return Run(latencies, seconds, completed, failures, cpu, client_cpu, queued)
+    return Run(latencies, seconds, completed, failures, cpu, client_cpu, queued, transactions)
 
 
 async def open_idle(http: aiohttp.ClientSession, url: str, count: int,
@@ -368,7 +381,8 @@ async def bench_db(db: str, database_url: str | None, args: argparse.Namespace,
             echo_runs: list[Run] = []
             for _ in range(args.repeat):
                 ours_runs.append(await load(http, url, server, args.customers, args.think,
-                                            False, args.intakes))
+                                            False, args.intakes,
+                                            f"http://127.0.0.1:{port}/metrics"))
                 echo_runs.append(await load(http, f"http://127.0.0.1:{echo_port}/ws", echo,
                                             args.customers, args.think, True, args.intakes))
             paced: Run | None = None
@@ -432,6 +446,9 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
               + (f" (and {o.queued / o.seconds:.0%} of the run waiting for a free core)"
                  if o.queued is not None else "")
               + f"; client {o.client_cpu / o.seconds:.0%} of a core; run {o.seconds:.1f}s")
+        if o.transactions:
+            print(f"{'':<11}{o.transactions:.0f} engine transactions, "
+                  f"{len(o.latencies) / o.transactions:.0f} client frames per transaction")
         if p:
             print(f"{'':<11}paced: {p.completed}/{args.customers} ok, {p.rate:.0f} msg/s, "
                   f"max {p.pct(1.0):.1f} ms, server {p.cpu / p.seconds:.0%} of a core")

@@ -322,6 +322,7 @@ class Engine:
         return not pending
 
     async def _run(self, batch: list[_Waiting]) -> None:
+        self.runtime.metrics.batch_messages.observe(len(batch))
         try:
             if len(batch) > 1:
                 try:

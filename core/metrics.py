@@ -21,5 +21,9 @@ class Metrics:
             "autodoctor_reply_seconds", "Time from a message in to its replies committed",
             ["channel"], registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+        # Group commit (core.engine): how many messages each transaction handled.
+        self.batch_messages = Histogram(
+            "autodoctor_engine_batch_messages", "Messages handled per engine transaction",
+            registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
         self.db_up = Gauge("autodoctor_db_up", "1 when the database answered the last check",
                            registry=self.registry)
