@@ -42,6 +42,7 @@ from core.models import (
 from core.outbox import enqueue
 from core.runtime import Runtime
 from core.sql import (
+    Columns,
     bulk_update_sync,
     dialect,
     dialect_insert,
@@ -95,8 +96,8 @@ _HANDLED = "autodoctor.engine.handled_conversations"
 def _write_conversations(session: Session) -> None:
     handled: list[ConversationState] | None = session.info.pop(_HANDLED, None)
     if handled:
-        bulk_update_sync(session.connection(), _CONVERSATION, _WRITTEN, [
-            {"id": c.id, **{name: getattr(c, name) for name in _WRITTEN}} for c in handled])
+        bulk_update_sync(session.connection(), _CONVERSATION, _WRITTEN,
+                         Columns.of(handled, ("id", *_WRITTEN)))
 
 
 # At the commit only (nothing reads a conversation back in the transaction that handles it),
@@ -231,7 +232,8 @@ class Engine:
         # One person's messages are handled strictly one after another in this process;
         # across processes the conversation row lock (PostgreSQL) or the write lock (SQLite)
         # does the same.
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        held = self._locks.get(key)
+        lock, users = held if held is not None else (asyncio.Lock(), 0)
         self._locks[key] = (lock, users + 1)
         try:
             async with lock:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import lru_cache
+from operator import attrgetter
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, Table, bindparam, event, insert, text, update
@@ -83,7 +84,7 @@ async def insert_ids(session: AsyncSession, model: type[Any],
     return await conn.run_sync(lambda sync: insert_ids_sync(sync, model.__table__, rows))
 
 
-def insert_ids_sync(conn: Any, table: Table, rows: list[dict[str, Any]]) -> list[int]:
+def insert_ids_sync(conn: Any, table: Table, rows: list[dict[str, Any]] | Columns) -> list[int]:
     """insert_ids on a sync Connection (inside the session's flush hooks).
 
     One statement draws its ids in the order it inserts the rows: PostgreSQL's identity
@@ -104,12 +105,34 @@ async def bulk_insert(session: AsyncSession, table: Table, rows: list[dict[str, 
         sync, table, rows, returning=returning, conflict=conflict))
 
 
-def bulk_insert_sync(conn: Any, table: Table, rows: list[dict[str, Any]], *,
+class Columns(dict[str, list[Any]]):
+    """Rows given column by column (every list as long): what a multi-row INSERT on
+    PostgreSQL binds anyway, without a dict per row first."""
+
+    @classmethod
+    def of(cls, rows: Sequence[Any], names: tuple[str, ...]) -> Columns:
+        """The attributes `names` (two or more) of each of `rows` (objects), as columns."""
+        if not rows:
+            return cls({name: [] for name in names})
+        values = zip(*map(attrgetter(*names), rows), strict=True)
+        return cls(zip(names, map(list, values), strict=True))
+
+    @property
+    def count(self) -> int:
+        return len(next(iter(self.values()), ()))
+
+    def rows(self) -> list[dict[str, Any]]:
+        names = tuple(self)
+        return [dict(zip(names, values, strict=True))
+                for values in zip(*self.values(), strict=True)]
+
+
+def bulk_insert_sync(conn: Any, table: Table, rows: list[dict[str, Any]] | Columns, *,
                      returning: tuple[str, ...] = (),
                      conflict: tuple[str, ...] | None = None) -> list[Any]:
-    """INSERT many rows (all with the same keys) in one statement, optionally ON CONFLICT (…)
-    DO NOTHING; the RETURNING values (one column: scalars; more: rows), in the order the rows
-    were inserted.
+    """INSERT many rows (all with the same keys; or Columns) in one statement, optionally ON
+    CONFLICT (…) DO NOTHING; the RETURNING values (one column: scalars; more: rows), in the
+    order the rows were inserted.
 
     PostgreSQL: INSERT … SELECT FROM unnest(one array per column) ORDER BY the row's place.
     Its SQL is the same whatever the number of rows, so the server prepares it once, and the
@@ -117,13 +140,15 @@ def bulk_insert_sync(conn: Any, table: Table, rows: list[dict[str, Any]], *,
     SQLAlchemy's executemany builds it, is a new statement for each count.) SQLite:
     SQLAlchemy's multi-row VALUES (its statements cost no round trip).
     """
-    if not rows:
+    if not (rows.count if isinstance(rows, Columns) else rows):
         return []
     if conn.dialect.name == "postgresql":
-        columns = tuple(rows[0])
-        stmt = _unnest_insert(table, columns, returning, conflict)
-        params: Any = {name: [row[name] for row in rows] for name in columns}
+        params: Any = (rows if isinstance(rows, Columns)
+                       else {name: [row[name] for row in rows] for name in rows[0]})
+        stmt = _unnest_insert(table, tuple(params), returning, conflict)
     else:
+        if isinstance(rows, Columns):
+            rows = rows.rows()
         stmt = dialect_insert_for(conn.dialect.name, table)
         if conflict is not None:
             stmt = stmt.on_conflict_do_nothing(index_elements=list(conflict))
@@ -160,18 +185,21 @@ def _unnest_insert(table: Table, columns: tuple[str, ...], returning: tuple[str,
 
 
 def bulk_update_sync(conn: Any, table: Table, columns: tuple[str, ...],
-                     rows: list[dict[str, Any]]) -> None:
-    """UPDATE these rows (each an "id" and a value for every one of `columns`) in one
-    statement: on PostgreSQL, UPDATE … FROM unnest(one array per column), so the server runs
-    one statement however many rows (an executemany is one execution per row, and the ORM
-    issues one executemany per set of changed columns); elsewhere, an executemany."""
-    if not rows:
+                     rows: list[dict[str, Any]] | Columns) -> None:
+    """UPDATE these rows (each an "id" and a value for every one of `columns`; or Columns) in
+    one statement: on PostgreSQL, UPDATE … FROM unnest(one array per column), so the server
+    runs one statement however many rows (an executemany is one execution per row, and the
+    ORM issues one executemany per set of changed columns); elsewhere, an executemany."""
+    if not (rows.count if isinstance(rows, Columns) else rows):
         return
+    names = ("id", *columns)
     stmt = _bulk_update(conn.dialect.name, table, columns)
     if conn.dialect.name == "postgresql":
-        conn.execute(stmt, {name: [row[name] for row in rows] for name in ("id", *columns)})
+        conn.execute(stmt, {name: rows[name] for name in names} if isinstance(rows, Columns)
+                     else {name: [row[name] for row in rows] for name in names})
     else:
-        conn.execute(stmt, [{f"b_{name}": value for name, value in row.items()} for row in rows])
+        conn.execute(stmt, [{f"b_{name}": row[name] for name in names}
+                            for row in (rows.rows() if isinstance(rows, Columns) else rows)])
 
 
 @lru_cache(maxsize=16)

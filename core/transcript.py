@@ -27,7 +27,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
 
 from core.models import Message, OutboxItem
-from core.sql import bulk_insert_sync, insert_ids_sync, transaction_scoped, write_before_flush
+from core.sql import (
+    Columns,
+    bulk_insert_sync,
+    insert_ids_sync,
+    transaction_scoped,
+    write_before_flush,
+)
 
 _PENDING = "autodoctor.transcript.pending"
 _IN_SAVEPOINT = "autodoctor.transcript.in_savepoint"
@@ -49,12 +55,10 @@ class MessageRow:
     provider_id: str | None = None
     id: int | None = None  # set when written
 
-    def values(self) -> dict[str, Any]:
-        return {"identity_id": self.identity_id, "conversation_id": self.conversation_id,
-                "consultation_id": self.consultation_id, "direction": self.direction,
-                "channel": self.channel, "text": self.text, "action": self.action,
-                "body": self.body, "provider_id": self.provider_id,
-                "created_at": self.created_at}
+
+# The columns a transcript row writes (all but the id).
+_WRITTEN = ("identity_id", "conversation_id", "consultation_id", "direction", "channel", "text",
+            "action", "body", "provider_id", "created_at")
 
 
 @dataclass
@@ -118,7 +122,7 @@ def _write(session: Session) -> dict[str, int]:
     nested = session.get_nested_transaction()
     conn = session.connection()
     rows = pending.messages
-    ids = insert_ids_sync(conn, Message.__table__, [r.values() for r in rows])
+    ids = insert_ids_sync(conn, Message.__table__, Columns.of(rows, _WRITTEN))
     for row, new_id in zip(rows, ids, strict=True):
         row.id = new_id
     if pending.outbox:
