@@ -6,11 +6,12 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import inspect, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.config import Config
 from core.models import Checkout, Intake
+from core.sql import add_new
 
 
 class PaymentPort(Protocol):
@@ -45,10 +46,11 @@ async def checkout_for(session: AsyncSession, port: PaymentPort, config: Config,
         # Never confirmed: it has no checkout yet (the first is made as it is submitted, in the
         # same transaction), so there is nothing to look for.
         return await _open_checkout(session, port, config, intake, now)
-    changed = (*session.new, *(row for row in session.identity_map.values()
-                               if inspect(row).modified))
-    if any(isinstance(row, Checkout) and row.intake_id == intake.id for row in changed):
-        await session.flush()  # this intake's checkouts changed in this transaction count
+    # This intake's checkouts made or changed in this transaction count: written first (a new
+    # one is in the identity map before it is written, see _open_checkout).
+    if any(isinstance(row, Checkout) and row.intake_id == intake.id
+           for row in (*session.new, *session.identity_map.values())):
+        await session.flush()
     with session.no_autoflush:
         existing = await session.scalar(
             select(Checkout).where(Checkout.intake_id == intake.id,
@@ -70,7 +72,11 @@ async def _open_checkout(session: AsyncSession, port: PaymentPort, config: Confi
         provider=port.provider, status="open", created_at=now,
         expires_at=now + timedelta(seconds=config.billing.checkout_ttl_seconds))
     # The provider's page first: if it fails, no half-made checkout row is left behind. The
-    # row is stored with the transaction (the link reaches the customer only after commit).
+    # row is stored with the transaction (the link reaches the customer only after commit),
+    # with the other new checkouts of a group commit in one statement (core.sql.add_new).
     checkout.url = await port.create_checkout(session, checkout)
-    session.add(checkout)
-    return checkout
+    return await add_new(session, Checkout, {
+        column.key: getattr(checkout, column.key) for column in _CHECKOUT_COLUMNS})
+
+
+_CHECKOUT_COLUMNS = tuple(c for c in Checkout.__table__.columns if c.key != "id")

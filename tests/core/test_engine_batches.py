@@ -284,3 +284,28 @@ async def test_a_message_waiting_for_a_payment_sees_the_intake_paid(
         status = await s.scalar(select(Intake.status).where(Intake.id == waiting.intake.id))
     assert status == "paid"
     assert runtime.texts("cancelled") not in joined(replies)
+
+
+async def test_a_batchs_new_checkouts_are_written_in_one_statement(
+        runtime: Runtime, engine: AsyncEngine) -> None:
+    # Customers confirming at once: on PostgreSQL their checkouts go in with one INSERT per
+    # transaction (core.sql.add_new), outside the ORM's flush; every one gets its own link.
+    bot = Engine(runtime, route)
+    chats = [Chat(bot, channel="web", address=f"v_{i}") for i in range(12)]
+    for step in ("hi", "1", GOOD_VIN, "84000",
+                 "Grinding noise from the front left wheel when braking"):
+        await asyncio.gather(*(chat.send(step) for chat in chats))
+    await asyncio.gather(*(chat.send(action="photos:done") for chat in chats))
+    with recording_statements(engine) as statements, counting_commits(engine) as commits:
+        replies = await asyncio.gather(*(chat.send(action="confirm") for chat in chats))
+    links = [r[-1].link.url for r in replies if r and r[-1].link is not None]
+    assert len(set(links)) == len(chats), replies
+    inserts = [x for x in statements if "INSERT INTO" in x.upper() and "checkouts" in x]
+    if engine.dialect.name == "postgresql":
+        assert len(inserts) <= len(commits) < len(chats), (len(inserts), len(commits))
+        # The same SQL whatever the number of rows (one array per column), so the server
+        # prepares it once; the ORM's multi-row VALUES is a new statement for each count.
+        assert all("unnest(" in x for x in inserts), inserts
+    async with runtime.sessions() as s:
+        stored = (await s.scalars(select(Intake))).all()
+    assert {i.status for i in stored} == {"awaiting_payment"}
