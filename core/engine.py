@@ -43,7 +43,6 @@ from core.outbox import enqueue
 from core.runtime import Runtime
 from core.sql import (
     Columns,
-    bulk_update_sync,
     dialect,
     dialect_insert,
     get_by_id,
@@ -51,6 +50,7 @@ from core.sql import (
     insert_ignore,
     transaction_scoped,
     write_before_commit,
+    writes_for,
 )
 from core.transcript import MessageRow
 
@@ -96,8 +96,8 @@ _HANDLED = "autodoctor.engine.handled_conversations"
 def _write_conversations(session: Session) -> None:
     handled: list[ConversationState] | None = session.info.pop(_HANDLED, None)
     if handled:
-        bulk_update_sync(session.connection(), _CONVERSATION, _WRITTEN,
-                         Columns.of(handled, ("id", *_WRITTEN)))
+        writes_for(session).update(_CONVERSATION, _WRITTEN,
+                                   Columns.of(handled, ("id", *_WRITTEN)))
 
 
 # At the commit only (nothing reads a conversation back in the transaction that handles it),

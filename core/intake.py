@@ -72,6 +72,10 @@ async def cancel_unpaid(session: AsyncSession, intake: Intake,
         return None
     intake.status = "cancelled"
     intake.updated_at = now
+    if intake.submitted_at is None:
+        # Never confirmed: no checkout was made for it (the first is made as it is submitted,
+        # see core.payments.checkout_for), so there is none to close.
+        return []
     return list((await session.scalars(
         update(Checkout).where(Checkout.intake_id == intake.id, Checkout.status == "open")
         .values(status="expired").returning(Checkout))).all())

@@ -9,7 +9,7 @@ from functools import lru_cache
 from operator import attrgetter
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, Table, bindparam, event, insert, text, update
+from sqlalchemy import Engine, Integer, Table, bindparam, column, event, insert, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -236,8 +236,8 @@ async def add_new(session: AsyncSession, model: type[T], values: dict[str, Any])
     is INSERTed just before the session's next flush or its commit, in one statement with the
     other new rows of its table, ahead of the flush's own UPDATEs (which may point at it).
     SQLite (no round trips): one INSERT … RETURNING id, now. `values` are the columns to set,
-    the others are NULL (column defaults do not apply); a change made to the object later is
-    an UPDATE, as usual."""
+    the others are NULL (column defaults do not apply). A change made to the object before
+    its row is written goes in with the row (PostgreSQL); after, it is an UPDATE, as usual."""
     table: Table = model.__table__  # type: ignore[attr-defined]
     bind = session.get_bind()
     if bind.dialect.name == "postgresql":
@@ -259,7 +259,8 @@ async def add_new(session: AsyncSession, model: type[T], values: dict[str, Any])
     session.add(row)
     if bind.dialect.name == "postgresql":
         sync = session.sync_session
-        sync.info.setdefault(_NEW_ROWS, {}).setdefault(table, []).append(row_values)
+        # The object itself (held until written: the session holds a clean one only weakly).
+        sync.info.setdefault(_NEW_ROWS, {}).setdefault(table, []).append(row)
         if sync.in_nested_transaction():
             # A savepoint rolled back must take the row with it: written now.
             await session.run_sync(_write_new_rows)
@@ -267,11 +268,154 @@ async def add_new(session: AsyncSession, model: type[T], values: dict[str, Any])
 
 
 def _write_new_rows(session: Session) -> None:
-    pending: dict[Table, list[dict[str, Any]]] | None = session.info.pop(_NEW_ROWS, None)
+    pending: dict[Table, list[Any]] | None = session.info.pop(_NEW_ROWS, None)
     if pending:
-        conn = session.connection()
+        writes = writes_for(session)
         for table, rows in pending.items():
-            bulk_insert_sync(conn, table, rows)
+            states = [instance_state(row) for row in rows]
+            # The objects as they are now: a change made since add_new goes in with the row,
+            # which is then clean (no UPDATE after it; in one combined statement at the
+            # commit, an UPDATE would not even see the row).
+            names = tuple(column.key for column in table.columns)
+            writes.insert(table, Columns({name: [state.dict.get(name) for state in states]
+                                          for name in names}))
+            InstanceState._commit_all_states(  # noqa: SLF001
+                [(state, state.dict) for state in states], session.identity_map)
+
+
+# --- the commit's writes in one statement ---------------------------------------------------
+
+_COMBINED = "autodoctor.sql.combined_writes"
+
+
+class Writes:
+    """Where the writers (write_before_flush, write_before_commit) send their multi-row
+    INSERTs and UPDATEs: run at once, on the session's connection."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def insert(self, table: Table, rows: list[dict[str, Any]] | Columns, *,
+               returning: tuple[str, ...] = (),
+               then: Callable[[list[Any]], object] | None = None) -> None:
+        """bulk_insert_sync; `then` gets what it returned (ids: sorted, see insert_ids_sync)."""
+        result = bulk_insert_sync(self.session.connection(), table, rows, returning=returning)
+        if then is not None:
+            then(sorted(result) if returning == ("id",) else result)
+
+    def update(self, table: Table, columns: tuple[str, ...],
+               rows: list[dict[str, Any]] | Columns) -> None:
+        bulk_update_sync(self.session.connection(), table, columns, rows)
+
+
+class CombinedWrites(Writes):
+    """PostgreSQL, at the commit: the writers' statements become the parts of one
+    (WITH w0 AS (INSERT …), w1 AS (UPDATE …) … SELECT what one part returns): one round trip
+    and one execution for what was four or five. The parts see the database as it was before
+    the statement, not each other's rows; foreign keys are checked at its end. So an UPDATE
+    part must not touch a row an INSERT part adds (new rows go in as they are, clean: see
+    _write_new_rows), and a table is updated by one part at most. One part may return rows
+    (the transcript's new ids); `then` callbacks run after the statement, in order."""
+
+    def __init__(self, session: Session) -> None:
+        super().__init__(session)
+        self.parts: list[tuple[Any, ...]] = []
+        self.params: dict[str, Any] = {}
+        self.thens: list[tuple[Callable[[list[Any]], object], bool]] = []
+        self.returning = False
+        self.updated: set[str] = set()
+
+    def insert(self, table: Table, rows: list[dict[str, Any]] | Columns, *,
+               returning: tuple[str, ...] = (),
+               then: Callable[[list[Any]], object] | None = None) -> None:
+        if returning and (self.returning or returning != ("id",)):
+            super().insert(table, rows, returning=returning, then=then)  # only one returns
+            return
+        columns = rows if isinstance(rows, Columns) else Columns(
+            {name: [row[name] for row in rows] for name in (rows[0] if rows else ())})
+        if not columns.count:
+            if then is not None:
+                then([])
+            return
+        self._add(("insert", table, tuple(columns), bool(returning)), columns)
+        if returning:
+            self.returning = True
+        if then is not None:
+            self.thens.append((then, bool(returning)))
+
+    def update(self, table: Table, columns: tuple[str, ...],
+               rows: list[dict[str, Any]] | Columns) -> None:
+        if table.name in self.updated:  # one UPDATE of a table per statement
+            super().update(table, columns, rows)
+            return
+        names = ("id", *columns)
+        values = ({name: rows[name] for name in names} if isinstance(rows, Columns)
+                  else {name: [row[name] for row in rows] for name in names})
+        if not values["id"]:
+            return
+        self.updated.add(table.name)
+        self._add(("update", table, columns, False), values)
+
+    def _add(self, part: tuple[Any, ...], values: dict[str, Any]) -> None:
+        place = len(self.parts)
+        self.parts.append(part)
+        self.params.update({f"w{place}_{name}": value for name, value in values.items()})
+
+    def run(self) -> None:
+        if not self.parts:
+            return
+        if len(self.parts) == 1 and not self.returning:
+            kind, table, columns, _ = self.parts[0]
+            prefix = len("w0_")
+            values = {name[prefix:]: value for name, value in self.params.items()}
+            if kind == "insert":
+                super().insert(table, Columns(values))
+            else:
+                super().update(table, columns, Columns(values))
+            return
+        result = self.session.connection().execute(_combined(tuple(self.parts)), self.params)
+        returned = sorted(result.scalars()) if self.returning else []
+        for then, returns in self.thens:
+            then(returned if returns else [])
+
+
+@lru_cache(maxsize=64)
+def _combined(parts: tuple[tuple[Any, ...], ...]) -> Any:
+    # Built once per combination of parts (a few kinds of transaction); column names come
+    # from our own table definitions, never from input.
+    ctes: list[str] = []
+    binds: list[Any] = []
+    returned = "SELECT 1"
+    for place, (kind, table, columns, returning) in enumerate(parts):
+        prefix = f"w{place}_"
+        if kind == "insert":
+            names = ", ".join(f'"{name}"' for name in columns)
+            sql = (f'INSERT INTO "{table.name}" ({names}) SELECT {names} FROM unnest('
+                   + ", ".join(f":{prefix}{name}" for name in columns)
+                   + f") WITH ORDINALITY AS rows({names}, _place) ORDER BY _place")
+            if returning:
+                sql += ' RETURNING "id"'
+                returned = f'SELECT "id" FROM w{place}'
+            bound = columns
+        else:
+            bound = ("id", *columns)
+            sql = (f'UPDATE "{table.name}" AS t SET '
+                   + ", ".join(f'"{name}" = u."{name}"' for name in columns)
+                   + " FROM unnest(" + ", ".join(f":{prefix}{name}" for name in bound)
+                   + ") AS u(" + ", ".join(f'"{name}"' for name in bound)
+                   + ') WHERE t."id" = u."id"')
+        ctes.append(f"w{place} AS ({sql})")
+        binds.extend(bindparam(prefix + name, type_=ARRAY(table.c[name].type))
+                     for name in bound)
+    stmt = text("WITH " + ", ".join(ctes) + " " + returned).bindparams(*binds)
+    return stmt.columns(column("id", Integer)) if returned != "SELECT 1" else stmt
+
+
+def writes_for(session: Session) -> Writes:
+    """The writes of this moment: combined into one statement at a commit on PostgreSQL,
+    at once otherwise."""
+    combined = session.info.get(_COMBINED)
+    return combined if combined is not None else Writes(session)
 
 
 # --- what one transaction keeps in session.info ----------------------------------------------
@@ -313,10 +457,20 @@ def _before_commit(session: Session) -> None:
 
 
 def _write_waiting(session: Session, *, committing: bool) -> None:
-    if not session.in_nested_transaction():
+    if session.in_nested_transaction():
+        return
+    if not (committing and session.get_bind().dialect.name == "postgresql"):
         for write, at_flush in _writers:
             if at_flush or committing:
                 write(session)
+        return
+    combined = session.info[_COMBINED] = CombinedWrites(session)
+    try:
+        for write, _at_flush in _writers:
+            write(session)
+    finally:
+        del session.info[_COMBINED]
+    combined.run()
 
 
 @event.listens_for(Session, "after_transaction_end")
@@ -364,8 +518,8 @@ def _write_changes(session: Session) -> None:
                   and not state.expired_attributes and state not in deleted
                   and all(key in state.dict for key in columns)]
         if states:
-            bulk_update_sync(session.connection(), model.__table__,  # type: ignore[attr-defined]
-                             columns, [state.dict for state in states])
+            writes_for(session).update(model.__table__,  # type: ignore[attr-defined]
+                                       columns, [state.dict for state in states])
             # As the flush does for what it wrote (Session._register_persistent): committed,
             # clean, out of the modified set, and known to the transaction as changed in it.
             InstanceState._commit_all_states(  # noqa: SLF001

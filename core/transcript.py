@@ -33,6 +33,7 @@ from core.sql import (
     insert_ids_sync,
     transaction_scoped,
     write_before_flush,
+    writes_for,
 )
 
 _PENDING = "autodoctor.transcript.pending"
@@ -119,15 +120,17 @@ def _write(session: Session) -> dict[str, int]:
     pending: _Pending | None = session.info.pop(_PENDING, None)
     if pending is None or not pending.messages:
         return {}
+    rows = pending.messages
+    if not pending.keyed:
+        # At a commit on PostgreSQL, a part of its one combined statement (core.sql.Writes).
+        writes_for(session).insert(Message.__table__, Columns.of(rows, _WRITTEN),
+                                   returning=("id",),
+                                   then=lambda ids: _written(session, pending, ids))
+        return {}
     nested = session.get_nested_transaction()
     conn = session.connection()
-    rows = pending.messages
-    ids = insert_ids_sync(conn, Message.__table__, Columns.of(rows, _WRITTEN))
-    for row, new_id in zip(rows, ids, strict=True):
-        row.id = new_id
-    if pending.outbox:
-        bulk_insert_sync(conn, OutboxItem.__table__,
-                         [{**values, "message_id": row.id} for row, values in pending.outbox])
+    _written(session, pending, insert_ids_sync(conn, Message.__table__,
+                                               Columns.of(rows, _WRITTEN)))
     queued: dict[str, int] = {}
     if pending.keyed:
         queued = dict(bulk_insert_sync(
@@ -144,6 +147,15 @@ def _write(session: Session) -> dict[str, int]:
             session.info.setdefault(_IN_SAVEPOINT, []).extend(
                 (nested, row) for row, values in pending.keyed if row.id is not None)
     return queued
+
+
+def _written(session: Session, pending: _Pending, ids: list[int]) -> None:
+    """The messages have their ids (in order): their outbox rows go in now."""
+    for row, new_id in zip(pending.messages, ids, strict=True):
+        row.id = new_id
+    if pending.outbox:
+        bulk_insert_sync(session.connection(), OutboxItem.__table__,
+                         [{**values, "message_id": row.id} for row, values in pending.outbox])
 
 
 def _unwritten(session: Session, previous: SessionTransaction) -> None:
