@@ -168,20 +168,39 @@ def dialect_insert_for(dialect_name: str, table: Any) -> Any:
 @lru_cache(maxsize=64)
 def _unnest_insert(table: Table, columns: tuple[str, ...], returning: tuple[str, ...],
                    conflict: tuple[str, ...] | None) -> Any:
-    # Column names come from our own table definitions, never from input.
+    stmt = text(_insert_sql(table, columns, "", returning, conflict)).bindparams(
+        *_array_binds(table, columns, ""))
+    if returning:
+        stmt = stmt.columns(*(table.c[name] for name in returning))
+    return stmt
+
+
+# The SQL of PostgreSQL's multi-row statements, one array parameter per column (named
+# prefix + column). Column names come from our own table definitions, never from input.
+
+def _insert_sql(table: Table, columns: tuple[str, ...], prefix: str,
+                returning: tuple[str, ...] = (), conflict: tuple[str, ...] | None = None) -> str:
     names = ", ".join(f'"{name}"' for name in columns)
     sql = (f'INSERT INTO "{table.name}" ({names}) SELECT {names} FROM unnest('
-           + ", ".join(f":{name}" for name in columns)
+           + ", ".join(f":{prefix}{name}" for name in columns)
            + f") WITH ORDINALITY AS rows({names}, _place) ORDER BY _place")
     if conflict is not None:
         sql += " ON CONFLICT (" + ", ".join(f'"{name}"' for name in conflict) + ") DO NOTHING"
     if returning:
         sql += " RETURNING " + ", ".join(f'"{name}"' for name in returning)
-    stmt = text(sql).bindparams(*(bindparam(name, type_=ARRAY(table.c[name].type))
-                                  for name in columns))
-    if returning:
-        stmt = stmt.columns(*(table.c[name] for name in returning))
-    return stmt
+    return sql
+
+
+def _update_sql(table: Table, columns: tuple[str, ...], prefix: str) -> str:
+    names = ("id", *columns)
+    return (f'UPDATE "{table.name}" AS t SET '
+            + ", ".join(f'"{name}" = u."{name}"' for name in columns)
+            + " FROM unnest(" + ", ".join(f":{prefix}{name}" for name in names) + ") AS u("
+            + ", ".join(f'"{name}"' for name in names) + ') WHERE t."id" = u."id"')
+
+
+def _array_binds(table: Table, columns: tuple[str, ...], prefix: str) -> list[Any]:
+    return [bindparam(prefix + name, type_=ARRAY(table.c[name].type)) for name in columns]
 
 
 def bulk_update_sync(conn: Any, table: Table, columns: tuple[str, ...],
@@ -207,14 +226,8 @@ def _bulk_update(dialect_name: str, table: Table, columns: tuple[str, ...]) -> A
     if dialect_name != "postgresql":
         return (update(table).where(table.c.id == bindparam("b_id"))
                 .values({name: bindparam(f"b_{name}") for name in columns}))
-    # Column names come from our own table definitions, never from input.
-    names = ("id", *columns)
-    sql = (f'UPDATE "{table.name}" AS t SET '
-           + ", ".join(f'"{name}" = u."{name}"' for name in columns)
-           + " FROM unnest(" + ", ".join(f":{name}" for name in names) + ") AS u("
-           + ", ".join(f'"{name}"' for name in names) + ') WHERE t."id" = u."id"')
-    return text(sql).bindparams(*(bindparam(name, type_=ARRAY(table.c[name].type))
-                                  for name in names))
+    return text(_update_sql(table, columns, "")).bindparams(
+        *_array_binds(table, ("id", *columns), ""))
 
 
 # --- new rows as ORM objects without a statement each -------------------------------------------
@@ -381,32 +394,22 @@ class CombinedWrites(Writes):
 
 @lru_cache(maxsize=64)
 def _combined(parts: tuple[tuple[Any, ...], ...]) -> Any:
-    # Built once per combination of parts (a few kinds of transaction); column names come
-    # from our own table definitions, never from input.
+    # Built once per combination of parts (a few kinds of transaction).
     ctes: list[str] = []
     binds: list[Any] = []
     returned = "SELECT 1"
     for place, (kind, table, columns, returning) in enumerate(parts):
         prefix = f"w{place}_"
         if kind == "insert":
-            names = ", ".join(f'"{name}"' for name in columns)
-            sql = (f'INSERT INTO "{table.name}" ({names}) SELECT {names} FROM unnest('
-                   + ", ".join(f":{prefix}{name}" for name in columns)
-                   + f") WITH ORDINALITY AS rows({names}, _place) ORDER BY _place")
+            sql = _insert_sql(table, columns, prefix, ("id",) if returning else ())
             if returning:
-                sql += ' RETURNING "id"'
                 returned = f'SELECT "id" FROM w{place}'
             bound = columns
         else:
+            sql = _update_sql(table, columns, prefix)
             bound = ("id", *columns)
-            sql = (f'UPDATE "{table.name}" AS t SET '
-                   + ", ".join(f'"{name}" = u."{name}"' for name in columns)
-                   + " FROM unnest(" + ", ".join(f":{prefix}{name}" for name in bound)
-                   + ") AS u(" + ", ".join(f'"{name}"' for name in bound)
-                   + ') WHERE t."id" = u."id"')
         ctes.append(f"w{place} AS ({sql})")
-        binds.extend(bindparam(prefix + name, type_=ARRAY(table.c[name].type))
-                     for name in bound)
+        binds.extend(_array_binds(table, bound, prefix))
     stmt = text("WITH " + ", ".join(ctes) + " " + returned).bindparams(*binds)
     return stmt.columns(column("id", Integer)) if returned != "SELECT 1" else stmt
 

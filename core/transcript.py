@@ -4,7 +4,8 @@ Every message in or out is a `messages` row (and, for a provider's channel, an `
 pointing at it). A busy transaction (the engine's group commit, a winner's accept closing 200
 offers) writes hundreds of them; as ORM objects each costs far more than the row itself. So
 they wait here, in the session, and go to the database together just before its next flush or
-its commit: one INSERT for the messages, one for their outbox rows.
+its commit: one INSERT for the messages (at a commit on PostgreSQL, a part of the commit's one
+statement: core.sql.CombinedWrites), one for their outbox rows.
 
 Keyed messages (offers, notices: queued at most once per dedupe_key) are written at once
 instead, with what waits, because the caller must know whether each was queued: their outbox
@@ -127,25 +128,25 @@ def _write(session: Session) -> dict[str, int]:
                                    returning=("id",),
                                    then=lambda ids: _written(session, pending, ids))
         return {}
+    # Keyed rows (add_keyed): written now, whatever the moment, for the caller to know which
+    # keys were queued.
     nested = session.get_nested_transaction()
     conn = session.connection()
     _written(session, pending, insert_ids_sync(conn, Message.__table__,
                                                Columns.of(rows, _WRITTEN)))
-    queued: dict[str, int] = {}
-    if pending.keyed:
-        queued = dict(bulk_insert_sync(
-            conn, OutboxItem.__table__,
-            [{**values, "message_id": row.id} for row, values in pending.keyed],
-            returning=("dedupe_key", "id"), conflict=("dedupe_key",)))
-        unsent = [row for row, values in pending.keyed if values["dedupe_key"] not in queued]
-        if unsent:
-            conn.execute(delete(Message.__table__).where(
-                Message.__table__.c.id.in_([row.id for row in unsent])))
-            for row in unsent:
-                row.id = None
-        if nested is not None:
-            session.info.setdefault(_IN_SAVEPOINT, []).extend(
-                (nested, row) for row, values in pending.keyed if row.id is not None)
+    queued: dict[str, int] = dict(bulk_insert_sync(
+        conn, OutboxItem.__table__,
+        [{**values, "message_id": row.id} for row, values in pending.keyed],
+        returning=("dedupe_key", "id"), conflict=("dedupe_key",)))
+    unsent = [row for row, values in pending.keyed if values["dedupe_key"] not in queued]
+    if unsent:
+        conn.execute(delete(Message.__table__).where(
+            Message.__table__.c.id.in_([row.id for row in unsent])))
+        for row in unsent:
+            row.id = None
+    if nested is not None:
+        session.info.setdefault(_IN_SAVEPOINT, []).extend(
+            (nested, row) for row, values in pending.keyed if row.id is not None)
     return queued
 
 
