@@ -117,6 +117,15 @@ class Columns(dict[str, list[Any]]):
         values = zip(*map(attrgetter(*names), rows), strict=True)
         return cls(zip(names, map(list, values), strict=True))
 
+    @classmethod
+    def given(cls, rows: list[dict[str, Any]] | Columns,
+              names: tuple[str, ...] | None = None) -> Columns:
+        """`rows` as columns (`names` of them, or all): Columns as they are, dicts turned."""
+        if isinstance(rows, Columns):
+            return rows if names is None else cls({name: rows[name] for name in names})
+        names = names if names is not None else tuple(rows[0]) if rows else ()
+        return cls({name: [row[name] for row in rows] for name in names})
+
     @property
     def count(self) -> int:
         return len(next(iter(self.values()), ()))
@@ -143,8 +152,7 @@ def bulk_insert_sync(conn: Any, table: Table, rows: list[dict[str, Any]] | Colum
     if not (rows.count if isinstance(rows, Columns) else rows):
         return []
     if conn.dialect.name == "postgresql":
-        params: Any = (rows if isinstance(rows, Columns)
-                       else {name: [row[name] for row in rows] for name in rows[0]})
+        params: Any = Columns.given(rows)
         stmt = _unnest_insert(table, tuple(params), returning, conflict)
     else:
         if isinstance(rows, Columns):
@@ -214,8 +222,7 @@ def bulk_update_sync(conn: Any, table: Table, columns: tuple[str, ...],
     names = ("id", *columns)
     stmt = _bulk_update(conn.dialect.name, table, columns)
     if conn.dialect.name == "postgresql":
-        conn.execute(stmt, {name: rows[name] for name in names} if isinstance(rows, Columns)
-                     else {name: [row[name] for row in rows] for name in names})
+        conn.execute(stmt, Columns.given(rows, names))
     else:
         conn.execute(stmt, [{f"b_{name}": row[name] for name in names}
                             for row in (rows.rows() if isinstance(rows, Columns) else rows)])
@@ -292,8 +299,18 @@ def _write_new_rows(session: Session) -> None:
             names = tuple(column.key for column in table.columns)
             writes.insert(table, Columns({name: [state.dict.get(name) for state in states]
                                           for name in names}))
-            InstanceState._commit_all_states(  # noqa: SLF001
-                [(state, state.dict) for state in states], session.identity_map)
+            _mark_written(session, states, changed=False)
+
+
+def _mark_written(session: Session, states: list[InstanceState[Any]], *,
+                  changed: bool = True) -> None:
+    """As the flush does for what it wrote (Session._register_persistent): committed, clean,
+    out of the modified set; rows `changed` (not new) known to the transaction as changed in
+    it, so that a savepoint rolled back expires them."""
+    InstanceState._commit_all_states(  # noqa: SLF001
+        [(state, state.dict) for state in states], session.identity_map)
+    if changed:
+        session._register_altered(states)  # noqa: SLF001
 
 
 # --- the commit's writes in one statement ---------------------------------------------------
@@ -344,8 +361,7 @@ class CombinedWrites(Writes):
         if returning and (self.returning or returning != ("id",)):
             super().insert(table, rows, returning=returning, then=then)  # only one returns
             return
-        columns = rows if isinstance(rows, Columns) else Columns(
-            {name: [row[name] for row in rows] for name in (rows[0] if rows else ())})
+        columns = Columns.given(rows)
         if not columns.count:
             if then is not None:
                 then([])
@@ -361,10 +377,8 @@ class CombinedWrites(Writes):
         if table.name in self.updated:  # one UPDATE of a table per statement
             super().update(table, columns, rows)
             return
-        names = ("id", *columns)
-        values = ({name: rows[name] for name in names} if isinstance(rows, Columns)
-                  else {name: [row[name] for row in rows] for name in names})
-        if not values["id"]:
+        values = Columns.given(rows, ("id", *columns))
+        if not values.count:
             return
         self.updated.add(table.name)
         self._add(("update", table, columns, False), values)
@@ -376,15 +390,6 @@ class CombinedWrites(Writes):
 
     def run(self) -> None:
         if not self.parts:
-            return
-        if len(self.parts) == 1 and not self.returning:
-            kind, table, columns, _ = self.parts[0]
-            prefix = len("w0_")
-            values = {name[prefix:]: value for name, value in self.params.items()}
-            if kind == "insert":
-                super().insert(table, Columns(values))
-            else:
-                super().update(table, columns, Columns(values))
             return
         result = self.session.connection().execute(_combined(tuple(self.parts)), self.params)
         returned = sorted(result.scalars()) if self.returning else []
@@ -523,11 +528,7 @@ def _write_changes(session: Session) -> None:
         if states:
             writes_for(session).update(model.__table__,  # type: ignore[attr-defined]
                                        columns, [state.dict for state in states])
-            # As the flush does for what it wrote (Session._register_persistent): committed,
-            # clean, out of the modified set, and known to the transaction as changed in it.
-            InstanceState._commit_all_states(  # noqa: SLF001
-                [(state, state.dict) for state in states], session.identity_map)
-            session._register_altered(states)  # noqa: SLF001
+            _mark_written(session, states)
 
 
 # Registered before core.transcript's (which imports this module): rows written here come
