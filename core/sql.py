@@ -9,7 +9,18 @@ from functools import lru_cache
 from operator import attrgetter
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, Integer, Table, bindparam, column, event, insert, text, update
+from sqlalchemy import (
+    Engine,
+    Integer,
+    String,
+    Table,
+    bindparam,
+    column,
+    event,
+    insert,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -239,7 +250,7 @@ def _bulk_update(dialect_name: str, table: Table, columns: tuple[str, ...]) -> A
 
 # --- new rows as ORM objects without a statement each -------------------------------------------
 
-ID_BLOCK = 64
+ID_BLOCK = 256
 _NEXTVAL = text("SELECT nextval(pg_get_serial_sequence(:table, 'id'))"
                 " FROM generate_series(1, :count)")
 _free_ids: weakref.WeakKeyDictionary[Engine, dict[str, deque[int]]] = (
@@ -263,8 +274,11 @@ async def add_new(session: AsyncSession, model: type[T], values: dict[str, Any])
     if bind.dialect.name == "postgresql":
         free = _free_ids.setdefault(bind, {}).setdefault(table.name, deque())
         if not free:
-            free.extend((await session.execute(
-                _NEXTVAL, {"table": table.name, "count": ID_BLOCK})).scalars())
+            # Not a flush first: the sequence does not read the session's rows, and a flush
+            # mid-transaction would write what waits for the commit's one statement.
+            with session.no_autoflush:
+                free.extend((await session.execute(
+                    _NEXTVAL, {"table": table.name, "count": ID_BLOCK})).scalars())
         new_id = free.popleft()
     else:
         with session.no_autoflush:
@@ -337,6 +351,11 @@ class Writes:
                rows: list[dict[str, Any]] | Columns) -> None:
         bulk_update_sync(self.session.connection(), table, columns, rows)
 
+    def notify(self, channel: str, payload: str) -> bool:
+        """PostgreSQL's NOTIFY with the commit's statement; False (nothing done) where there is
+        no such statement to carry it: the caller notifies on its own."""
+        return False
+
 
 class CombinedWrites(Writes):
     """PostgreSQL, at the commit: the writers' statements become the parts of one
@@ -353,6 +372,7 @@ class CombinedWrites(Writes):
         self.params: dict[str, Any] = {}
         self.thens: list[tuple[Callable[[list[Any]], object], bool]] = []
         self.returning = False
+        self.notifying = False
         self.updated: set[str] = set()
 
     def insert(self, table: Table, rows: list[dict[str, Any]] | Columns, *,
@@ -383,6 +403,14 @@ class CombinedWrites(Writes):
         self.updated.add(table.name)
         self._add(("update", table, columns, False), values)
 
+    def notify(self, channel: str, payload: str) -> bool:
+        # Delivered when the transaction commits, never for one rolled back.
+        if self.notifying:
+            return False
+        self.notifying = True
+        self._add(("notify", None, (), False), {"channel": channel, "payload": payload})
+        return True
+
     def _add(self, part: tuple[Any, ...], values: dict[str, Any]) -> None:
         place = len(self.parts)
         self.parts.append(part)
@@ -392,7 +420,7 @@ class CombinedWrites(Writes):
         if not self.parts:
             return
         result = self.session.connection().execute(_combined(tuple(self.parts)), self.params)
-        returned = sorted(result.scalars()) if self.returning else []
+        returned = sorted(x for x in result.scalars() if x is not None) if self.returning else []
         for then, returns in self.thens:
             then(returned if returns else [])
 
@@ -403,8 +431,16 @@ def _combined(parts: tuple[tuple[Any, ...], ...]) -> Any:
     ctes: list[str] = []
     binds: list[Any] = []
     returned = "SELECT 1"
+    notified = ""
     for place, (kind, table, columns, returning) in enumerate(parts):
         prefix = f"w{place}_"
+        if kind == "notify":
+            # A SELECT in WITH runs only if read: the statement's result reads it, one row.
+            ctes.append(f"w{place} AS (SELECT pg_notify(:{prefix}channel, :{prefix}payload))")
+            binds.extend((bindparam(f"{prefix}channel", type_=String),
+                          bindparam(f"{prefix}payload", type_=String)))
+            notified = f"w{place}"
+            continue
         if kind == "insert":
             sql = _insert_sql(table, columns, prefix, ("id",) if returning else ())
             if returning:
@@ -415,8 +451,12 @@ def _combined(parts: tuple[tuple[Any, ...], ...]) -> Any:
             bound = ("id", *columns)
         ctes.append(f"w{place} AS ({sql})")
         binds.extend(_array_binds(table, bound, prefix))
+    returns = returned != "SELECT 1"
+    if notified:
+        returned = (f"{returned} UNION ALL SELECT NULL FROM {notified}" if returns
+                    else f"SELECT 1 FROM {notified}")
     stmt = text("WITH " + ", ".join(ctes) + " " + returned).bindparams(*binds)
-    return stmt.columns(column("id", Integer)) if returned != "SELECT 1" else stmt
+    return stmt.columns(column("id", Integer)) if returns else stmt
 
 
 def writes_for(session: Session) -> Writes:

@@ -366,6 +366,27 @@ async def test_add_new_rows_known_at_once_written_together_before_what_points_at
         assert (await s.get(Conversation, conversation.id)).intake_id == intakes[-1].id
 
 
+async def test_drawing_ids_for_new_rows_leaves_the_flush_to_wait(engine: AsyncEngine) -> None:
+    # add_new drawing a block of ids from the sequence (PostgreSQL) does not flush first: a
+    # flush in mid-transaction would write on its own what the commit writes in one statement.
+    sessions = create_sessionmaker(engine)
+    customer = await _customer(sessions)
+    with recording_statements(engine) as statements:
+        async with sessions.begin() as s:
+            waiting = Customer(created_at=NOW)
+            s.add(waiting)
+            intake = await add_new(s, Intake, {"customer_id": customer.id, "channel": "web",
+                                               "status": "draft", "created_at": NOW,
+                                               "updated_at": NOW})
+            assert waiting in s.new
+            drawn = list(statements)
+    assert waiting.id is not None
+    if engine.dialect.name == "postgresql":
+        assert drawn and all("nextval" in x for x in drawn), drawn
+    async with sessions() as s:
+        assert (await s.get(Intake, intake.id)) is not None
+
+
 async def test_add_new_refuses_naive_datetimes_like_the_orm(engine: AsyncEngine) -> None:
     sessions = create_sessionmaker(engine)
     customer = await _customer(sessions)
