@@ -77,13 +77,12 @@ class Hub:
                 del self._waiters[identity_id]
 
     def publish(self, identity_ids: Iterable[int],
-                rows: Mapping[int, list[Any]] | None = None, *, forwarded: bool = False) -> None:
+                rows: Mapping[int, list[Any]] | None = None) -> None:
         """Wake local waiters (with the rows committed for each identity, where given), and
-        other processes when a bridge is attached, unless the commit itself told them
-        (`forwarded`: its NOTIFY, see PgBridge.payload)."""
+        other processes when a bridge is attached."""
         ids = set(identity_ids)
         self.wake(ids, rows)
-        if self.bridge is not None and not forwarded:
+        if self.bridge is not None:
             self.bridge.forward(ids)
 
     def wake(self, identity_ids: Iterable[int],
@@ -145,13 +144,6 @@ class PgBridge:
             self._flusher = asyncio.create_task(self._flush())
             self._pending.add(self._flusher)
             self._flusher.add_done_callback(self._pending.discard)
-
-    def payload(self, identity_ids: Iterable[int]) -> str | None:
-        """The NOTIFY payload that wakes these identities in the other processes, or None if
-        it would be too long for one. A transaction on PostgreSQL sends it with its commit
-        (core.outbox), which costs no round trip of its own, unlike forward()."""
-        payload = self.origin + ":" + ",".join(map(str, sorted(identity_ids)))
-        return payload if len(payload) <= MAX_PAYLOAD else None
 
     async def _flush(self) -> None:
         await asyncio.sleep(COALESCE_SECONDS)

@@ -13,15 +13,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from core import transcript
-from core.hub import CHANNEL as NOTIFY_CHANNEL
 from core.messages import Outbound
 from core.models import Identity
-from core.sql import transaction_scoped, write_before_commit, writes_for
+from core.sql import transaction_scoped
 from core.transcript import MessageRow
 
 HUB = "autodoctor.hub"
 _TOUCHED = "autodoctor.touched"
-_FORWARDED = "autodoctor.touched.forwarded"
 
 
 def wake_after_commit(session: AsyncSession, identity_id: int,
@@ -40,21 +38,6 @@ def wake_after_commit(session: AsyncSession, identity_id: int,
         touched[identity_id] = [*rows, message]
 
 
-def _tell_other_processes(session: Session) -> None:
-    """At the commit: other processes' wake-up for the people touched, as a NOTIFY in the
-    commit's own statement where there is one (PostgreSQL), instead of a round trip of the
-    bridge's after it."""
-    touched = session.info.get(_TOUCHED)
-    bridge = session.info[HUB].bridge if touched else None
-    if bridge is not None:
-        payload = bridge.payload(touched)
-        if payload is not None and writes_for(session).notify(NOTIFY_CHANNEL, payload):
-            session.info[_FORWARDED] = True
-
-
-write_before_commit(_tell_other_processes)
-
-
 @event.listens_for(Session, "after_commit")
 def _publish(session: Session) -> None:
     touched: dict[int, list[MessageRow] | None] | None = session.info.pop(_TOUCHED, None)
@@ -62,11 +45,10 @@ def _publish(session: Session) -> None:
         # A row without an id was in a savepoint rolled back: the woken read the database.
         session.info[HUB].publish(touched, {
             i: rows for i, rows in touched.items()
-            if rows is not None and all(m.id is not None for m in rows)},
-            forwarded=session.info.pop(_FORWARDED, False))
+            if rows is not None and all(m.id is not None for m in rows)})
 
 
-transaction_scoped(_TOUCHED, _FORWARDED)  # rolled back: nobody is woken
+transaction_scoped(_TOUCHED)  # rolled back: nobody is woken
 
 
 # Channels delivered straight from the transcript (an open socket, a terminal), not by a

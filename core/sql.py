@@ -9,18 +9,7 @@ from functools import lru_cache
 from operator import attrgetter
 from typing import Any, TypeVar
 
-from sqlalchemy import (
-    Engine,
-    Integer,
-    String,
-    Table,
-    bindparam,
-    column,
-    event,
-    insert,
-    text,
-    update,
-)
+from sqlalchemy import Engine, Integer, Table, bindparam, column, event, insert, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -351,11 +340,6 @@ class Writes:
                rows: list[dict[str, Any]] | Columns) -> None:
         bulk_update_sync(self.session.connection(), table, columns, rows)
 
-    def notify(self, channel: str, payload: str) -> bool:
-        """PostgreSQL's NOTIFY with the commit's statement; False (nothing done) where there is
-        no such statement to carry it: the caller notifies on its own."""
-        return False
-
 
 class CombinedWrites(Writes):
     """PostgreSQL, at the commit: the writers' statements become the parts of one
@@ -372,7 +356,6 @@ class CombinedWrites(Writes):
         self.params: dict[str, Any] = {}
         self.thens: list[tuple[Callable[[list[Any]], object], bool]] = []
         self.returning = False
-        self.notifying = False
         self.updated: set[str] = set()
 
     def insert(self, table: Table, rows: list[dict[str, Any]] | Columns, *,
@@ -403,14 +386,6 @@ class CombinedWrites(Writes):
         self.updated.add(table.name)
         self._add(("update", table, columns, False), values)
 
-    def notify(self, channel: str, payload: str) -> bool:
-        # Delivered when the transaction commits, never for one rolled back.
-        if self.notifying:
-            return False
-        self.notifying = True
-        self._add(("notify", None, (), False), {"channel": channel, "payload": payload})
-        return True
-
     def _add(self, part: tuple[Any, ...], values: dict[str, Any]) -> None:
         place = len(self.parts)
         self.parts.append(part)
@@ -420,7 +395,7 @@ class CombinedWrites(Writes):
         if not self.parts:
             return
         result = self.session.connection().execute(_combined(tuple(self.parts)), self.params)
-        returned = sorted(x for x in result.scalars() if x is not None) if self.returning else []
+        returned = sorted(result.scalars()) if self.returning else []
         for then, returns in self.thens:
             then(returned if returns else [])
 
@@ -431,16 +406,8 @@ def _combined(parts: tuple[tuple[Any, ...], ...]) -> Any:
     ctes: list[str] = []
     binds: list[Any] = []
     returned = "SELECT 1"
-    notified = ""
     for place, (kind, table, columns, returning) in enumerate(parts):
         prefix = f"w{place}_"
-        if kind == "notify":
-            # A SELECT in WITH runs only if read: the statement's result reads it, one row.
-            ctes.append(f"w{place} AS (SELECT pg_notify(:{prefix}channel, :{prefix}payload))")
-            binds.extend((bindparam(f"{prefix}channel", type_=String),
-                          bindparam(f"{prefix}payload", type_=String)))
-            notified = f"w{place}"
-            continue
         if kind == "insert":
             sql = _insert_sql(table, columns, prefix, ("id",) if returning else ())
             if returning:
@@ -451,12 +418,8 @@ def _combined(parts: tuple[tuple[Any, ...], ...]) -> Any:
             bound = ("id", *columns)
         ctes.append(f"w{place} AS ({sql})")
         binds.extend(_array_binds(table, bound, prefix))
-    returns = returned != "SELECT 1"
-    if notified:
-        returned = (f"{returned} UNION ALL SELECT NULL FROM {notified}" if returns
-                    else f"SELECT 1 FROM {notified}")
     stmt = text("WITH " + ", ".join(ctes) + " " + returned).bindparams(*binds)
-    return stmt.columns(column("id", Integer)) if returns else stmt
+    return stmt.columns(column("id", Integer)) if returned != "SELECT 1" else stmt
 
 
 def writes_for(session: Session) -> Writes:

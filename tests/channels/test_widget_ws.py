@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -451,45 +450,6 @@ async def test_reply_written_by_another_server_reaches_the_open_socket(
                                              text="2"))
     (reply,) = await w.expect()
     assert "Standard Video, good choice" in reply["text"]
-
-
-@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
-async def test_the_wake_up_for_other_servers_goes_with_the_commit(
-        make_client: MakeClient, config: Config, engine_factory: Any) -> None:
-    # The second server's NOTIFY is part of its commit's one statement, not a round trip of
-    # the bridge's own after it; the first server's socket is woken by it, once.
-    import asyncpg
-
-    from core.hub import CHANNEL
-
-    first = await make_client(config)
-    engine = engine_factory()
-    second = await make_client(config, engine=engine)
-    w = Widget(first)
-    await w.connect()
-    await w.expect()
-    assert w.visitor is not None
-    heard: list[str] = []
-    listener = await asyncpg.connect(
-        engine.url.set(drivername="postgresql").render_as_string(hide_password=False))
-    try:
-        await listener.add_listener(CHANNEL, lambda *args: heard.append(args[-1]))
-        with recording_statements(engine) as statements:
-            await second.app[ENGINE].receive(Inbound(
-                channel="web", address=visitor_address(w.visitor), text="2"))
-        (reply,) = await w.expect()
-        assert "Standard Video, good choice" in reply["text"]
-        await asyncio.sleep(0.2)  # a NOTIFY of the bridge's own would come within 2 ms
-    finally:
-        await listener.close()
-    notifies = [x for x in statements if "pg_notify" in x]
-    assert len(notifies) == 1 and 'INSERT INTO "messages"' in notifies[0], statements
-    async with first.app[RUNTIME].sessions() as s:
-        identity_id = await s.scalar(select(Identity.id).where(
-            Identity.address == visitor_address(w.visitor)))
-    bridge = second.app[RUNTIME].hub.bridge
-    assert bridge is not None
-    assert [p for p in heard if p.startswith(bridge.origin)] == [f"{bridge.origin}:{identity_id}"]
 
 
 # Only PostgreSQL runs writers side by side; on SQLite ids are taken in commit order.
