@@ -241,7 +241,7 @@ async def load(http: aiohttp.ClientSession, url: str, server: Proc, customers: i
     seconds, cpu = time.perf_counter() - start, server.cpu_seconds() - cpu
     queued_after = server.queued_seconds()
     queued = None if queued is None or queued_after is None else queued_after - queued
-    if metrics_url and transactions is not None:
+    if transactions is not None:
         transactions = await engine_transactions(http, metrics_url) - transactions
     failures = [f"{type(r).__name__}: {r}" for r in results if isinstance(r, BaseException)]
     done = [r for r in results if isinstance(r, dict)]

@@ -136,6 +136,10 @@ class Columns(dict[str, list[Any]]):
                 for values in zip(*self.values(), strict=True)]
 
 
+def _has_rows(rows: list[dict[str, Any]] | Columns) -> bool:
+    return bool(rows.count if isinstance(rows, Columns) else rows)
+
+
 def bulk_insert_sync(conn: Any, table: Table, rows: list[dict[str, Any]] | Columns, *,
                      returning: tuple[str, ...] = (),
                      conflict: tuple[str, ...] | None = None) -> list[Any]:
@@ -149,7 +153,7 @@ def bulk_insert_sync(conn: Any, table: Table, rows: list[dict[str, Any]] | Colum
     SQLAlchemy's executemany builds it, is a new statement for each count.) SQLite:
     SQLAlchemy's multi-row VALUES (its statements cost no round trip).
     """
-    if not (rows.count if isinstance(rows, Columns) else rows):
+    if not _has_rows(rows):
         return []
     if conn.dialect.name == "postgresql":
         params: Any = Columns.given(rows)
@@ -217,7 +221,7 @@ def bulk_update_sync(conn: Any, table: Table, columns: tuple[str, ...],
     one statement: on PostgreSQL, UPDATE … FROM unnest(one array per column), so the server
     runs one statement however many rows (an executemany is one execution per row, and the
     ORM issues one executemany per set of changed columns); elsewhere, an executemany."""
-    if not (rows.count if isinstance(rows, Columns) else rows):
+    if not _has_rows(rows):
         return
     names = ("id", *columns)
     stmt = _bulk_update(conn.dialect.name, table, columns)

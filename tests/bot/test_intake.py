@@ -271,7 +271,8 @@ async def test_summary_and_first_confirm_need_no_lookups(chat: Chat, runtime: Ru
         summary = joined(await chat.tap("Skip"))
         link = (await chat.tap("Confirm and pay"))[-1].link
     assert "Photos/files: 0" in summary and link is not None
-    # (Not counted: PostgreSQL drawing a block of ids for new checkouts, once per 64.)
+    # (Not counted: PostgreSQL drawing a block of ids for new checkouts, once per
+    # core.sql.ID_BLOCK.)
     reads = [s for s in statements
              if s.lstrip().upper().startswith("SELECT") and "nextval" not in s]
     # Only the engine's own lookup of the sender, once per message (PostgreSQL: after the
