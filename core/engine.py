@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import time
@@ -462,23 +463,29 @@ def _identities_query(dialect_name: str) -> Select[Any]:
 
 
 def _identity_in(dialect_name: str) -> ColumnElement[bool]:
-    """(channel, address) among the keys bound by _identity_params. PostgreSQL: the keys as
-    two arrays, so the SQL is the same whatever their number (the server parses and plans it
-    once per connection, not once per batch size: a list of 400 parameters took it
-    milliseconds to plan)."""
-    if dialect_name != "postgresql":
-        return tuple_(Identity.channel, Identity.address).in_(bindparam("keys", expanding=True))
-    pairs = func.unnest(bindparam("channels", type_=ARRAY(String)),
-                        bindparam("addresses", type_=ARRAY(String))
-                        ).table_valued("channel", "address").render_derived()
-    return tuple_(Identity.channel, Identity.address).in_(
-        select(pairs.c.channel, pairs.c.address))
+    """(channel, address) among the keys bound by _identity_params, found through the unique
+    index on the two, whatever the number of keys and the size of the table. The keys are one
+    bound value (PostgreSQL: two arrays; SQLite: a JSON list of pairs), so the SQL is the same
+    for any batch: the server parses and plans it once per connection, not once per batch
+    size (PostgreSQL took milliseconds to plan a list of 400 parameters). SQLite's planner
+    scanned the whole conversations table for `(channel, address) IN (VALUES ...)`: a
+    batch's query took longer the more people had ever written."""
+    if dialect_name == "postgresql":
+        pairs = func.unnest(bindparam("channels", type_=ARRAY(String)),
+                            bindparam("addresses", type_=ARRAY(String))
+                            ).table_valued("channel", "address").render_derived()
+        keys = select(pairs.c.channel, pairs.c.address)
+    else:
+        pair = func.json_each(bindparam("keys", type_=String)).table_valued("value")
+        keys = select(func.json_extract(pair.c.value, "$[0]"),
+                      func.json_extract(pair.c.value, "$[1]"))
+    return tuple_(Identity.channel, Identity.address).in_(keys)
 
 
 def _identity_params(dialect_name: str, keys: list[tuple[str, str]]) -> dict[str, Any]:
-    if dialect_name != "postgresql":
-        return {"keys": keys}
-    return {"channels": [k[0] for k in keys], "addresses": [k[1] for k in keys]}
+    if dialect_name == "postgresql":
+        return {"channels": [k[0] for k in keys], "addresses": [k[1] for k in keys]}
+    return {"keys": json.dumps(keys)}
 
 
 async def _meet(session: AsyncSession, inbounds: Sequence[Inbound],

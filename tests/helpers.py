@@ -67,6 +67,13 @@ def recording_statements(engine: AsyncEngine) -> Any:
                       lambda conn, cursor, statement, *rest: statement)
 
 
+def recording_executions(engine: AsyncEngine) -> Any:
+    """`with recording_executions(engine) as runs:` (SQL, parameters) of each statement run
+    meanwhile, in order."""
+    return _listening(engine, "before_cursor_execute",
+                      lambda conn, cursor, statement, parameters, *rest: (statement, parameters))
+
+
 def counting_commits(engine: AsyncEngine) -> Any:
     """`with counting_commits(engine) as commits:` one entry per COMMIT meanwhile."""
     return _listening(engine, "commit", lambda conn: conn)

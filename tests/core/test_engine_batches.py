@@ -16,7 +16,13 @@ from core.messages import Inbound, Outbound
 from core.models import Conversation, Customer, Identity, Intake, Message
 from core.runtime import Runtime
 from tests.conftest import PG_URL
-from tests.helpers import Chat, counting_commits, joined, recording_statements
+from tests.helpers import (
+    Chat,
+    counting_commits,
+    joined,
+    recording_executions,
+    recording_statements,
+)
 
 GOOD_VIN = "1HGCM82633A004352"
 
@@ -191,6 +197,31 @@ async def test_many_first_contacts_in_one_batch_cost_what_a_few_do(
     assert {p.step for p in people} == {"plan"}
     # Each new person still starts an intake of their own (one INSERT each); nothing else grows.
     assert counts[1] - counts[0] <= 27, counts
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+async def test_a_batch_finds_its_senders_through_the_index_not_by_scanning(
+        runtime: Runtime, engine: AsyncEngine) -> None:
+    # SQLite planned `(channel, address) IN (VALUES ...)` as a scan of every conversation,
+    # so a batch's lookup took longer the more people had ever written. The lookups a batch
+    # makes (known senders with their conversations; identities of the new ones) must each
+    # go through the unique index on (channel, address).
+    bot = Engine(runtime, route)
+    known = [Chat(bot, channel="web", address=f"known_{i}") for i in range(5)]
+    await asyncio.gather(*(chat.send("hi") for chat in known))
+    new = [Chat(bot, channel="web", address=f"new_{i}") for i in range(3)]
+    with recording_executions(engine) as runs:
+        await asyncio.gather(*(chat.send("hi") for chat in known + new))
+    lookups = [(sql, params) for sql, params in runs
+               if sql.lstrip().upper().startswith("SELECT") and "FROM identities" in sql]
+    assert len(lookups) >= 2, [sql for sql, _ in runs]  # the known, and the new ones' identities
+    async with engine.connect() as conn:
+        for sql, params in lookups:
+            plan = [row[-1] for row in await conn.exec_driver_sql(
+                "EXPLAIN QUERY PLAN " + sql, params)]
+            assert any(line.startswith("SEARCH identities USING INDEX") for line in plan), plan
+            assert not [line for line in plan
+                        if line.startswith(("SCAN identities", "SCAN conversations"))], plan
 
 
 async def test_a_first_contact_keeps_the_name_it_came_with(runtime: Runtime) -> None:
