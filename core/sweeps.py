@@ -106,10 +106,13 @@ async def withdraw_offers(session: AsyncSession, runtime: Runtime, request: Sess
 async def _no_show(session: AsyncSession, runtime: Runtime, now: datetime,
                    stats: CleanupStats) -> None:
     cutoff = now - timedelta(seconds=runtime.config.timeouts.no_show_after_seconds)
+    # The request's own customer, on any of their channels: the identities are joined here,
+    # not picked by a subquery of their own, which would not be correlated with the UPDATE's
+    # row (it read every request's customers, so anyone writing excused everyone).
     customer_wrote = exists().where(and_(
         Message.direction == "in", Message.created_at > SessionRequest.accepted_at,
-        Message.identity_id.in_(select(Identity.id).where(
-            Identity.customer_id == SessionRequest.customer_id))))
+        Message.identity_id == Identity.id,
+        Identity.customer_id == SessionRequest.customer_id))
     joined = exists().where(and_(Consultation.request_id == SessionRequest.id,
                                  Consultation.started_at.is_not(None)))
     changed = (await session.scalars(

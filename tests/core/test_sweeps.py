@@ -134,6 +134,30 @@ async def test_a_customer_who_writes_after_the_match_is_not_a_no_show(
     assert (await status_of(runtime, request))[0] == "accepted"
 
 
+async def test_another_customer_writing_does_not_excuse_a_no_show(
+        runtime: Runtime, clock: ManualClock) -> None:
+    # Whether the customer wrote since the match is asked of that customer's own messages:
+    # someone else's chatter (here another matched customer's) must not keep a mechanic
+    # waiting on a customer who never came.
+    sam = await linked_mechanic(runtime, "Sam")
+    ann = await linked_mechanic(runtime, "Ann")
+    absent = await paid_request(runtime, address="absent")
+    present = await paid_request(runtime, address="present")
+    engine = Engine(runtime, route)
+    await offer(runtime, absent)
+    await tap_accept(engine, sam, absent.ref)
+    await offer(runtime, present)
+    await tap_accept(engine, ann, present.ref)
+    clock.advance(60)
+    await engine.receive(Inbound(channel="console", address="present", text="I'm here!"))
+    clock.advance(1800)
+    assert (await run_sweeps(runtime)).no_show == 1
+    assert (await status_of(runtime, absent))[0] == "cancelled"
+    assert (await status_of(runtime, present))[0] == "accepted"
+    assert any("didn't show up" in t for t in await sent_to(runtime, sam))
+    assert not any("didn't show up" in t for t in await sent_to(runtime, ann))
+
+
 async def test_orphaned_waiting_consultation_is_cancelled(runtime: Runtime,
                                                           clock: ManualClock) -> None:
     sam = await linked_mechanic(runtime, "Sam")
