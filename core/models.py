@@ -311,7 +311,10 @@ class Offer(Base):
     identity_id: Mapped[int | None] = mapped_column(
         ForeignKey("identities.id", ondelete="SET NULL"))
     status: Mapped[str] = mapped_column(String(16), default="offered")
-    outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox.id", ondelete="SET NULL"))
+    # Indexed: a sent offer's message id is recorded by its outbox row (and the row's
+    # deletion sets this to NULL), which without it read every offer ever made.
+    outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox.id", ondelete="SET NULL"),
+                                                  index=True)
     provider_message_id: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = _created()
     answered_at: Mapped[datetime | None]
@@ -329,6 +332,8 @@ class Consultation(Base):
         Index("uq_consultations_one_active_per_mechanic", "mechanic_id", unique=True,
               sqlite_where=text("status IN ('waiting', 'live')"),
               postgresql_where=text("status IN ('waiting', 'live')")),
+        # The sweep for sessions left waiting reads them by status, every few seconds.
+        Index("ix_consultations_status", "status"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -444,8 +449,10 @@ class OutboxItem(Base):
     address: Mapped[str] = mapped_column(String(255))
     identity_id: Mapped[int | None] = mapped_column(
         ForeignKey("identities.id", ondelete="SET NULL"), index=True)
+    # Indexed: a message deleted (a keyed notice already queued, core.transcript) sets this
+    # to NULL, which without it read the whole outbox, once per message.
     message_id: Mapped[int | None] = mapped_column(
-        ForeignKey("messages.id", ondelete="SET NULL"))
+        ForeignKey("messages.id", ondelete="SET NULL"), index=True)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(16), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
