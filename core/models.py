@@ -248,8 +248,9 @@ class Checkout(Base):
     provider_session_id: Mapped[str | None] = mapped_column(String(255), unique=True)
     url: Mapped[str | None] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16), default="open")
-    payment_intent_id: Mapped[str | None] = mapped_column(String(255))
-    charge_id: Mapped[str | None] = mapped_column(String(255))
+    # Indexed: Stripe's refund events name the payment intent and the charge, not our ref.
+    payment_intent_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    charge_id: Mapped[str | None] = mapped_column(String(255), index=True)
     created_at: Mapped[datetime] = _created()
     expires_at: Mapped[datetime | None]
     paid_at: Mapped[datetime | None]

@@ -77,3 +77,26 @@ def recording_executions(engine: AsyncEngine) -> Any:
 def counting_commits(engine: AsyncEngine) -> Any:
     """`with counting_commits(engine) as commits:` one entry per COMMIT meanwhile."""
     return _listening(engine, "commit", lambda conn: conn)
+
+
+# Tables as big as the staff, not as the business: a scan of them is no cost that grows.
+SMALL = ("mechanics", "admins")
+
+
+async def scans(engine: AsyncEngine, runs: list[tuple[str, Any]]) -> list[tuple[str, str]]:
+    """(statement, plan line) for every scan of a growing table among `runs`' SELECTs, UPDATEs
+    and DELETEs (a DELETE's plan includes the foreign keys' ON DELETE actions on the tables
+    that point at it). Not INSERTs: their plans list the look-ups of rows pointing at the
+    new one, which SQLite runs only while a foreign key stands violated mid-statement."""
+    found = []
+    async with engine.connect() as conn:
+        for sql, params in runs:
+            if not sql.lstrip().upper().startswith(("SELECT", "UPDATE", "DELETE")):
+                continue
+            for row in await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params):
+                line = row[-1]
+                table = line.split()[1] if line.startswith("SCAN ") else None
+                if table is not None and table not in SMALL and "CONSTANT" not in line \
+                        and "VIRTUAL TABLE" not in line:
+                    found.append((" ".join(sql.split())[:2000], line))
+    return found

@@ -1,4 +1,5 @@
-"""indexes for offers.outbox_id, consultations.status and outbox.message_id
+"""indexes for lookups that scanned: offers.outbox_id, consultations.status,
+outbox.message_id, checkouts.payment_intent_id and checkouts.charge_id
 
 Revision ID: 0003
 Revises: 0002
@@ -18,6 +19,10 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table('checkouts', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_checkouts_charge_id'), ['charge_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_checkouts_payment_intent_id'), ['payment_intent_id'],
+                              unique=False)
     with op.batch_alter_table('offers', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_offers_outbox_id'), ['outbox_id'], unique=False)
     with op.batch_alter_table('consultations', schema=None) as batch_op:
@@ -33,3 +38,6 @@ def downgrade() -> None:
         batch_op.drop_index('ix_consultations_status')
     with op.batch_alter_table('offers', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_offers_outbox_id'))
+    with op.batch_alter_table('checkouts', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_checkouts_payment_intent_id'))
+        batch_op.drop_index(batch_op.f('ix_checkouts_charge_id'))

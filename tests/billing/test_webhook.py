@@ -11,6 +11,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 import billing
 from core.config import Config, with_changes
@@ -30,6 +31,7 @@ from tests.billing.helpers import (
     step_of,
     texts_to,
 )
+from tests.helpers import recording_executions, scans
 from tests.standins.stripe_api import StripeStandin
 
 PAID_TEXT = "Payment received, thank you!"
@@ -235,6 +237,27 @@ async def test_a_refund_made_in_the_stripe_dashboard_is_recorded(
     assert checkout.charge_id == charge["id"]
     [refund] = await refunds(stripe_runtime)
     assert (refund.status, refund.amount_cents) == ("succeeded", 2999)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+async def test_a_refund_webhook_finds_its_checkout_through_an_index(
+        webhook_client: TestClient, stripe_runtime: Runtime, stripe_api: StripeStandin,
+        engine: AsyncEngine) -> None:
+    # charge.refunded names the payment intent and the charge: the checkout is looked up by
+    # them, through indexes, not by reading every checkout ever opened.
+    bought = await awaiting_payment(stripe_runtime)
+    paid = await paid_event(stripe_api, bought)
+    await stripe_api.send_event(webhook_client, paid, WEBHOOK_SECRET)
+    intent = stripe_api.payment_intents[paid["data"]["object"]["payment_intent"]]
+    charge = stripe_api.charges[intent["latest_charge"]]
+    charge.update(amount_refunded=charge["amount"], refunded=True)
+    with recording_executions(engine) as runs:
+        await stripe_api.send_event(webhook_client, stripe_api.event("charge.refunded", charge),
+                                    WEBHOOK_SECRET)
+    assert (await reload(stripe_runtime, bought.checkout)).status == "refunded"
+    assert any("checkouts.payment_intent_id = " in sql for sql, _ in runs)
+    found = await scans(engine, runs)
+    assert found == [], "\n".join(f"{line}: {sql}" for sql, line in found)
 
 
 async def test_account_updated_enables_the_mechanics_payouts(

@@ -4,8 +4,6 @@ very statements the service ran)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -21,29 +19,7 @@ from core.sweeps import run_sweeps
 from tests.core.test_delivery import ScriptedProvider
 from tests.core.test_dispatch import offer, tap_accept
 from tests.factories import linked_mechanic, paid_request
-from tests.helpers import Chat, recording_executions
-
-# Tables as big as the staff, not as the business: a scan of them is no cost that grows.
-SMALL = ("mechanics", "admins")
-
-
-async def scans(engine: AsyncEngine, runs: list[tuple[str, Any]]) -> list[tuple[str, str]]:
-    """(statement, plan line) for every scan of a growing table among `runs`' SELECTs, UPDATEs
-    and DELETEs (a DELETE's plan includes the foreign keys' ON DELETE actions on the tables
-    that point at it). Not INSERTs: their plans list the look-ups of rows pointing at the
-    new one, which SQLite runs only while a foreign key stands violated mid-statement."""
-    found = []
-    async with engine.connect() as conn:
-        for sql, params in runs:
-            if not sql.lstrip().upper().startswith(("SELECT", "UPDATE", "DELETE")):
-                continue
-            for row in await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params):
-                line = row[-1]
-                table = line.split()[1] if line.startswith("SCAN ") else None
-                if table is not None and table not in SMALL and "CONSTANT" not in line \
-                        and "VIRTUAL TABLE" not in line:
-                    found.append((" ".join(sql.split())[:2000], line))
-    return found
+from tests.helpers import Chat, recording_executions, scans
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
