@@ -169,6 +169,38 @@ async def test_timestamps_round_trip_as_aware_utc(engine: AsyncEngine) -> None:
         assert later == c.id
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])
+async def test_sqlite_stores_timestamps_as_its_datetime_text_in_time_order(
+        engine: AsyncEngine) -> None:
+    # The text SQLAlchemy's SQLite DATETIME writes, microseconds always there, so rows
+    # written before and after the service's own conversion read back the same, and the
+    # text's order is the time order (SQL compares the text).
+    sessions = create_sessionmaker(engine)
+    moments = [datetime(2026, 3, 1, 9, 30, 0, 500000, tzinfo=timezone(timedelta(hours=-1))),
+               datetime(2026, 3, 1, 10, 30, tzinfo=UTC),
+               datetime(2026, 3, 1, 10, 29, 59, 999999, tzinfo=UTC)]
+    async with sessions.begin() as s:
+        s.add_all(Customer(display_name=str(i), created_at=at) for i, at in enumerate(moments))
+    async with engine.connect() as conn:
+        stored = (await conn.exec_driver_sql(
+            "SELECT created_at FROM customers ORDER BY created_at")).scalars().all()
+        await conn.exec_driver_sql(
+            "INSERT INTO customers (display_name, created_at) VALUES ('old', "
+            "'2026-03-01 10:31:00.000000'), ('bare', '2026-03-01 10:32:00')")
+        await conn.commit()
+    assert stored == ["2026-03-01 10:29:59.999999", "2026-03-01 10:30:00.000000",
+                      "2026-03-01 10:30:00.500000"]
+    async with sessions() as s:
+        loaded = {c.display_name: c.created_at for c in await s.scalars(select(Customer))}
+        after = (await s.scalars(select(Customer.display_name).where(
+            Customer.created_at > datetime(2026, 3, 1, 10, 30, tzinfo=UTC))
+            .order_by(Customer.created_at))).all()
+    assert loaded["0"] == moments[0] and loaded["0"].utcoffset() == timedelta(0)
+    assert loaded["old"] == datetime(2026, 3, 1, 10, 31, tzinfo=UTC)
+    assert loaded["bare"] == datetime(2026, 3, 1, 10, 32, tzinfo=UTC)
+    assert after == ["0", "old", "bare"]
+
+
 async def test_naive_datetimes_are_refused(engine: AsyncEngine) -> None:
     sessions = create_sessionmaker(engine)
     with pytest.raises(Exception, match="naive datetime"):
