@@ -9,7 +9,18 @@ from functools import lru_cache
 from operator import attrgetter
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, Integer, Table, bindparam, column, event, insert, text, update
+from sqlalchemy import (
+    Engine,
+    Integer,
+    Table,
+    bindparam,
+    column,
+    event,
+    func,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -249,19 +260,22 @@ _NEXTVAL = text("SELECT nextval(pg_get_serial_sequence(:table, 'id'))"
 _free_ids: weakref.WeakKeyDictionary[Engine, dict[str, deque[int]]] = (
     weakref.WeakKeyDictionary())
 _NEW_ROWS = "autodoctor.sql.new_rows"
+_SQLITE_NEXT_IDS = "autodoctor.sql.sqlite_next_ids"
+_NEW_IN_SAVEPOINT = "autodoctor.sql.new_in_savepoint"
 
 
 async def add_new(session: AsyncSession, model: type[T], values: dict[str, Any]) -> T:
     """A new row as a persistent ORM object whose id is known at once, for a hot path that
     would otherwise pay a statement (a round trip) per row.
 
-    PostgreSQL: the id comes from the table's sequence, drawn ahead ID_BLOCK at a time per
-    engine (gaps, and two processes' rows interleaved: nothing here orders by id), and the row
-    is INSERTed just before the session's next flush or its commit, in one statement with the
-    other new rows of its table, ahead of the flush's own UPDATEs (which may point at it).
-    SQLite (no round trips): one INSERT … RETURNING id, now. `values` are the columns to set,
-    the others are NULL (column defaults do not apply). A change made to the object before
-    its row is written goes in with the row (PostgreSQL); after, it is an UPDATE, as usual."""
+    The id comes, on PostgreSQL, from the table's sequence, drawn ahead ID_BLOCK at a time per
+    engine (gaps, and two processes' rows interleaved: nothing here orders by id); on SQLite,
+    from a count on from the table's largest id (_next_sqlite_id). The row is INSERTed just
+    before the session's next flush or its commit, in one statement with the other new rows
+    of its table, ahead of the flush's own statements (which may point at it). `values` are
+    the columns to set, the others are NULL (column defaults do not apply). A change made to
+    the object before its row is written goes in with the row; after, it is an UPDATE, as
+    usual."""
     table: Table = model.__table__  # type: ignore[attr-defined]
     bind = session.get_bind()
     if bind.dialect.name == "postgresql":
@@ -274,9 +288,7 @@ async def add_new(session: AsyncSession, model: type[T], values: dict[str, Any])
                     _NEXTVAL, {"table": table.name, "count": ID_BLOCK})).scalars())
         new_id = free.popleft()
     else:
-        with session.no_autoflush:
-            new_id = (await session.execute(insert(table).returning(table.c.id), values)
-                      ).scalar_one()
+        new_id = await _next_sqlite_id(session, table)
     row_values = {**{column.key: None for column in table.columns}, **values, "id": new_id}
     # Persistent as if just loaded (nothing expired, to load later, or pending): the values go
     # straight into the instance's dict, as a query's loading does, not attribute by attribute.
@@ -284,18 +296,50 @@ async def add_new(session: AsyncSession, model: type[T], values: dict[str, Any])
     instance_state(row).dict.update(row_values)
     make_transient_to_detached(row)
     session.add(row)
-    if bind.dialect.name == "postgresql":
-        sync = session.sync_session
-        # The object itself (held until written: the session holds a clean one only weakly).
-        sync.info.setdefault(_NEW_ROWS, {}).setdefault(table, []).append(row)
-        if sync.in_nested_transaction():
-            # A savepoint rolled back must take the row with it: written now.
-            await session.run_sync(_write_new_rows)
+    sync = session.sync_session
+    # The object itself (held until written: the session holds a clean one only weakly).
+    sync.info.setdefault(_NEW_ROWS, {}).setdefault(table, []).append(row)
+    nested = sync.get_nested_transaction()
+    if nested is not None:
+        # A savepoint rolled back must take the row with it: written now, and the object
+        # dropped from the session if it is rolled back (as the flush's own new objects are:
+        # SQLite may give its id to the next row).
+        await session.run_sync(_write_new_rows)
+        sync.info.setdefault(_NEW_IN_SAVEPOINT, []).append((nested, row))
     return row
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _unwrite_new_rows(session: Session, previous: SessionTransaction) -> None:
+    for savepoint, row in session.info.get(_NEW_IN_SAVEPOINT, ()):
+        if savepoint is previous and row in session:
+            session.expunge(row)
+
+
+async def _next_sqlite_id(session: AsyncSession, table: Table) -> int:
+    """SQLite: the id the row will have, counted on from the table's largest in this
+    transaction. Writers hold the database's write lock from their BEGIN IMMEDIATE (core.db),
+    so no other connection inserts meanwhile, and in this one every other INSERT into the
+    table comes after the rows drawn for (the flush writes them first, then forgets the count:
+    the next draw reads the largest id again)."""
+    counts: dict[str, int] = session.sync_session.info.setdefault(_SQLITE_NEXT_IDS, {})
+    if table.name not in counts:
+        with session.no_autoflush:
+            counts[table.name] = 1 + (await session.execute(
+                _max_id(table))).scalar_one()
+    new_id = counts[table.name]
+    counts[table.name] = new_id + 1
+    return new_id
+
+
+@lru_cache(maxsize=16)
+def _max_id(table: Table) -> Any:
+    return select(func.coalesce(func.max(table.c.id), 0))
 
 
 def _write_new_rows(session: Session) -> None:
     pending: dict[Table, list[Any]] | None = session.info.pop(_NEW_ROWS, None)
+    session.info.pop(_SQLITE_NEXT_IDS, None)  # what is written next may take the next ids
     if pending:
         writes = writes_for(session)
         for table, rows in pending.items():
@@ -543,4 +587,4 @@ def _write_changes(session: Session) -> None:
 # new row).
 write_before_flush(_write_new_rows)
 write_before_flush(_write_changes)
-transaction_scoped(_NEW_ROWS)
+transaction_scoped(_NEW_ROWS, _SQLITE_NEXT_IDS, _NEW_IN_SAVEPOINT)
