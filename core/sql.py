@@ -19,7 +19,6 @@ from sqlalchemy import (
     func,
     select,
     text,
-    update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -161,27 +160,64 @@ def bulk_insert_sync(conn: Any, table: Table, rows: list[dict[str, Any]] | Colum
     PostgreSQL: INSERT … SELECT FROM unnest(one array per column) ORDER BY the row's place.
     Its SQL is the same whatever the number of rows, so the server prepares it once, and the
     values travel as a dozen arrays instead of thousands of parameters. (A VALUES list, as
-    SQLAlchemy's executemany builds it, is a new statement for each count.) SQLite:
-    SQLAlchemy's multi-row VALUES (its statements cost no round trip).
+    SQLAlchemy's executemany builds it, is a new statement for each count.) SQLite: a
+    multi-row VALUES (its statements cost no round trip), see _sqlite_insert.
     """
     if not _has_rows(rows):
         return []
-    if conn.dialect.name == "postgresql":
-        params: Any = Columns.given(rows)
-        stmt = _unnest_insert(table, tuple(params), returning, conflict)
-    else:
-        if isinstance(rows, Columns):
-            rows = rows.rows()
-        stmt = dialect_insert_for(conn.dialect.name, table)
-        if conflict is not None:
-            stmt = stmt.on_conflict_do_nothing(index_elements=list(conflict))
-        if returning:
-            stmt = stmt.returning(*(table.c[name] for name in returning))
-        params = rows
-    result = conn.execute(stmt, params)
+    if conn.dialect.name != "postgresql":
+        return _sqlite_insert(conn, table, Columns.given(rows), returning, conflict)
+    params = Columns.given(rows)
+    result = conn.execute(_unnest_insert(table, tuple(params), returning, conflict), params)
     if not returning:
         return []
     return list(result.scalars() if len(returning) == 1 else result.all())
+
+
+# Bound values per SQLite statement: SQLite's smallest limit (999, before version 3.32).
+_SQLITE_MAX_PARAMS = 999
+
+
+def _sqlite_insert(conn: Any, table: Table, columns: Columns, returning: tuple[str, ...],
+                   conflict: tuple[str, ...] | None) -> list[Any]:
+    """SQLite: INSERT … VALUES (…), (…) … as the driver's SQL, each column's values turned
+    by its type's own bind processor first (what SQLAlchemy's executemany does, without its
+    per-statement and per-row machinery, which cost more than SQLite's work here)."""
+    names = tuple(columns)
+    processors = _sqlite_processors(table, names, conn.dialect)
+    values = [list(map(process, columns[name])) if process is not None else columns[name]
+              for name, process in zip(names, processors, strict=True)]
+    rows = list(zip(*values, strict=True))
+    per_statement = max(1, _SQLITE_MAX_PARAMS // len(names))
+    returned: list[Any] = []
+    for start in range(0, len(rows), per_statement):
+        chunk = rows[start:start + per_statement]
+        sql = _sqlite_insert_sql(table, names, len(chunk), returning, conflict)
+        result = conn.exec_driver_sql(sql, tuple(value for row in chunk for value in row))
+        if returning:
+            returned.extend(result.scalars() if len(returning) == 1 else result.all())
+    return returned
+
+
+@lru_cache(maxsize=64)
+def _sqlite_processors(table: Table, names: tuple[str, ...], dialect: Any
+                       ) -> tuple[Callable[[Any], Any] | None, ...]:
+    return tuple(table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+                 for name in names)
+
+
+@lru_cache(maxsize=256)
+def _sqlite_insert_sql(table: Table, names: tuple[str, ...], count: int,
+                       returning: tuple[str, ...], conflict: tuple[str, ...] | None) -> str:
+    # Column names come from our own table definitions, never from input.
+    row = "(" + ", ".join("?" * len(names)) + ")"
+    sql = (f'INSERT INTO "{table.name}" (' + ", ".join(f'"{name}"' for name in names)
+           + ") VALUES " + ", ".join([row] * count))
+    if conflict is not None:
+        sql += " ON CONFLICT (" + ", ".join(f'"{name}"' for name in conflict) + ") DO NOTHING"
+    if returning:
+        sql += " RETURNING " + ", ".join(f'"{name}"' for name in returning)
+    return sql
 
 
 def dialect_insert_for(dialect_name: str, table: Any) -> Any:
@@ -234,22 +270,28 @@ def bulk_update_sync(conn: Any, table: Table, columns: tuple[str, ...],
     ORM issues one executemany per set of changed columns); elsewhere, an executemany."""
     if not _has_rows(rows):
         return
-    names = ("id", *columns)
-    stmt = _bulk_update(conn.dialect.name, table, columns)
     if conn.dialect.name == "postgresql":
-        conn.execute(stmt, Columns.given(rows, names))
-    else:
-        conn.execute(stmt, [{f"b_{name}": row[name] for name in names}
-                            for row in (rows.rows() if isinstance(rows, Columns) else rows)])
+        conn.execute(_bulk_update(table, columns), Columns.given(rows, ("id", *columns)))
+        return
+    # SQLite: the driver's executemany of one UPDATE, the values turned by their types' bind
+    # processors first (as in _sqlite_insert).
+    values = Columns.given(rows, (*columns, "id"))
+    processors = _sqlite_processors(table, tuple(values), conn.dialect)
+    turned = [list(map(process, column)) if process is not None else column
+              for column, process in zip(values.values(), processors, strict=True)]
+    conn.exec_driver_sql(_sqlite_update_sql(table, columns), list(zip(*turned, strict=True)))
 
 
 @lru_cache(maxsize=16)
-def _bulk_update(dialect_name: str, table: Table, columns: tuple[str, ...]) -> Any:
-    if dialect_name != "postgresql":
-        return (update(table).where(table.c.id == bindparam("b_id"))
-                .values({name: bindparam(f"b_{name}") for name in columns}))
+def _bulk_update(table: Table, columns: tuple[str, ...]) -> Any:
     return text(_update_sql(table, columns, "")).bindparams(
         *_array_binds(table, ("id", *columns), ""))
+
+
+@lru_cache(maxsize=16)
+def _sqlite_update_sql(table: Table, columns: tuple[str, ...]) -> str:
+    return (f'UPDATE "{table.name}" SET ' + ", ".join(f'"{name}" = ?' for name in columns)
+            + ' WHERE "id" = ?')
 
 
 # --- new rows as ORM objects without a statement each -------------------------------------------

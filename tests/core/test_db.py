@@ -30,7 +30,7 @@ from core.models import (
     OutboxItem,
     SessionRequest,
 )
-from core.sql import add_new, get_by_id
+from core.sql import add_new, bulk_insert_sync, bulk_update_sync, get_by_id
 from core.sqlite_inline import InlineConnection
 from tests.helpers import recording_statements
 
@@ -408,6 +408,43 @@ async def test_add_new_rows_known_at_once_written_together_before_what_points_at
         assert stored[intakes[0].id].plan == "chat10"
         assert stored[intakes[0].id].created_at == NOW
         assert (await s.get(Conversation, conversation.id)).intake_id == intakes[-1].id
+
+
+async def test_multi_row_writes_of_any_size_keep_every_value(engine: AsyncEngine) -> None:
+    # Many rows at once (more values than one SQLite statement may bind: it takes several),
+    # each value stored as its type stores it (timestamps, JSON, booleans); a conflict skips
+    # the row and the others go in; the RETURNING values come back for the rows inserted.
+    sessions = create_sessionmaker(engine)
+    customer = await _customer(sessions)
+    async with sessions.begin() as s:
+        identity = Identity(channel="web", address="v_bulk", customer_id=customer.id,
+                            created_at=NOW)
+        s.add(identity)
+    table = OutboxItem.__table__
+    rows = [{"dedupe_key": f"k{i}", "channel": "web", "address": f"a{i}",
+             "identity_id": None, "message_id": None, "payload": {"text": f"t{i}", "n": [i]},
+             "status": "pending", "attempts": 0, "next_attempt_at": NOW,
+             "created_at": NOW + timedelta(microseconds=i)} for i in range(300)]
+    async with sessions.begin() as s:
+        first = await s.run_sync(lambda sync: bulk_insert_sync(
+            sync.connection(), table, rows[:250], returning=("dedupe_key", "id")))
+        second = await s.run_sync(lambda sync: bulk_insert_sync(
+            sync.connection(), table, rows[200:], returning=("dedupe_key", "id"),
+            conflict=("dedupe_key",)))
+        ids = dict(first) | dict(second)
+        await s.run_sync(lambda sync: bulk_update_sync(
+            sync.connection(), Identity.__table__, ("reachable", "unreachable_reason"),
+            [{"id": identity.id, "reachable": False, "unreachable_reason": "blocked"}]))
+    assert len(first) == 250 and {key for key, _ in second} == {f"k{i}" for i in range(250, 300)}
+    async with sessions() as s:
+        stored = {row.dedupe_key: row for row in (await s.scalars(select(OutboxItem))).all()}
+        stored_identity = await s.get(Identity, identity.id)
+    assert set(stored) == set(ids) and len(stored) == 300
+    assert all(stored[key].id == ids[key] for key in ids)
+    assert stored["k299"].payload == {"text": "t299", "n": [299]}
+    assert stored["k299"].created_at == NOW + timedelta(microseconds=299)
+    assert stored_identity is not None
+    assert (stored_identity.reachable, stored_identity.unreachable_reason) == (False, "blocked")
 
 
 async def test_drawing_ids_for_new_rows_leaves_the_flush_to_wait(engine: AsyncEngine) -> None:
