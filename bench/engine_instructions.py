@@ -16,6 +16,11 @@ makes the run some 50 times slower (about a minute each here). Compare one tree 
 another on the same machine (a git worktree of the other commit): the counts repeated within
 1% here.
 
+On PostgreSQL it then runs the same rounds three more times without valgrind and prints the
+CPU time the database server's processes spent per message (read from /proc, so on Linux
+only, and only if the server runs on this machine): work moved from this process to the
+server shows there. That is a timing, noisier than the count.
+
 Without valgrind on the PATH it says so and stops. `--inside ROUNDS` is the run under it.
 """
 
@@ -101,6 +106,35 @@ async def counted(args: argparse.Namespace, rounds: int) -> int:
             return int(found.group(1))
 
 
+def postgres_seconds() -> float:
+    """CPU seconds the local PostgreSQL server's processes have used (and their ended
+    children's), from /proc."""
+    ticks = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "postgres":
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                ticks += sum(int(value) for value in fields[11:15])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+async def postgres_cpu(args: argparse.Namespace) -> list[float]:
+    """Seconds of the server's CPU per message over two extra rounds, three times."""
+    per_message = []
+    for _ in range(3):
+        used = []
+        for rounds in (1, 3):
+            with tempfile.TemporaryDirectory(prefix="autodoctor-instructions-") as tmp:
+                async with throwaway(args.db, args.pg_url, Path(tmp)) as url:
+                    if url is None:
+                        raise SystemExit("postgresql unreachable")
+                    before = postgres_seconds()
+                    await rounds_through_engine(url, args.customers, rounds, Path(tmp))
+                    used.append(postgres_seconds() - before)
+        per_message.append((used[1] - used[0]) / (2 * args.customers * len(STEPS)))
+    return per_message
+
+
 async def main(args: argparse.Namespace) -> None:
     if args.inside is not None:
         await rounds_through_engine(os.environ["AUTODOCTOR_BENCH_URL"], args.customers,
@@ -114,6 +148,10 @@ async def main(args: argparse.Namespace) -> None:
     print(f"  one round {one:,} instructions, three rounds {three:,}")
     print(f"  {(three - one) / messages / 1e6:.3f} M instructions per message "
           f"(the two extra rounds' {messages:,} messages)")
+    if args.db == "postgresql" and sys.platform == "linux":
+        runs = sorted(await postgres_cpu(args))
+        print(f"  PostgreSQL's own CPU {1e3 * runs[1]:.3f} ms per message (median; runs "
+              + "/".join(f"{1e3 * run:.3f}" for run in runs) + ")")
 
 
 if __name__ == "__main__":

@@ -5,13 +5,15 @@ import contextlib
 import sqlite3
 import threading
 from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect, select, text
+from sqlalchemy import Column, Integer, MetaData, Numeric, String, Table, inspect, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -32,7 +34,7 @@ from core.models import (
 )
 from core.sql import add_new, bulk_insert_sync, bulk_update_sync, get_by_id
 from core.sqlite_inline import InlineConnection
-from tests.helpers import recording_statements
+from tests.helpers import recording_executions, recording_statements
 
 NOW = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
 
@@ -445,6 +447,100 @@ async def test_multi_row_writes_of_any_size_keep_every_value(engine: AsyncEngine
     assert stored["k299"].created_at == NOW + timedelta(microseconds=299)
     assert stored_identity is not None
     assert (stored_identity.reachable, stored_identity.unreachable_reason) == (False, "blocked")
+
+
+_AWKWARD = ["", "plain", 'quotes " and \\ backslash', "{braces,commas}", "NULL", "null",
+            "ünïcödé ✓ 🚗", "tab\tnew\nline", "x" * 5000]
+
+
+async def test_multi_row_writes_keep_awkward_values_exactly(engine: AsyncEngine) -> None:
+    # Whatever way the columns travel (PostgreSQL: each as one JSON text, see core.sql), text
+    # comes back as it went, SQL NULL stays NULL and JSON's null in a JSON column stays JSON's
+    # null, timestamps keep their microseconds (and their instant from another offset), and
+    # booleans and large integers their values.
+    sessions = create_sessionmaker(engine)
+    customer = await _customer(sessions)
+    plus_two = timezone(timedelta(hours=2))
+    rows = [{"dedupe_key": f"awk{i}", "channel": "web", "address": text_value[:255],
+             "identity_id": None, "message_id": None, "last_error": text_value,
+             "payload": {"text": text_value, "n": [i, None, True, 2**53], 7: {"k": None}},
+             "status": "pending", "attempts": 2**31 - 1 - i,
+             "next_attempt_at": (NOW + timedelta(microseconds=i)).astimezone(plus_two),
+             "lease_until": NOW if i % 2 else None, "created_at": NOW}
+            for i, text_value in enumerate(_AWKWARD)]
+    rows.append({**rows[0], "dedupe_key": "awk-null-json", "payload": None})
+    table = OutboxItem.__table__
+    async with sessions.begin() as s:
+        identity = Identity(channel="web", address="v_awkward", customer_id=customer.id,
+                            created_at=NOW)
+        s.add(identity)
+        await s.flush()
+        await s.run_sync(lambda sync: bulk_insert_sync(sync.connection(), table, rows))
+        await s.run_sync(lambda sync: bulk_update_sync(
+            sync.connection(), Identity.__table__, ("reachable", "unreachable_reason"),
+            [{"id": identity.id, "reachable": False, "unreachable_reason": _AWKWARD[2]}]))
+    async with sessions() as s:
+        stored = {row.dedupe_key: row for row in (await s.scalars(
+            select(OutboxItem).where(OutboxItem.dedupe_key.like("awk%")))).all()}
+        stored_identity = await s.get(Identity, identity.id)
+        json_nulls = (await s.execute(text(
+            "SELECT count(*) FROM outbox WHERE dedupe_key = 'awk-null-json'"
+            " AND payload IS NOT NULL"))).scalar_one()
+    for i, text_value in enumerate(_AWKWARD):
+        row = stored[f"awk{i}"]
+        assert (row.address, row.last_error) == (text_value[:255], text_value)
+        assert row.payload == {"text": text_value, "n": [i, None, True, 2**53],
+                               "7": {"k": None}}  # keys made strings, as to_json writes them
+        assert row.attempts == 2**31 - 1 - i
+        assert row.next_attempt_at == NOW + timedelta(microseconds=i)
+        assert row.lease_until == (NOW if i % 2 else None)
+    assert stored["awk-null-json"].payload is None and json_nulls == 1  # JSON null, not NULL
+    assert stored_identity is not None
+    assert (stored_identity.reachable, stored_identity.unreachable_reason) == (
+        False, _AWKWARD[2])
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+async def test_multi_row_writes_send_each_column_as_one_json_text(engine: AsyncEngine) -> None:
+    # PostgreSQL: a column's values go as one JSON array (text), not as an array that asyncpg
+    # and SQLAlchemy encode element by element; a type with no JSON reading still goes as an
+    # array; a naive timestamp is refused, as a single row's would be.
+    sessions = create_sessionmaker(engine)
+    customer = await _customer(sessions)
+    rows = [{"channel": "web", "address": f"v_json{i}", "customer_id": customer.id,
+             "reachable": True, "created_at": NOW} for i in range(3)]
+    with recording_executions(engine) as runs:
+        async with sessions.begin() as s:
+            await s.run_sync(lambda sync: bulk_insert_sync(
+                sync.connection(), Identity.__table__, rows))
+    [(statement, parameters)] = [run for run in runs if "INSERT" in run[0]]
+    assert "json_array_elements_text(" in statement
+    assert all(isinstance(value, str) for value in parameters), parameters
+    assert ["web"] * 3 in [orjson.loads(value) for value in parameters]
+
+    other = MetaData()
+    amounts = Table("json_fallback", other, Column("id", Integer, primary_key=True),
+                    Column("amount", Numeric(10, 2)), Column("note", String(20)))
+    async with engine.begin() as conn:
+        await conn.run_sync(other.create_all)
+    with recording_executions(engine) as runs:
+        async with sessions.begin() as s:
+            await s.run_sync(lambda sync: bulk_insert_sync(
+                sync.connection(), amounts,
+                [{"amount": Decimal("12.34"), "note": "a"}, {"amount": None, "note": None}]))
+    [(_, parameters)] = [run for run in runs if "INSERT" in run[0]]
+    assert [Decimal("12.34"), None] in [list(value) for value in parameters
+                                         if not isinstance(value, str)]
+    async with sessions() as s:
+        assert (await s.execute(select(amounts.c.amount, amounts.c.note)
+                                .order_by(amounts.c.id))).all() == [(Decimal("12.34"), "a"),
+                                                                     (None, None)]
+
+    naive = [{**rows[0], "address": "v_naive", "created_at": NOW.replace(tzinfo=None)}]
+    with pytest.raises(ValueError, match="naive datetime"):
+        async with sessions.begin() as s:
+            await s.run_sync(lambda sync: bulk_insert_sync(
+                sync.connection(), Identity.__table__, naive))
 
 
 async def test_drawing_ids_for_new_rows_leaves_the_flush_to_wait(engine: AsyncEngine) -> None:
