@@ -62,11 +62,18 @@ T = TypeVar("T")
 # database. Channels reject long text earlier with a clear error (the widget) or split it.
 MAX_INBOUND_CHARS = 20_000
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Code points no UTF-8 text can hold: a lone surrogate from a JSON body ("\ud800", which
+# Python's json module lets through) could not be stored, and its message would fail.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def clean_text(raw: str) -> str:
-    """Text as stored: control characters (NUL included) removed, length bounded."""
-    return _CONTROL.sub("", raw)[:MAX_INBOUND_CHARS]
+    """Text as stored: control characters (NUL included) removed, lone surrogates replaced by
+    U+FFFD, length bounded."""
+    cleaned = _CONTROL.sub("", raw)
+    if not cleaned.isascii():
+        cleaned = _SURROGATE.sub("\ufffd", cleaned)
+    return cleaned[:MAX_INBOUND_CHARS]
 
 
 @dataclass(slots=True, eq=False)
@@ -254,8 +261,9 @@ class Engine:
         """Like receive(), with the short answer for a button tap (a Telegram toast)."""
         text = clean_text(inbound.text)
         action = clean_text(inbound.action)[:255] if inbound.action else None
-        if text != inbound.text or action != inbound.action:
-            inbound = replace(inbound, text=text, action=action)
+        name = clean_text(inbound.display_name)[:200] if inbound.display_name else None
+        if text != inbound.text or action != inbound.action or name != inbound.display_name:
+            inbound = replace(inbound, text=text, action=action, display_name=name)
         started = time.perf_counter()
         async with self._person_lock((inbound.channel, inbound.address)):
             ctx = await self._submit(inbound)

@@ -10,7 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.flows import route
 from core.engine import Engine
-from core.models import Checkout, Conversation, Intake, Message, OutboxItem
+from core.messages import Inbound
+from core.models import Checkout, Conversation, Customer, Intake, Message, OutboxItem
 from core.runtime import Runtime
 from tests.helpers import Chat, joined, recording_statements
 
@@ -209,6 +210,24 @@ async def test_hostile_input_is_stored_as_text(chat: Chat, runtime: Runtime) -> 
                                   .order_by(Message.id.desc()).limit(1))).one()
     assert stored == cleaned
     assert "Photos" in chat.last
+
+
+async def test_lone_surrogates_are_stored_replaced_not_failed(engine_: Engine,
+                                                              runtime: Runtime) -> None:
+    # Python's json module decodes "\ud800" to a lone surrogate (a Telegram update's text or
+    # a sender's name could carry one); no UTF-8 column can hold it, so unreplaced it failed
+    # the message (the sender got no reply). It is stored as U+FFFD.
+    await engine_.receive(Inbound(channel="console", address="surrogate", text="hi",
+                                  display_name="Ann \ud83d"))
+    replies = await engine_.receive(Inbound(channel="console", address="surrogate",
+                                            text="plan \udc00 1 \U0001f697"))
+    assert replies
+    async with runtime.sessions() as s:
+        stored = (await s.scalars(select(Message.text).where(Message.direction == "in")
+                                  .order_by(Message.id.desc()).limit(1))).one()
+        names = (await s.scalars(select(Customer.display_name))).all()
+    assert stored == "plan \ufffd 1 \U0001f697"
+    assert names == ["Ann \ufffd"]
 
 
 async def test_messages_from_one_person_are_handled_in_order(engine_: Engine,
