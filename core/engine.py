@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -31,7 +30,7 @@ from sqlalchemy.orm import Session
 from core import transcript
 from core.config import Config
 from core.db import is_transient
-from core.messages import Button, Inbound, Link, Outbound
+from core.messages import Button, Inbound, Link, Outbound, storable_text
 from core.models import (
     Conversation,
     Customer,
@@ -61,19 +60,11 @@ T = TypeVar("T")
 # Far above any channel's own limit; beyond it text is cut so one message cannot bloat the
 # database. Channels reject long text earlier with a clear error (the widget) or split it.
 MAX_INBOUND_CHARS = 20_000
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-# Code points no UTF-8 text can hold: a lone surrogate from a JSON body ("\ud800", which
-# Python's json module lets through) could not be stored, and its message would fail.
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def clean_text(raw: str) -> str:
-    """Text as stored: control characters (NUL included) removed, lone surrogates replaced by
-    U+FFFD, length bounded."""
-    cleaned = _CONTROL.sub("", raw)
-    if not cleaned.isascii():
-        cleaned = _SURROGATE.sub("\ufffd", cleaned)
-    return cleaned[:MAX_INBOUND_CHARS]
+    """Text as stored (core.messages.storable_text), length bounded."""
+    return storable_text(raw)[:MAX_INBOUND_CHARS]
 
 
 @dataclass(slots=True, eq=False)

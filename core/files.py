@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.config import Config
 from core.errors import CoreError
+from core.messages import storable_text
 from core.models import File, Identity
 
 
@@ -79,7 +80,7 @@ async def store_upload(session: AsyncSession, config: Config, identity: Identity
         tmp = path.with_name(f"{sha256}.{secrets.token_hex(4)}.tmp")
         tmp.write_bytes(data)
         os.replace(tmp, path)
-    name = (original_name or "").replace("\x00", "")[:255] or None
+    name = storable_text(original_name or "")[:255] or None
     record = File(public_id="f_" + secrets.token_urlsafe(16), sha256=sha256,
                   content_type=content_type, size_bytes=len(data), original_name=name,
                   uploaded_by_identity_id=identity.id, created_at=now)

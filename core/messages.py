@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Code points no UTF-8 text can hold: a lone surrogate from a JSON body ("\ud800", which
+# Python's json module lets through) or from bytes that are not UTF-8 (aiohttp decodes a
+# header's with surrogateescape: an upload's file name) could not be stored.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def storable_text(raw: str) -> str:
+    """Text from outside as stored: control characters (NUL included) removed, lone
+    surrogates replaced by U+FFFD."""
+    cleaned = _CONTROL.sub("", raw)
+    return cleaned if cleaned.isascii() else _SURROGATE.sub("\ufffd", cleaned)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from sqlalchemy import select
 
 from channels.web.ws import CHANNEL, Origins, visitor_address, widget_limiter
@@ -65,25 +66,21 @@ class WidgetUpload:
             return _error(413, "too_large", f"Files can be up to {limit / 1e6:.0f} MB.")
         if not request.content_type.startswith("multipart/"):
             return _error(400, "bad_request", 'Send the file as multipart/form-data, "file".')
-        reader = await request.multipart()
-        part = await reader.next()
-        while part is not None and (not isinstance(part, BodyPartReader)
-                                    or part.name != "file"):
-            part = await reader.next()
-        if part is None:
-            return _error(400, "bad_request", 'No "file" field in the upload.')
-        data = bytearray()
-        while chunk := await part.read_chunk(64 * 1024):
-            data.extend(chunk)
-            if len(data) > limit:
-                return _error(413, "too_large", f"That file is larger than "
-                                                f"{limit / 1e6:.0f} MB; please send a "
-                                                "smaller one.")
+        try:
+            read = await _read_file(request, limit)
+        except (HttpProcessingError, ValueError):
+            # A part's headers aiohttp cannot parse, a broken boundary: the body is not the
+            # multipart form it says it is.
+            return _error(400, "bad_request", "The upload could not be read; send the file as "
+                                              'multipart/form-data, "file".')
+        if isinstance(read, web.Response):
+            return read
+        data, filename = read
         now = self.runtime.clock.now()
         try:
             async with self.runtime.sessions.begin() as session:
-                record = await store_upload(session, self.runtime.config, identity, bytes(data),
-                                            part.filename, now)
+                record = await store_upload(session, self.runtime.config, identity, data,
+                                            filename, now)
         except UploadRejected as exc:
             return _error(_STATUS.get(exc.code, 400), exc.code, str(exc))
         log.info("upload file=%s identity=%s type=%s bytes=%s", record.public_id, identity.id,
@@ -91,3 +88,20 @@ class WidgetUpload:
         return web.json_response({"file": record.public_id, "content_type": record.content_type,
                                   "size": record.size_bytes, "name": record.original_name},
                                  status=201)
+
+
+async def _read_file(request: web.Request, limit: int) -> tuple[bytes, str | None] | web.Response:
+    """The "file" field's bytes and file name, or the error to answer."""
+    reader = await request.multipart()
+    part = await reader.next()
+    while part is not None and (not isinstance(part, BodyPartReader) or part.name != "file"):
+        part = await reader.next()
+    if part is None:
+        return _error(400, "bad_request", 'No "file" field in the upload.')
+    data = bytearray()
+    while chunk := await part.read_chunk(64 * 1024):
+        data.extend(chunk)
+        if len(data) > limit:
+            return _error(413, "too_large", f"That file is larger than {limit / 1e6:.0f} MB; "
+                                            "please send a smaller one.")
+    return bytes(data), part.filename

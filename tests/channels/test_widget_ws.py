@@ -355,6 +355,41 @@ async def test_upload_is_attached_to_the_intake(client: TestClient, engine: Asyn
     assert stored.read_bytes() == PNG
 
 
+async def _upload_raw(client: TestClient, visitor: str, disposition: bytes,
+                      data: bytes = PNG) -> aiohttp.ClientResponse:
+    body = (b"--XyZ\r\nContent-Disposition: form-data; " + disposition
+            + b"\r\nContent-Type: image/png\r\n\r\n" + data + b"\r\n--XyZ--\r\n")
+    return await client.post("/widget/upload", data=body, headers={
+        "X-Visitor-Token": visitor, "Content-Type": "multipart/form-data; boundary=XyZ"})
+
+
+async def test_upload_with_an_awkward_file_name_is_stored(client: TestClient) -> None:
+    # A file name's bytes that are not UTF-8 (aiohttp hands them on as lone surrogates, which
+    # no UTF-8 column holds: it was a 500) are stored as U+FFFD; control characters (here
+    # in an RFC 5987 name) are dropped.
+    w = Widget(client)
+    await _to_photos(w)
+    assert w.visitor is not None
+    resp = await _upload_raw(client, w.visitor, b'name="file"; filename="ph\xff\xfeoto.png"')
+    assert resp.status == 201, await resp.text()
+    assert (await resp.json())["name"] == "ph\ufffd\ufffdoto.png"
+    resp = await _upload_raw(client, w.visitor,
+                             b"name=\"file\"; filename*=UTF-8''ph%07%00oto%C3%A9.png")
+    assert resp.status == 201, await resp.text()
+    assert (await resp.json())["name"] == "photo\u00e9.png"
+
+
+async def test_an_upload_aiohttp_cannot_parse_gets_a_clear_error(client: TestClient) -> None:
+    # A part's header with a control character in it: a 400 that says what to send (a 500
+    # before).
+    w = Widget(client)
+    await _to_photos(w)
+    assert w.visitor is not None
+    resp = await _upload_raw(client, w.visitor, b'name="file"; filename="ph\x07oto.png"')
+    assert resp.status == 400
+    assert (await resp.json())["error"]["code"] == "bad_request"
+
+
 async def test_upload_over_the_limit_is_rejected(make_client: MakeClient, config: Config) -> None:
     config = with_changes(config, uploads={"max_bytes": 1000})
     client = await make_client(config)
