@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from functools import cache
 from typing import Any
 
 from bot.choices import match_choice
@@ -52,7 +53,9 @@ def _command(ctx: Context) -> str | None:
     return COMMANDS.get(said)
 
 
+@cache
 def _label(key: str) -> str:
+    # A button's label depends on nothing but its key (one language so far): rendered once.
     return text("label", key=key)
 
 
