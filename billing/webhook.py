@@ -46,18 +46,22 @@ class StripeWebhook:
                 payload, request.headers.get("Stripe-Signature"), self._secret,
                 TOLERANCE_SECONDS)
             event = json.loads(payload)
-            event_id, event_type = str(event["id"]), str(event["type"])
+            event_id, event_type = _stripe_id(event["id"]), str(event["type"])
             obj = event["data"]["object"]
-            if not isinstance(obj, dict):
-                raise ValueError("data.object is not an object")
+            if event_id is None or not isinstance(obj, dict):
+                raise ValueError("no event id, or data.object is not an object")
         except stripe.SignatureVerificationError as exc:
             log.warning("stripe webhook rejected: %s", str(exc).split(";")[0][:120])
             return web.json_response({"error": "invalid signature"}, status=400)
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             log.warning("stripe webhook rejected: malformed event")
             return web.json_response({"error": "malformed event"}, status=400)
         try:
             outcome = await process_event(self.runtime, event_id, event_type, obj)
+        except MalformedEvent as exc:
+            # Nothing was recorded; a field of the event is not what Stripe sends.
+            log.warning("stripe event=%s type=%s rejected: %s", event_id, event_type, exc)
+            return web.json_response({"error": f"malformed event: {exc}"}, status=400)
         except BillingError as exc:
             # Nothing was recorded: Stripe delivers the event again later.
             log.warning("stripe event=%s type=%s failed: %s", event_id, event_type, exc)
@@ -88,13 +92,52 @@ async def process_event(runtime: Runtime, event_id: str, event_type: str,
     return await in_transaction(runtime, work)
 
 
+class MalformedEvent(ValueError):
+    """A field of a signed event that is not of the shape Stripe sends."""
+
+
+def _stripe_id(value: Any) -> str | None:
+    """An id or reference as Stripe sends them (printable ASCII, bounded), None if absent."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) > 255 or not (
+            value.isascii() and value.isprintable()):
+        raise MalformedEvent(f"not an id: {str(value)[:40]!r}")
+    return value
+
+
+def _field_id(obj: dict[str, Any], key: str) -> str | None:
+    """obj[key] as an id; an expanded object (a dict) gives its own id."""
+    value = obj.get(key)
+    return _stripe_id(value.get("id") if isinstance(value, dict) else value)
+
+
+def _mapping(obj: dict[str, Any], key: str) -> dict[str, Any]:
+    value = obj.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise MalformedEvent(f"{key} is not an object")
+    return value
+
+
+def _cents(obj: dict[str, Any], key: str) -> int:
+    value = obj.get(key)
+    if value is None:
+        return 0
+    if type(value) is not int or not 0 <= value < 10**12:
+        raise MalformedEvent(f"{key} is not an amount in cents")
+    return value
+
+
 async def _checkout_ref(session: AsyncSession, obj: dict[str, Any]) -> str | None:
-    ref = obj.get("client_reference_id") or (obj.get("metadata") or {}).get("checkout")
+    ref = _field_id(obj, "client_reference_id") or _field_id(_mapping(obj, "metadata"),
+                                                             "checkout")
     if ref:
-        return str(ref)
+        return ref
     # Not made by us, or made before metadata: find it by the session id.
     return await session.scalar(select(Checkout.ref).where(
-        Checkout.provider_session_id == str(obj.get("id", ""))))
+        Checkout.provider_session_id == (_field_id(obj, "id") or "")))
 
 
 async def _session_paid(session: AsyncSession, runtime: Runtime, obj: dict[str, Any],
@@ -109,11 +152,8 @@ async def _session_paid(session: AsyncSession, runtime: Runtime, obj: dict[str, 
         # Stripe's figure is what was charged (a stripe_price_id may differ from config.toml).
         log.warning("checkout=%s paid %s %s but expected %s %s", ref, obj.get("amount_total"),
                     obj.get("currency"), *expected)
-    payment_intent = obj.get("payment_intent")
-    if isinstance(payment_intent, dict):
-        payment_intent = payment_intent.get("id")
     request = await mark_paid(session, runtime, ref, now,
-                              payment_intent_id=str(payment_intent) if payment_intent else None)
+                              payment_intent_id=_field_id(obj, "payment_intent"))
     if request is None:
         await _refund_if_duplicate(session, runtime, ref, now)
 
@@ -157,28 +197,29 @@ async def _session_expired(session: AsyncSession, runtime: Runtime, obj: dict[st
 
 async def _charge_refunded(session: AsyncSession, runtime: Runtime, obj: dict[str, Any],
                            now: datetime) -> None:
-    charge_id, payment_intent = obj.get("id"), obj.get("payment_intent")
+    charge_id, payment_intent = _field_id(obj, "id"), _field_id(obj, "payment_intent")
+    amount = _cents(obj, "amount_refunded")
+    refunds = _mapping(obj, "refunds").get("data") or []
+    if not isinstance(refunds, list):
+        raise MalformedEvent("refunds.data is not a list")
+    refund_id = _field_id(refunds[0], "id") if refunds and isinstance(refunds[0], dict) else None
     query = select(Checkout).with_for_update().execution_options(populate_existing=True)
     checkout = None
     if payment_intent:
-        checkout = await session.scalar(
-            query.where(Checkout.payment_intent_id == str(payment_intent)))
+        checkout = await session.scalar(query.where(Checkout.payment_intent_id == payment_intent))
     if checkout is None and charge_id:
-        checkout = await session.scalar(query.where(Checkout.charge_id == str(charge_id)))
+        checkout = await session.scalar(query.where(Checkout.charge_id == charge_id))
     if checkout is None:
         log.warning("stripe charge=%s refunded but matches no checkout", charge_id)
         return
-    checkout.charge_id = checkout.charge_id or (str(charge_id) if charge_id else None)
-    amount = int(obj.get("amount_refunded") or 0)
-    refunds = (obj.get("refunds") or {}).get("data") or []
-    refund_id = str(refunds[0]["id"]) if refunds and isinstance(refunds[0], dict) else None
+    checkout.charge_id = checkout.charge_id or charge_id
     await refund_confirmed(session, checkout, amount, bool(obj.get("refunded")), now,
                            provider_refund_id=refund_id)
 
 
 async def _account_updated(session: AsyncSession, runtime: Runtime, obj: dict[str, Any],
                            now: datetime) -> None:
-    mechanic = await account_updated(session, str(obj.get("id", "")),
+    mechanic = await account_updated(session, _field_id(obj, "id") or "",
                                      charges_enabled=bool(obj.get("charges_enabled")),
                                      payouts_enabled=bool(obj.get("payouts_enabled")))
     if mechanic is not None and mechanic.payouts_enabled:

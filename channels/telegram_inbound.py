@@ -107,6 +107,10 @@ class UpdateHandler:
             await self.bot.answer_callback_query(query.id, text=toast_text(toast))
         except TelegramAPIError as exc:
             log.info("telegram callback=%s not answered: %s", query.id, exc.message)
+        except Exception:  # noqa: BLE001 - the tap is handled; only its toast is lost
+            # A callback id the request cannot carry (a lone surrogate): the tap was handled,
+            # and answering it again on each redelivery would fail the same way.
+            log.warning("telegram callback=%r not answered", query.id[:64], exc_info=True)
 
     async def _on_message(self, message: Message, update_id: int) -> None:
         address = str(message.chat.id)

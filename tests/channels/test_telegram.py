@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from typing import Any
@@ -322,6 +323,32 @@ async def test_webhook_mode_processes_only_requests_with_the_secret(
     bad = await client.post("/webhooks/telegram", data=b"not json",
                             headers=telegram_api.webhook_headers())
     assert bad.status == 400
+
+
+async def test_webhook_bodies_it_cannot_use_get_a_400_and_odd_ones_still_work(
+        telegram_api: TelegramApi, make_client: MakeClient, config: Config,
+        runtime: Runtime) -> None:
+    # These were 500s: a Content-Type naming an unknown charset (the body is JSON, UTF-8
+    # whatever it says), JSON nested deeper than the parser's recursion, a tap whose callback
+    # id answerCallbackQuery cannot carry (a lone surrogate: the tap is handled all the same).
+    client = await make_client(telegram_config(config, telegram_api, mode="webhook"))
+    bot = Bot(telegram_api, client, runtime)
+    headers = telegram_api.webhook_headers()
+    odd_charset = await client.post(
+        "/webhooks/telegram", data=json.dumps(telegram_api.message(ALICE, "/start")).encode(),
+        headers={**headers, "Content-Type": "application/json; charset=foobar"})
+    assert odd_charset.status == 200
+    await bot.deliver()
+    assert telegram_api.texts(ALICE.id)[-1].startswith("Hi! I'm the AutoDoctor assistant.")
+    deep = await client.post("/webhooks/telegram", data=b"[" * 100_000 + b"]" * 100_000,
+                             headers={**headers, "Content-Type": "application/json"})
+    assert deep.status == 400
+    tap = telegram_api.tap(ALICE, "Quick Chat")
+    tap["callback_query"]["id"] = "\ud800"
+    tapped = await client.post("/webhooks/telegram", json=tap, headers=headers)
+    assert tapped.status == 200
+    await bot.deliver()
+    assert "VIN" in telegram_api.texts(ALICE.id)[-1]
 
 
 async def test_polling_takes_over_from_a_webhook_left_set(
