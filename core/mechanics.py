@@ -59,6 +59,8 @@ async def redeem_invite(session: AsyncSession, runtime: Runtime, code: str, chan
     Redeeming again from the address it was first used on is fine (a reloaded console).
     """
     code = code.strip().upper()
+    if not (code.isascii() and code.isalnum() and len(code) <= 32):
+        return None  # no invite has such a code (and a lone surrogate could not be looked up)
     invite = await session.scalar(select(MechanicInvite).where(MechanicInvite.code == code))
     if invite is None:
         return None

@@ -215,9 +215,10 @@ async def test_two_mechanics_tap_accept_at_once_one_wins_and_the_other_offers_ar
         code = await invite(runtime, user.first_name)
         (welcome,) = await bot.say(user, f"/start m_{code}")
         assert welcome.startswith(f"Welcome, {user.first_name}!")
-    assert await bot.say(MALLORY, "/start m_NOSUCHCODE") == [
-        "That mechanic invite link is unknown or was already used in another chat. "
-        "Please ask AutoDoctor for a new link."]
+    for forged in ("NOSUCHCODE", "\ud800", "X" * 300):  # a surrogate failed the message
+        assert await bot.say(MALLORY, f"/start m_{forged}") == [
+            "That mechanic invite link is unknown or was already used in another chat. "
+            "Please ask AutoDoctor for a new link."]
     assert "available" in (await bot.say(SAM, "/help"))[0]
 
     request = await paid_request(runtime, "chat10")
