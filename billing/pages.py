@@ -99,16 +99,19 @@ def page(state: str, chat_link: str | None = None) -> web.Response:
                    chat_link=chat_link)
 
 
-async def chat_link(runtime: Runtime, ref: str) -> str | None:
-    """A t.me link back to the bot when the customer came from Telegram."""
+async def landing(runtime: Runtime, ref: str) -> tuple[bool, str | None]:
+    """Whether a checkout has this ref, and a t.me link back to the bot when the customer
+    came from Telegram."""
     if len(ref) > _MAX_REF:
-        return None
+        return False, None
     async with runtime.readers() as session:
-        channel = await session.scalar(select(Intake.channel).join(
-            Checkout, Checkout.intake_id == Intake.id).where(Checkout.ref == ref))
-    if channel != "telegram":
-        return None
-    return f"https://t.me/{runtime.config.telegram.bot_username}"
+        found = (await session.execute(select(Intake.channel).join(
+            Checkout, Checkout.intake_id == Intake.id).where(Checkout.ref == ref))).first()
+    if found is None:
+        return False, None
+    if found.channel != "telegram":
+        return True, None
+    return True, f"https://t.me/{runtime.config.telegram.bot_username}"
 
 
 def _render(template: str, status: int = 200, **context: object) -> web.Response:
@@ -181,14 +184,16 @@ class PaymentDone:
 
     async def show(self, request: web.Request) -> web.Response:
         ref = request.match_info["ref"]
-        link = await chat_link(self.runtime, ref)
-        if len(ref) <= _MAX_REF and await settle_from_provider(self.runtime, ref):
+        found, link = await landing(self.runtime, ref)
+        if not found:
+            return page("not_found")  # not "being confirmed": no checkout has this link
+        if await settle_from_provider(self.runtime, ref):
             return page("paid", link)
         return page("done", link)
 
     async def cancelled(self, request: web.Request) -> web.Response:
-        return page("checkout_cancelled", await chat_link(self.runtime,
-                                                          request.match_info["ref"]))
+        found, link = await landing(self.runtime, request.match_info["ref"])
+        return page("checkout_cancelled", link) if found else page("not_found")
 
 
 async def connect_done(request: web.Request) -> web.Response:

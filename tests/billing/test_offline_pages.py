@@ -132,14 +132,24 @@ async def test_page_text_is_html_escaped(aiohttp_client: Any, config: Config,
 
 
 async def test_return_pages_send_the_customer_back_to_the_chat(
-        offline_client: TestClient) -> None:
-    done = await offline_client.get("/pay/co_x/done")
-    cancelled = await offline_client.get("/pay/co_x/cancelled")
+        offline_client: TestClient, runtime: Runtime) -> None:
+    bought = await awaiting_payment(runtime)
+    done = await offline_client.get(f"/pay/{bought.checkout.ref}/done")
+    cancelled = await offline_client.get(f"/pay/{bought.checkout.ref}/cancelled")
     assert done.status == cancelled.status == 200
     assert "return to the chat" in (await done.text()).lower()
     cancelled_page = await cancelled.text()
     assert "Nothing was charged" in cancelled_page
     assert "Return to the chat" in cancelled_page
+
+
+async def test_return_pages_of_an_unknown_link_say_it_is_not_found(
+        offline_client: TestClient) -> None:
+    # Not "your payment is being confirmed" for a link no checkout has (a typo, a forgery).
+    for suffix in ("done", "cancelled"):
+        resp = await offline_client.get(f"/pay/co_nosuchref/{suffix}")
+        assert resp.status == 404
+        assert "Payment link not found" in await resp.text()
 
 
 async def test_return_pages_link_back_to_telegram_for_telegram_customers(
