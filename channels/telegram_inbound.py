@@ -149,6 +149,11 @@ class UpdateHandler:
                             size: int | None, file_name: str | None) -> str | None:
         """Download, check and store one file; its public id, or None (the person was told)."""
         limit = self.runtime.config.uploads.max_bytes
+        if not (file_id.isascii() and file_id.isprintable()):
+            # Telegram's file ids are base64url: this one could not even be asked for.
+            log.warning("telegram chat=%s file id unusable: %r", address, file_id[:64])
+            await self._reply(address, DOWNLOAD_FAILED)
+            return None
         try:
             if size is not None and size > limit:
                 raise _too_large(size, limit)
@@ -232,7 +237,7 @@ def _safe(exc: Exception) -> str:
 
 
 def _too_large(size: int | None, limit: int) -> UploadRejected:
-    if size is None:
+    if size is None or size > 1000 * limit:  # a size that big is no file's: not repeated
         return UploadRejected("too_large", f"That file is larger than {limit / 1e6:.0f} MB; "
                                            "please send a smaller one.")
     return UploadRejected("too_large", f"That file is {size / 1e6:.1f} MB; the limit is "

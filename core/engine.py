@@ -561,6 +561,8 @@ async def resolve_person(session: AsyncSession, inbound: Inbound,
     """The identity for (channel, address); a first contact becomes a new customer, and its
     new conversation comes back too (None for someone known). For one sender outside the
     engine (an upload before its message); the engine meets a batch's senders at once."""
+    if inbound.display_name:  # as Engine.handle stores it (a channel's file, say, comes here)
+        inbound = replace(inbound, display_name=clean_text(inbound.display_name)[:200])
     # Nothing pending in this session can be this identity, so the lookup need not flush
     # others' changes first.
     with session.no_autoflush:

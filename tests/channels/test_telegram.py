@@ -22,6 +22,7 @@ from core.mechanics import invite_mechanic
 from core.messages import Button, Link, Outbound
 from core.models import (
     Conversation,
+    Customer,
     File,
     Identity,
     InboundEvent,
@@ -203,6 +204,28 @@ async def test_oversized_file_is_refused_before_download_and_its_caption_still_c
     assert "Grinding noise" in summary  # the caption "done" moved the intake on
     async with runtime.sessions() as s:
         assert (await s.scalars(select(File))).all() == []
+
+
+async def test_odd_documents_get_a_clear_reply_and_odd_names_are_stored(
+        bot: Bot, telegram_api: TelegramApi, runtime: Runtime) -> None:
+    # A file id getFile could not carry (a lone surrogate) is a failed download, said so (it
+    # was the generic "not processed"); a declared size no file has is not repeated back; a
+    # first contact by file with a lone surrogate in their name is stored with U+FFFD (it
+    # failed the message: the file's path makes the customer without the engine).
+    newcomer = TgUser(4001, "Zo\ud800e")
+    odd = telegram_api.document(newcomer, b"%PDF-1.4 tiny", "scan.pdf")
+    odd["message"]["document"]["file_id"] = "\ud800"
+    await bot.send(odd)
+    await bot.send(telegram_api.document(newcomer, b"%PDF-1.4 tiny", "scan.pdf",
+                                         declared_size=10**30))
+    await bot.send(telegram_api.document(newcomer, b"%PDF-1.4 tiny", "scan.pdf"))
+    await bot.deliver()
+    failed, too_big = telegram_api.texts(newcomer.id)[:2]
+    assert failed == "I couldn't fetch that file from Telegram; please send it again."
+    assert too_big == "That file is larger than 10 MB; please send a smaller one."
+    async with runtime.sessions() as s:
+        assert len((await s.scalars(select(File))).all()) == 1
+        assert (await s.scalars(select(Customer.display_name))).all() == ["Zo\ufffde"]
 
 
 # ---------------------------------------------------------------------- mechanics
