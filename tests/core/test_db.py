@@ -453,11 +453,20 @@ _AWKWARD = ["", "plain", 'quotes " and \\ backslash', "{braces,commas}", "NULL",
             "ünïcödé ✓ 🚗", "tab\tnew\nline", "x" * 5000]
 
 
+class _Instant(datetime):
+    """A datetime subclass, as a test clock or a library may hand over."""
+
+    @classmethod
+    def of(cls, t: datetime) -> _Instant:
+        return cls(t.year, t.month, t.day, t.hour, t.minute, t.second, t.microsecond,
+                   t.tzinfo)
+
+
 async def test_multi_row_writes_keep_awkward_values_exactly(engine: AsyncEngine) -> None:
     # Whatever way the columns travel (PostgreSQL: each as one JSON text, see core.sql), text
     # comes back as it went, SQL NULL stays NULL and JSON's null in a JSON column stays JSON's
-    # null, timestamps keep their microseconds (and their instant from another offset), and
-    # booleans and large integers their values.
+    # null, timestamps keep their microseconds (and their instant, given in another offset and
+    # as a datetime subclass), and booleans and large integers their values.
     sessions = create_sessionmaker(engine)
     customer = await _customer(sessions)
     plus_two = timezone(timedelta(hours=2))
@@ -465,7 +474,8 @@ async def test_multi_row_writes_keep_awkward_values_exactly(engine: AsyncEngine)
              "identity_id": None, "message_id": None, "last_error": text_value,
              "payload": {"text": text_value, "n": [i, None, True, 2**53], 7: {"k": None}},
              "status": "pending", "attempts": 2**31 - 1 - i,
-             "next_attempt_at": (NOW + timedelta(microseconds=i)).astimezone(plus_two),
+             "next_attempt_at": _Instant.of(
+                 (NOW + timedelta(microseconds=i)).astimezone(plus_two)),
              "lease_until": NOW if i % 2 else None, "created_at": NOW}
             for i, text_value in enumerate(_AWKWARD)]
     rows.append({**rows[0], "dedupe_key": "awk-null-json", "payload": None})
