@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -40,3 +41,22 @@ async def database_url(db: str, admin_url: str, sqlite_file: Path) -> AsyncItera
         return
     async with pg_database(admin_url) as url:
         yield url
+
+
+def cpu_seconds(pid: int, *, children: bool = False) -> float:
+    """CPU seconds (user and system) a process has used, from /proc (Linux); with
+    `children`, those of its ended children too."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(value) for value in fields[11:15 if children else 13]) / os.sysconf(
+        "SC_CLK_TCK")
+
+
+def postgres_seconds() -> float:
+    """CPU seconds the local PostgreSQL server's processes have used (and their ended
+    children's)."""
+    total = 0.0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "postgres":
+                total += cpu_seconds(int(pid), children=True)
+    return total

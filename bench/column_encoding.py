@@ -20,17 +20,11 @@ import os
 import sys
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from benchdb import pg_database
+from benchdb import cpu_seconds, pg_database
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-def backend_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def array_insert(table: Any, names: tuple[str, ...]) -> Any:
@@ -91,12 +85,12 @@ async def run(url: str, rows: int, statements: int) -> None:
                 for name, way in (("arrays", array_way), ("json", json_way)):
                     await way()  # prepared on this connection first
                     await conn.rollback()
-                    client, server = time.process_time(), backend_seconds(pid)
+                    client, server = time.process_time(), cpu_seconds(pid)
                     for _ in range(statements):
                         await way()
                         await conn.rollback()
                     figures[name].append(((time.process_time() - client) / statements,
-                                          (backend_seconds(pid) - server) / statements))
+                                          (cpu_seconds(pid) - server) / statements))
         print(f"{rows}-row INSERT into messages ({len(values)} columns), {statements} "
               "statements each way, 3 alternations; µs per statement (each a rollback too):")
         for name, runs in figures.items():

@@ -38,7 +38,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from benchdb import database_url
+from benchdb import database_url, postgres_seconds
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 STEPS: list[tuple[str, str | None]] = [
@@ -104,18 +104,6 @@ async def counted(args: argparse.Namespace, rounds: int) -> int:
             if process.returncode != 0 or found is None:
                 raise SystemExit(log.decode(errors="replace")[-2000:])
             return int(found.group(1))
-
-
-def postgres_seconds() -> float:
-    """CPU seconds the local PostgreSQL server's processes have used (and their ended
-    children's), from /proc."""
-    ticks = 0
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        with contextlib.suppress(OSError):
-            if Path(f"/proc/{pid}/comm").read_text().strip() == "postgres":
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                ticks += sum(int(value) for value in fields[11:15])
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 async def postgres_cpu(args: argparse.Namespace) -> list[float]:

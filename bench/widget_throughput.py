@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from benchdb import pg_database
+from benchdb import cpu_seconds, pg_database
 
 SELF = Path(__file__).resolve()
 ROOT = SELF.parent.parent
@@ -106,8 +106,7 @@ class Proc:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the process, all threads."""
-        fields = Path(f"/proc/{self.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.popen.pid)
 
     def queued_seconds(self) -> float | None:
         """Seconds the process's threads have waited, runnable, for a free core (schedstat;

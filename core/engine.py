@@ -60,6 +60,7 @@ T = TypeVar("T")
 # Far above any channel's own limit; beyond it text is cut so one message cannot bloat the
 # database. Channels reject long text earlier with a clear error (the widget) or split it.
 MAX_INBOUND_CHARS = 20_000
+_NAME_CHARS = Customer.__table__.c.display_name.type.length  # as Identity's
 
 
 def clean_text(raw: str) -> str:
@@ -252,9 +253,8 @@ class Engine:
         """Like receive(), with the short answer for a button tap (a Telegram toast)."""
         text = clean_text(inbound.text)
         action = clean_text(inbound.action)[:255] if inbound.action else None
-        name = clean_text(inbound.display_name)[:200] if inbound.display_name else None
-        if text != inbound.text or action != inbound.action or name != inbound.display_name:
-            inbound = replace(inbound, text=text, action=action, display_name=name)
+        if text != inbound.text or action != inbound.action:
+            inbound = replace(inbound, text=text, action=action)
         started = time.perf_counter()
         async with self._person_lock((inbound.channel, inbound.address)):
             ctx = await self._submit(inbound)
@@ -529,15 +529,19 @@ async def _new_customers(session: AsyncSession, inbounds: Sequence[Inbound],
     An identity another process created meanwhile raises IntegrityError: the retry finds it."""
     if not inbounds:
         return []
+    # The one place a sender's name is stored (from the engine's batches and resolve_person).
+    names = [storable_text(i.display_name)[:_NAME_CHARS] if i.display_name else None
+             for i in inbounds]
     customer_ids = await insert_ids(session, Customer, [
-        {"display_name": i.display_name, "created_at": i.received_at or now} for i in inbounds])
+        {"display_name": name, "created_at": i.received_at or now}
+        for i, name in zip(inbounds, names, strict=True)])
     with session.no_autoflush:
         created = list((await session.scalars(
             dialect_insert(session, Identity)
             .on_conflict_do_nothing(index_elements=["channel", "address"]).returning(Identity),
             [{"channel": i.channel, "address": i.address, "customer_id": customer_id,
-              "display_name": i.display_name, "created_at": i.received_at or now}
-             for i, customer_id in zip(inbounds, customer_ids, strict=True)])).all())
+              "display_name": name, "created_at": i.received_at or now}
+             for i, customer_id, name in zip(inbounds, customer_ids, names, strict=True)])).all())
     if len(created) < len(inbounds):
         raise IntegrityError("identity created concurrently", None, Exception("race"))
     log.info("new customers=%s channels=%s", ",".join(map(str, customer_ids)),
@@ -561,8 +565,6 @@ async def resolve_person(session: AsyncSession, inbound: Inbound,
     """The identity for (channel, address); a first contact becomes a new customer, and its
     new conversation comes back too (None for someone known). For one sender outside the
     engine (an upload before its message); the engine meets a batch's senders at once."""
-    if inbound.display_name:  # as Engine.handle stores it (a channel's file, say, comes here)
-        inbound = replace(inbound, display_name=clean_text(inbound.display_name)[:200])
     # Nothing pending in this session can be this identity, so the lookup need not flush
     # others' changes first.
     with session.no_autoflush:

@@ -261,19 +261,22 @@ class _Column:
     """How one column's values travel in a multi-row statement on PostgreSQL."""
 
     def __init__(self, table: Table, name: str, prefix: str) -> None:
-        kind = _json_kind(table.c[name].type)
-        self.kind = kind
-        cast = table.c[name].type.compile(dialect=_PG_DIALECT)
+        type_ = table.c[name].type
+        self.kind = _json_kind(type_)
         bind = prefix + name
-        if kind is None:
-            self.bind = bindparam(bind, type_=ARRAY(table.c[name].type))
-            self.source = f":{bind}"
-            self.cast: str | None = None
+        # The set-returning function that reads the column's rows, and the cast of each value
+        # (None: the rows come typed already).
+        self.cast: str | None = None
+        if self.kind is None:
+            self.bind = bindparam(bind, type_=ARRAY(type_))
+            self.source = f"unnest(:{bind})"
+        elif self.kind == "json":
+            self.bind = bindparam(bind, type_=String())
+            self.source = f"json_array_elements(CAST(:{bind} AS json))"
         else:
             self.bind = bindparam(bind, type_=String())
-            reader = "json_array_elements" if kind == "json" else "json_array_elements_text"
-            self.source = f"{reader}(CAST(:{bind} AS json))"
-            self.cast = None if kind == "json" else cast
+            self.source = f"json_array_elements_text(CAST(:{bind} AS json))"
+            self.cast = type_.compile(dialect=_PG_DIALECT)
 
     def value(self, alias: str, name: str) -> str:
         read = f'{alias}."{name}"'
@@ -327,9 +330,7 @@ def _encoded(table: Table, values: dict[str, list[Any]], prefix: str) -> dict[st
 
 
 def _rows_from(columns: tuple[_Column, ...]) -> str:
-    return "ROWS FROM (" + ", ".join(column.source if column.kind is not None
-                                     else f"unnest({column.source})"
-                                     for column in columns) + ")"
+    return "ROWS FROM (" + ", ".join(column.source for column in columns) + ")"
 
 
 def _insert_sql(table: Table, columns: tuple[str, ...], prefix: str,

@@ -67,17 +67,8 @@ class WidgetUpload:
         if not request.content_type.startswith("multipart/"):
             return _error(400, "bad_request", 'Send the file as multipart/form-data, "file".')
         try:
-            read = await _read_file(request, limit)
-        except (HttpProcessingError, ValueError):
-            # A part's headers aiohttp cannot parse, a broken boundary: the body is not the
-            # multipart form it says it is.
-            return _error(400, "bad_request", "The upload could not be read; send the file as "
-                                              'multipart/form-data, "file".')
-        if isinstance(read, web.Response):
-            return read
-        data, filename = read
-        now = self.runtime.clock.now()
-        try:
+            data, filename = await _read_file(request, limit)
+            now = self.runtime.clock.now()
             async with self.runtime.sessions.begin() as session:
                 record = await store_upload(session, self.runtime.config, identity, data,
                                             filename, now)
@@ -90,18 +81,26 @@ class WidgetUpload:
                                  status=201)
 
 
-async def _read_file(request: web.Request, limit: int) -> tuple[bytes, str | None] | web.Response:
-    """The "file" field's bytes and file name, or the error to answer."""
-    reader = await request.multipart()
-    part = await reader.next()
-    while part is not None and (not isinstance(part, BodyPartReader) or part.name != "file"):
+async def _read_file(request: web.Request, limit: int) -> tuple[bytes, str | None]:
+    """The "file" field's bytes and file name; UploadRejected if there is none to take."""
+    try:
+        reader = await request.multipart()
         part = await reader.next()
-    if part is None:
-        return _error(400, "bad_request", 'No "file" field in the upload.')
-    data = bytearray()
-    while chunk := await part.read_chunk(64 * 1024):
-        data.extend(chunk)
-        if len(data) > limit:
-            return _error(413, "too_large", f"That file is larger than {limit / 1e6:.0f} MB; "
-                                            "please send a smaller one.")
+        while part is not None and (not isinstance(part, BodyPartReader)
+                                    or part.name != "file"):
+            part = await reader.next()
+        if part is None:
+            raise UploadRejected("bad_request", 'No "file" field in the upload.')
+        data = bytearray()
+        while chunk := await part.read_chunk(64 * 1024):
+            data.extend(chunk)
+            if len(data) > limit:
+                raise UploadRejected("too_large", f"That file is larger than "
+                                                  f"{limit / 1e6:.0f} MB; please send a "
+                                                  "smaller one.")
+    except (HttpProcessingError, ValueError):
+        # A part's headers aiohttp cannot parse, a broken boundary: the body is not the
+        # multipart form it says it is.
+        raise UploadRejected("bad_request", "The upload could not be read; send the file as "
+                                            'multipart/form-data, "file".') from None
     return bytes(data), part.filename
