@@ -6,8 +6,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from functools import lru_cache
@@ -227,23 +226,22 @@ class Engine:
         self._metrics[channel] = pair
         return pair
 
-    @asynccontextmanager
-    async def _person_lock(self, key: tuple[str, str]) -> AsyncIterator[None]:
-        # One person's messages are handled strictly one after another in this process;
-        # across processes the conversation row lock (PostgreSQL) or the write lock (SQLite)
-        # does the same.
+    def _person_lock(self, key: tuple[str, str]) -> asyncio.Lock:
+        """The lock one person's messages take one after another in this process (across
+        processes, the conversation row lock on PostgreSQL or the write lock on SQLite does
+        the same); given back with _person_unlock. Not an async context manager: an async
+        generator per message cost more than the lock."""
         held = self._locks.get(key)
         lock, users = held if held is not None else (asyncio.Lock(), 0)
         self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
+        return lock
+
+    def _person_unlock(self, key: tuple[str, str]) -> None:
+        lock, users = self._locks[key]
+        if users == 1:
+            del self._locks[key]
+        else:
+            self._locks[key] = (lock, users - 1)
 
     async def receive(self, inbound: Inbound) -> list[Outbound]:
         """Handle one message; returns the replies to its sender (already stored and queued)."""
@@ -256,8 +254,12 @@ class Engine:
         if text != inbound.text or action != inbound.action:
             inbound = replace(inbound, text=text, action=action)
         started = time.perf_counter()
-        async with self._person_lock((inbound.channel, inbound.address)):
-            ctx = await self._submit(inbound)
+        key = (inbound.channel, inbound.address)
+        try:
+            async with self._person_lock(key):
+                ctx = await self._submit(inbound)
+        finally:
+            self._person_unlock(key)
         if ctx is None:
             return Handled([], None, duplicate=True)
         for work in ctx.after_commit:

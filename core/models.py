@@ -72,6 +72,11 @@ class UTCDateTime(TypeDecorator[datetime]):
 
     def result_processor(self, dialect: Dialect, coltype: object
                          ) -> Callable[[Any], Any] | None:
+        if dialect.driver == "asyncpg":
+            # asyncpg reads timestamptz in its binary form, microseconds since 2000 UTC, into
+            # an aware datetime in UTC already, whatever the session's time zone: nothing to
+            # do per value (a Python call for each of some six timestamps a message reads).
+            return None
         if dialect.name != "sqlite":
             return super().result_processor(dialect, coltype)
 

@@ -62,24 +62,25 @@ async def enqueue(session: AsyncSession, identity: Identity, outbound: Outbound,
     """Store the message and queue its delivery; None if its dedupe_key was already queued.
     The rows are written with the session's next flush, a keyed message's at once
     (core.transcript)."""
-    direct = identity.channel in TRANSCRIPT_CHANNELS
+    identity_id, channel = identity.id, identity.channel  # ORM attributes: read once
+    direct = channel in TRANSCRIPT_CHANNELS
     body = outbound.to_body()
-    message = MessageRow(identity_id=identity.id, conversation_id=conversation_id,
+    message = MessageRow(identity_id=identity_id, conversation_id=conversation_id,
                          consultation_id=consultation_id, direction="out",
-                         channel=identity.channel, text=outbound.text, body=body,
+                         channel=channel, text=outbound.text, body=body,
                          created_at=now)
     if outbound.dedupe_key is None:
         # A fresh message cannot be a duplicate. The widget and the console read it from the
         # transcript, so it needs no outbox row at all; providers get one to deliver.
         transcript.add(session, message, outbox=None if direct else _outbox_values(
-            identity.id, _fresh_key(), outbound, body, now))
+            identity_id, _fresh_key(), outbound, body, now))
     else:
         # A keyed message (an offer, a notice) is queued at most once, whoever tries again.
         queued = await transcript.add_keyed(session, [(message, _outbox_values(
-            identity.id, outbound.dedupe_key, outbound, body, now))])
+            identity_id, outbound.dedupe_key, outbound, body, now))])
         if outbound.dedupe_key not in queued:
             return None
-    wake_after_commit(session, identity.id, message)
+    wake_after_commit(session, identity_id, message)
     return message
 
 

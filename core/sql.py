@@ -285,9 +285,10 @@ class _Column:
     def encode(self, values: list[Any]) -> Any:
         if self.kind is None:
             return values
-        if self.kind == "aware_time" and any(
-                value is not None and value.tzinfo is None for value in values):
-            raise ValueError("naive datetime given; use timezone-aware UTC (core.clock)")
+        if self.kind == "aware_time":
+            for value in values:
+                if value is not None and value.tzinfo is None:
+                    raise ValueError("naive datetime given; use timezone-aware UTC (core.clock)")
         # JSON columns as to_json (core.db) writes them; None is JSON's null there, as the
         # JSON type binds it (SQL NULL elsewhere: json_array_elements_text reads null so).
         return orjson.dumps(values, default=_json_default,
@@ -487,11 +488,12 @@ def _write_new_rows(session: Session) -> None:
         writes = writes_for(session)
         for table, rows in pending.items():
             states = [instance_state(row) for row in rows]
+            dicts = [state.dict for state in states]
             # The objects as they are now: a change made since add_new goes in with the row,
             # which is then clean (no UPDATE after it; in one combined statement at the
             # commit, an UPDATE would not even see the row).
             names = tuple(column.key for column in table.columns)
-            writes.insert(table, Columns({name: [state.dict.get(name) for state in states]
+            writes.insert(table, Columns({name: [values.get(name) for values in dicts]
                                           for name in names}))
             _mark_written(session, states, changed=False)
 
@@ -684,7 +686,8 @@ def _end_of_transaction(session: Session, transaction: SessionTransaction) -> No
 
 # --- changed ORM objects written in one statement ---------------------------------------------
 
-_TOGETHER: dict[type[Any], tuple[str, ...]] = {}
+# Per model: the columns written, in order, and as a set (checked against each object's dict).
+_TOGETHER: dict[type[Any], tuple[tuple[str, ...], frozenset[str]]] = {}
 
 
 def write_changes_together(model: type[Any]) -> None:
@@ -704,7 +707,7 @@ def write_changes_together(model: type[Any]) -> None:
     if any(table.c[key].onupdate is not None or table.c[key].server_onupdate is not None
            for key in columns):
         raise TypeError(f"{model.__name__}: onupdate defaults need the ORM's flush")
-    _TOGETHER[model] = columns
+    _TOGETHER[model] = columns, frozenset(columns)
 
 
 def _write_changes(session: Session) -> None:
@@ -714,11 +717,11 @@ def _write_changes(session: Session) -> None:
     if not modified or not _TOGETHER or session.get_bind().dialect.name != "postgresql":
         return
     deleted = session._deleted  # noqa: SLF001
-    for model, columns in _TOGETHER.items():
+    for model, (columns, loaded) in _TOGETHER.items():
         states = [state for state in modified
                   if state.class_ is model and state.committed_state and state.key is not None
                   and not state.expired_attributes and state not in deleted
-                  and all(key in state.dict for key in columns)]
+                  and state.dict.keys() >= loaded]
         if states:
             writes_for(session).update(model.__table__,  # type: ignore[attr-defined]
                                        columns, [state.dict for state in states])

@@ -160,11 +160,16 @@ async def test_timestamps_round_trip_as_aware_utc(engine: AsyncEngine) -> None:
         c = Customer(created_at=datetime(2026, 3, 1, 10, 30, tzinfo=cet))
         s.add(c)
     async with sessions() as s:
+        if engine.dialect.name == "postgresql":
+            # What is read is UTC whatever the session's zone (asyncpg's binary timestamptz;
+            # UTCDateTime does nothing per value there).
+            await s.execute(text("SET TIME ZONE 'Asia/Kolkata'"))
         loaded = await s.scalar(select(Customer).where(Customer.id == c.id)
                                 .execution_options(populate_existing=True))
         assert loaded is not None
         assert loaded.created_at == NOW
         assert loaded.created_at.utcoffset() == timedelta(0)
+        assert loaded.created_at.tzinfo is UTC
         # Comparisons in SQL see the same instant.
         later = await s.scalar(select(Customer.id).where(
             Customer.created_at < NOW + timedelta(seconds=1)))
