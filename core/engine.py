@@ -6,11 +6,12 @@ import asyncio
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from functools import lru_cache
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
@@ -55,6 +56,7 @@ from core.transcript import MessageRow
 
 log = logging.getLogger("autodoctor.engine")
 T = TypeVar("T")
+K = TypeVar("K")
 
 # Far above any channel's own limit; beyond it text is cut so one message cannot bloat the
 # database. Channels reject long text earlier with a clear error (the widget) or split it.
@@ -171,6 +173,54 @@ class Handled:
     reply_rows: list[MessageRow] = field(default_factory=list)
 
 
+class _Turns(Generic[K]):
+    """One holder at a time per key, the others served in the order they came: what an
+    asyncio.Lock per key would do, without making one for each message (most find nobody
+    ahead of them, and cost a dictionary entry)."""
+
+    def __init__(self) -> None:
+        # Per key held: the turns of those waiting behind the holder (None: nobody waits).
+        self._waiting: dict[K, deque[asyncio.Future[None]] | None] = {}
+
+    def take_now(self, key: K) -> bool:
+        """Take the turn if nobody holds it; False if the caller must wait()."""
+        if key in self._waiting:
+            return False
+        self._waiting[key] = None
+        return True
+
+    async def wait(self, key: K) -> None:
+        """Wait for the turn behind whoever holds it and those already waiting."""
+        if key not in self._waiting:  # nobody holds it (any more)
+            self._waiting[key] = None
+            return
+        queue = self._waiting[key]
+        if queue is None:
+            queue = self._waiting[key] = deque()
+        turn = asyncio.get_running_loop().create_future()
+        queue.append(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if not turn.cancelled():
+                self.give_back(key)  # handed over just as the caller was cancelled
+            raise
+
+    def give_back(self, key: K) -> None:
+        """Hand the turn to the next still waiting, if any."""
+        queue = self._waiting[key]
+        while queue:
+            turn = queue.popleft()
+            if not turn.done():  # not given up (cancelled) while waiting
+                turn.set_result(None)
+                return
+        del self._waiting[key]
+
+    def __len__(self) -> int:
+        """The keys held."""
+        return len(self._waiting)
+
+
 @dataclass
 class _Waiting:
     inbound: Inbound
@@ -213,7 +263,9 @@ class Engine:
         # server overlap the next batch's Python work (a batch never holds two messages of one
         # person, and one person's messages wait for each other). SQLite has one writer: one.
         self.workers = workers or (2 if dialect == "postgresql" else 1)
-        self._locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
+        # One person's messages are handled one after another in this process; across
+        # processes the conversation row lock (PostgreSQL) or the write lock (SQLite) does it.
+        self._turns: _Turns[tuple[str, str]] = _Turns()
         self._waiting: list[_Waiting] = []
         self._running: set[asyncio.Task[None]] = set()
         self._spare_timer: asyncio.TimerHandle | None = None
@@ -225,23 +277,6 @@ class Engine:
         pair = (metrics.messages_in.labels(channel), metrics.reply_seconds.labels(channel))
         self._metrics[channel] = pair
         return pair
-
-    def _person_lock(self, key: tuple[str, str]) -> asyncio.Lock:
-        """The lock one person's messages take one after another in this process (across
-        processes, the conversation row lock on PostgreSQL or the write lock on SQLite does
-        the same); given back with _person_unlock. Not an async context manager: an async
-        generator per message cost more than the lock."""
-        held = self._locks.get(key)
-        lock, users = held if held is not None else (asyncio.Lock(), 0)
-        self._locks[key] = (lock, users + 1)
-        return lock
-
-    def _person_unlock(self, key: tuple[str, str]) -> None:
-        lock, users = self._locks[key]
-        if users == 1:
-            del self._locks[key]
-        else:
-            self._locks[key] = (lock, users - 1)
 
     async def receive(self, inbound: Inbound) -> list[Outbound]:
         """Handle one message; returns the replies to its sender (already stored and queued)."""
@@ -255,11 +290,12 @@ class Engine:
             inbound = replace(inbound, text=text, action=action)
         started = time.perf_counter()
         key = (inbound.channel, inbound.address)
+        if not self._turns.take_now(key):
+            await self._turns.wait(key)
         try:
-            async with self._person_lock(key):
-                ctx = await self._submit(inbound)
+            ctx = await self._submit(inbound)
         finally:
-            self._person_unlock(key)
+            self._turns.give_back(key)
         if ctx is None:
             return Handled([], None, duplicate=True)
         for work in ctx.after_commit:
@@ -273,7 +309,8 @@ class Engine:
         return Handled(ctx.replies, ctx.toast, identity_id=ctx.identity.id,
                        reply_rows=ctx.reply_rows)
 
-    async def _submit(self, inbound: Inbound) -> Context | None:
+    def _submit(self, inbound: Inbound) -> asyncio.Future[Context | None]:
+        """Queue the message for a transaction; the future is its Context when committed."""
         loop = asyncio.get_running_loop()
         waiting = _Waiting(inbound, loop.create_future())
         self._waiting.append(waiting)
@@ -286,11 +323,15 @@ class Engine:
             self._start_worker()
         elif len(running) < self.workers and self._spare_timer is None:
             self._spare_timer = loop.call_later(self.SPARE_AFTER, self._spare_due)
-        return await waiting.done
+        return waiting.done
 
     def _live_workers(self) -> set[asyncio.Task[None]]:
-        # A finished worker is done before its callbacks run: count only the live ones.
-        self._running = {task for task in self._running if not task.done()}
+        # A finished worker is done before its callbacks run: count only the live ones (the
+        # set is made anew only when one has finished, not for every message).
+        for task in self._running:
+            if task.done():
+                self._running = {task for task in self._running if not task.done()}
+                break
         return self._running
 
     def _start_worker(self) -> None:

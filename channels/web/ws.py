@@ -202,10 +202,7 @@ class _Connection:
         if not self.server.limiter.allow(self.address):
             raise ProtocolError("rate_limited", "You're sending messages very quickly; please "
                                                 "wait a few seconds and try again.")
-        if kind == "message":
-            await self.on_message(frame)
-        else:
-            await self.on_action(frame)
+        await self._hand_in(self.message(frame) if kind == "message" else self.action(frame))
 
     async def on_hello(self, frame: dict[str, Any]) -> None:
         if self.mailbox is not None:
@@ -305,7 +302,7 @@ class _Connection:
         assert mailbox is not None
         mailbox.hold()
         try:
-            await self.server.engine.receive(inbound)
+            await self.server.engine.handle(inbound)
         finally:
             rows, reread = mailbox.release()
             if rows or reread:
@@ -354,7 +351,8 @@ class _Connection:
         self.last_sent = max(self.last_sent, row.id)
 
 
-    async def on_message(self, frame: dict[str, Any]) -> None:
+    def message(self, frame: dict[str, Any]) -> Inbound:
+        """The message a "message" frame carries, checked."""
         text = frame.get("text", "")
         attachments = frame.get("attachments", [])
         if not isinstance(text, str):
@@ -370,15 +368,16 @@ class _Connection:
         if not text.strip() and not attachments:
             raise ProtocolError("empty_message", "That message was empty.")
         assert self.address is not None
-        await self._hand_in(Inbound(channel=CHANNEL, address=self.address, text=text,
-                                    attachments=tuple(attachments)))
+        return Inbound(channel=CHANNEL, address=self.address, text=text,
+                       attachments=tuple(attachments))
 
-    async def on_action(self, frame: dict[str, Any]) -> None:
+    def action(self, frame: dict[str, Any]) -> Inbound:
+        """The button tap an "action" frame carries, checked."""
         payload = frame.get("payload")
         if not isinstance(payload, str) or not payload or len(payload) > 255:
             raise ProtocolError("bad_frame", '"payload" must be a non-empty string.')
         assert self.address is not None
-        await self._hand_in(Inbound(channel=CHANNEL, address=self.address, action=payload))
+        return Inbound(channel=CHANNEL, address=self.address, action=payload)
 
 
 class _Recent:

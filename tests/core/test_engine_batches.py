@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.flows import route
 from core.db import create_engine
-from core.engine import Context, Engine
+from core.engine import Context, Engine, _Turns
 from core.messages import Inbound, Outbound
 from core.models import Conversation, Customer, Identity, Intake, Message
 from core.runtime import Runtime
@@ -378,3 +378,38 @@ async def test_a_batchs_writes_at_commit_are_one_statement_on_postgresql(
             assert conversation.step == "plan" and intake.plan is None
             assert intake.status == "draft"
     assert sum(i.status == "cancelled" for i in intakes.values()) == 4
+
+
+async def test_turns_serve_each_key_in_order_and_skip_those_who_gave_up() -> None:
+    turns: _Turns[str] = _Turns()
+    served: list[str] = []
+
+    async def one(name: str, key: str = "a") -> None:
+        if not turns.take_now(key):
+            await turns.wait(key)
+        try:
+            served.append(name)
+            await asyncio.sleep(0.01)
+        finally:
+            turns.give_back(key)
+
+    first = asyncio.create_task(one("first"))
+    await asyncio.sleep(0)  # holds the turn
+    impatient, second = asyncio.create_task(one("impatient")), asyncio.create_task(one("second"))
+    other = asyncio.create_task(one("other key", key="b"))
+    await asyncio.sleep(0)  # all waiting, but the other key's, which holds its own
+    assert served == ["first", "other key"]
+    impatient.cancel()
+    await asyncio.wait_for(asyncio.gather(first, second, other, impatient,
+                                          return_exceptions=True), 5)
+    assert served == ["first", "other key", "second"]
+    assert impatient.cancelled() and len(turns) == 0
+
+    # Cancelled just as the turn was handed over: it passes the turn on.
+    assert turns.take_now("a")
+    late, last = asyncio.create_task(turns.wait("a")), asyncio.create_task(one("last"))
+    await asyncio.sleep(0)
+    turns.give_back("a")  # to `late`, which has not run since
+    late.cancel()
+    await asyncio.wait_for(asyncio.gather(late, last, return_exceptions=True), 5)
+    assert late.cancelled() and served[-1] == "last" and len(turns) == 0
