@@ -77,23 +77,24 @@ class Hub:
                 del self._waiters[identity_id]
 
     def publish(self, identity_ids: Iterable[int],
-                rows: Mapping[int, list[Any]] | None = None) -> None:
-        """Wake local waiters (with the rows committed for each identity, where given), and
-        other processes when a bridge is attached."""
+                rows: Mapping[int, list[Any]] | None = None, *, outbox: bool = True) -> None:
+        """Wake local waiters (with the rows committed for each identity, where given), the
+        outbox dispatcher if `outbox`, and other processes when a bridge is attached."""
         ids = set(identity_ids)
-        self.wake(ids, rows)
+        self.wake(ids, rows, outbox=outbox)
         if self.bridge is not None:
             self.bridge.forward(ids)
 
     def wake(self, identity_ids: Iterable[int],
-             rows: Mapping[int, list[Any]] | None = None) -> None:
+             rows: Mapping[int, list[Any]] | None = None, *, outbox: bool = True) -> None:
         for identity_id in identity_ids:
             mailboxes = self._waiters.get(identity_id)
             if mailboxes:
                 committed = rows.get(identity_id) if rows is not None else None
                 for mailbox in mailboxes:
                     mailbox.deliver(committed)
-        self.outbox_wakeup.set()
+        if outbox:
+            self.outbox_wakeup.set()
 
 
 CHANNEL = "autodoctor_wakeup"

@@ -22,14 +22,20 @@ HUB = "autodoctor.hub"
 _TOUCHED = "autodoctor.touched"
 
 
+_OUTBOX_DUE = "autodoctor.outbox_due"
+
+
 def wake_after_commit(session: AsyncSession, identity_id: int,
-                      message: MessageRow | None = None) -> None:
+                      message: MessageRow | None = None, *, outbox: bool = True) -> None:
     """Once this transaction commits, wake whoever waits for this person's messages (an open
-    widget socket, the outbox dispatcher), handing over the new message rows. The session's
-    info carries the hub (Runtime). Without `message`, the woken read the database."""
+    widget socket), handing over the new message rows, and, with `outbox` (a row queued for a
+    provider to deliver), the outbox dispatcher. The session's info carries the hub
+    (Runtime). Without `message`, the woken read the database."""
     info = session.sync_session.info
     if HUB not in info:
         return
+    if outbox:
+        info[_OUTBOX_DUE] = True
     touched: dict[int, list[MessageRow] | None] = info.setdefault(_TOUCHED, {})
     rows = touched.get(identity_id, [])
     if message is None or rows is None:
@@ -41,14 +47,18 @@ def wake_after_commit(session: AsyncSession, identity_id: int,
 @event.listens_for(Session, "after_commit")
 def _publish(session: Session) -> None:
     touched: dict[int, list[MessageRow] | None] | None = session.info.pop(_TOUCHED, None)
+    due = session.info.pop(_OUTBOX_DUE, False)
     if touched:
         # A row without an id was in a savepoint rolled back: the woken read the database.
+        # The dispatcher is left asleep when nothing was queued for a provider (widget
+        # replies are read from the transcript): each wake-up is a claim query.
         session.info[HUB].publish(touched, {
             i: rows for i, rows in touched.items()
-            if rows is not None and all(m.id is not None for m in rows)})
+            if rows is not None and all(m.id is not None for m in rows)}, outbox=due)
 
 
 transaction_scoped(_TOUCHED)  # rolled back: nobody is woken
+transaction_scoped(_OUTBOX_DUE)
 
 
 # Channels delivered straight from the transcript (an open socket, a terminal), not by a
@@ -80,7 +90,7 @@ async def enqueue(session: AsyncSession, identity: Identity, outbound: Outbound,
             identity_id, outbound.dedupe_key, outbound, body, now))])
         if outbound.dedupe_key not in queued:
             return None
-    wake_after_commit(session, identity_id, message)
+    wake_after_commit(session, identity_id, message, outbox=not direct)
     return message
 
 
@@ -149,5 +159,6 @@ async def enqueue_many(session: AsyncSession, items: list[tuple[int, Outbound]],
     queued = await transcript.add_keyed(session, list(keyed.values()))
     for key, (message, _values) in keyed.items():
         if key in queued:
-            wake_after_commit(session, message.identity_id, message)
+            wake_after_commit(session, message.identity_id, message,
+                              outbox=message.channel not in TRANSCRIPT_CHANNELS)
     return queued

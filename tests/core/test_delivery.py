@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from datetime import datetime
 
@@ -241,3 +242,43 @@ async def test_many_keyed_messages_are_queued_once_and_keep_the_transcript_in_or
     # Every message has its outbox row, pointing at it (no UPDATE needed, none left unlinked).
     assert all(m.id in outbox and outbox[m.id].payload["text"] == m.text for m in messages)
     assert len(outbox) == len(messages) and again["c"] == outbox[messages[6].id].id
+
+
+async def test_only_a_commit_that_queues_for_a_provider_wakes_the_dispatcher(
+        runtime: Runtime) -> None:
+    now = runtime.clock.now()
+    async with runtime.sessions.begin() as s:
+        customer = Customer(created_at=now)
+        s.add(customer)
+        await s.flush()
+        web, flaky = (Identity(channel=channel, address=f"{channel}-1", customer_id=customer.id,
+                               created_at=now) for channel in ("web", "flaky"))
+        s.add_all([web, flaky])
+    hub = runtime.hub
+    socket = hub.subscribe(web.id)
+    hub.outbox_wakeup.clear()
+
+    # Widget replies, keyed or not, are read from the transcript: the socket is woken with
+    # them, the dispatcher (whose every wake-up is a claim query) is not.
+    async with runtime.sessions.begin() as s:
+        await enqueue(s, web, Outbound("web", web.address, "reply"), now)
+        await enqueue(s, web, Outbound("web", web.address, "notice", dedupe_key="n:1"), now)
+        await enqueue_many(s, [(web.id, Outbound("web", web.address, "offer"))], now)
+    assert [row.text for row in socket.take()[0]] == ["reply", "notice", "offer"]
+    assert not hub.outbox_wakeup.is_set()
+
+    with contextlib.suppress(RuntimeError):  # rolled back: nobody is woken
+        async with runtime.sessions.begin() as s:
+            await enqueue(s, flaky, Outbound("flaky", flaky.address, "lost"), now)
+            raise RuntimeError
+    assert not hub.outbox_wakeup.is_set()
+
+    for queued in (
+            lambda s: enqueue(s, flaky, Outbound("flaky", flaky.address, "one"), now),
+            lambda s: enqueue_many(s, [(web.id, Outbound("web", web.address, "two")),
+                                       (flaky.id, Outbound("flaky", flaky.address, "two"))],
+                                   now)):
+        async with runtime.sessions.begin() as s:
+            await queued(s)
+        assert hub.outbox_wakeup.is_set()
+        hub.outbox_wakeup.clear()
