@@ -27,36 +27,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import aiohttp
 from benchdb import database_url
-from widget_throughput import INTAKE, PG_URL, ROOT, SECRETS, Proc, converse, free_port
+from widget_throughput import (
+    INTAKE,
+    PG_URL,
+    ROOT,
+    SECRETS,
+    Proc,
+    converse,
+    free_port,
+    wait_healthy,
+)
 
 START_TIMEOUT = 600.0  # the service starting under valgrind
-
-
-async def healthy(http: aiohttp.ClientSession, server: Proc, port: int) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if server.popen.poll() is not None:
-            raise SystemExit(f"the service exited ({server.popen.returncode}):\n"
-                             + server.tail())
-        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-            async with http.get(f"http://127.0.0.1:{port}/healthz",
-                                timeout=aiohttp.ClientTimeout(total=10)) as resp:
-                if resp.status == 200:
-                    return
-        await asyncio.sleep(1)
-    raise SystemExit(f"the service did not answer /healthz in {START_TIMEOUT:.0f}s")
 
 
 def control(*args: str) -> str:
@@ -107,7 +99,7 @@ async def main(args: argparse.Namespace) -> None:
                 connector = aiohttp.TCPConnector(limit=0)
                 timeout = aiohttp.ClientTimeout(total=None)
                 async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
-                    await healthy(http, server, port)
+                    await wait_healthy(http, server, port, START_TIMEOUT)
                     await intakes(http, widget, args.customers)  # warm-up
                     await asyncio.sleep(2)
                     await asyncio.to_thread(control, "--zero", str(server.popen.pid))

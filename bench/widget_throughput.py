@@ -141,18 +141,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def wait_healthy(http: aiohttp.ClientSession, proc: Proc, port: int) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
+async def wait_healthy(http: aiohttp.ClientSession, proc: Proc, port: int,
+                       start_timeout: float = START_TIMEOUT) -> None:
+    deadline = time.monotonic() + start_timeout
     while time.monotonic() < deadline:
         if proc.popen.poll() is not None:
             raise RuntimeError(f"{proc.name} exited ({proc.popen.returncode}):\n{proc.tail()}")
         with contextlib.suppress(aiohttp.ClientError, TimeoutError):
             async with http.get(f"http://127.0.0.1:{port}/healthz",
-                                timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                                timeout=aiohttp.ClientTimeout(total=10)) as resp:
                 if resp.status == 200:
                     return
         await asyncio.sleep(0.2)
-    raise RuntimeError(f"{proc.name} did not answer /healthz in {START_TIMEOUT:.0f}s")
+    raise RuntimeError(f"{proc.name} did not answer /healthz in {start_timeout:.0f}s")
 
 
 # --- load ---------------------------------------------------------------------------------------

@@ -190,10 +190,8 @@ class _Turns(Generic[K]):
         return True
 
     async def wait(self, key: K) -> None:
-        """Wait for the turn behind whoever holds it and those already waiting."""
-        if key not in self._waiting:  # nobody holds it (any more)
-            self._waiting[key] = None
-            return
+        """After take_now() said no: wait for the turn behind whoever holds it and those
+        already waiting."""
         queue = self._waiting[key]
         if queue is None:
             queue = self._waiting[key] = deque()

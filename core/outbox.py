@@ -20,21 +20,19 @@ from core.transcript import MessageRow
 
 HUB = "autodoctor.hub"
 _TOUCHED = "autodoctor.touched"
-
-
-_OUTBOX_DUE = "autodoctor.outbox_due"
+_OUTBOX_DUE = "autodoctor.outbox_due"  # a row was queued for a provider to deliver
 
 
 def wake_after_commit(session: AsyncSession, identity_id: int,
-                      message: MessageRow | None = None, *, outbox: bool = True) -> None:
+                      message: MessageRow | None = None) -> None:
     """Once this transaction commits, wake whoever waits for this person's messages (an open
-    widget socket), handing over the new message rows, and, with `outbox` (a row queued for a
-    provider to deliver), the outbox dispatcher. The session's info carries the hub
-    (Runtime). Without `message`, the woken read the database."""
+    widget socket), handing over the new message rows, and the outbox dispatcher unless the
+    message is one the transcript delivers (TRANSCRIPT_CHANNELS). The session's info carries
+    the hub (Runtime). Without `message`, the woken read the database."""
     info = session.sync_session.info
     if HUB not in info:
         return
-    if outbox:
+    if message is None or message.channel not in TRANSCRIPT_CHANNELS:
         info[_OUTBOX_DUE] = True
     touched: dict[int, list[MessageRow] | None] = info.setdefault(_TOUCHED, {})
     rows = touched.get(identity_id, [])
@@ -90,7 +88,7 @@ async def enqueue(session: AsyncSession, identity: Identity, outbound: Outbound,
             identity_id, outbound.dedupe_key, outbound, body, now))])
         if outbound.dedupe_key not in queued:
             return None
-    wake_after_commit(session, identity_id, message, outbox=not direct)
+    wake_after_commit(session, identity_id, message)
     return message
 
 
@@ -159,6 +157,5 @@ async def enqueue_many(session: AsyncSession, items: list[tuple[int, Outbound]],
     queued = await transcript.add_keyed(session, list(keyed.values()))
     for key, (message, _values) in keyed.items():
         if key in queued:
-            wake_after_commit(session, message.identity_id, message,
-                              outbox=message.channel not in TRANSCRIPT_CHANNELS)
+            wake_after_commit(session, message.identity_id, message)
     return queued
