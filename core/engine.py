@@ -15,11 +15,15 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
+    Integer,
     Select,
     String,
+    TextClause,
     bindparam,
+    column,
     func,
     select,
+    text,
     tuple_,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -43,11 +47,15 @@ from core.outbox import enqueue
 from core.runtime import Runtime
 from core.sql import (
     Columns,
+    as_loaded,
     dialect,
     dialect_insert,
+    draw_ids,
     get_by_id,
     insert_ids,
     insert_ignore,
+    rows_params,
+    rows_source,
     transaction_scoped,
     write_before_commit,
     writes_for,
@@ -537,8 +545,14 @@ async def _meet(session: AsyncSession, inbounds: Sequence[Inbound],
     missing = {(i.channel, i.address): i for i in inbounds if (i.channel, i.address) not in people}
     if not missing:
         return
+    name = dialect(session)
+    if name == "postgresql":
+        met = await _first_contacts(session, list(missing.values()), now)
+        people.update(met)
+        missing = {key: inbound for key, inbound in missing.items() if key not in met}
+        if not missing:
+            return
     with session.no_autoflush:  # nothing pending in this session can be one of them
-        name = dialect(session)
         found = {(x.channel, x.address): x for x in (await session.scalars(
             _identities_query(name), _identity_params(name, sorted(missing)))).all()}
         new = [inbound for key, inbound in missing.items() if key not in found]
@@ -562,6 +576,72 @@ async def _meet(session: AsyncSession, inbounds: Sequence[Inbound],
                 .where(_CONVERSATION.c.identity_id == identity.id).with_for_update())).one()
             conversation = ConversationState(*row)
         people[key] = (identity, conversation, None, None)
+
+
+async def _first_contacts(session: AsyncSession, inbounds: Sequence[Inbound],
+                          now: datetime) -> dict[tuple[str, str], Person]:
+    """PostgreSQL: senders seen for the first time become customers, with their identities
+    and conversations, in one statement (the ids drawn ahead, see core.sql.draw_ids), instead
+    of a lookup and three INSERTs: per round trip, SQLAlchemy, the driver and the system calls
+    cost some 0.3 ms of CPU here, and most batches bring a few new widget visitors. A sender
+    who has an identity already (linked as a mechanic, say, or made meanwhile by another
+    process) is skipped by the statement and left out of what is returned, for _meet's
+    general path; the customer drawn for them is not inserted."""
+    names = [storable_text(i.display_name)[:_NAME_CHARS] if i.display_name else None
+             for i in inbounds]
+    created = [i.received_at or now for i in inbounds]
+    identity_ids = await draw_ids(session, _IDENTITY, len(inbounds))
+    customer_ids = await draw_ids(session, Customer.__table__, len(inbounds))
+    params = rows_params(_IDENTITY, {
+        "id": identity_ids, "customer_id": customer_ids,
+        "channel": [i.channel for i in inbounds], "address": [i.address for i in inbounds],
+        "display_name": names, "created_at": created}, "k_")
+    with session.no_autoflush:  # nothing pending in this session can be one of them
+        made = {row.identity_id: row.id for row in await session.execute(
+            _first_contacts_statement(), {**params, "now": now})}
+    people: dict[tuple[str, str], Person] = {}
+    for inbound, identity_id, customer_id, name, at in zip(
+            inbounds, identity_ids, customer_ids, names, created, strict=True):
+        conversation_id = made.get(identity_id)
+        if conversation_id is None:
+            continue
+        identity = as_loaded(session, Identity, {
+            **_NO_VALUES, "id": identity_id, "channel": inbound.channel,
+            "address": inbound.address, "customer_id": customer_id, "display_name": name,
+            "reachable": True, "created_at": at})
+        people[(inbound.channel, inbound.address)] = (identity, ConversationState(
+            conversation_id, identity_id, "customer", "start", {}, None, 0, now, now), None, None)
+    if people:
+        log.info("new customers=%s channels=%s",
+                 ",".join(str(p[0].customer_id) for p in people.values()),
+                 ",".join(sorted({key[0] for key in people})))
+    return people
+
+
+_IDENTITY = Identity.__table__
+_NO_VALUES = {column.key: None for column in _IDENTITY.columns}
+
+
+@lru_cache(maxsize=1)
+def _first_contacts_statement() -> TextClause:
+    # The identities first, skipping any that exist; then a customer and a conversation for
+    # each identity made (foreign keys are checked at the end of the statement).
+    names = ("id", "customer_id", "channel", "address", "display_name", "created_at")
+    source, value, binds = rows_source(_IDENTITY, names, "k_", "k")
+    sql = (
+        'WITH i AS (INSERT INTO identities (id, customer_id, channel, address, display_name, '
+        'reachable, created_at) SELECT ' + ", ".join(value[name] for name in names[:5])
+        + f", true, {value['created_at']} FROM {source}"
+        " ON CONFLICT (channel, address) DO NOTHING"
+        " RETURNING id, customer_id, display_name, created_at),"
+        " c AS (INSERT INTO customers (id, display_name, created_at)"
+        " SELECT customer_id, display_name, created_at FROM i)"
+        " INSERT INTO conversations (identity_id, flow, step, data, version, created_at,"
+        " updated_at) SELECT id, 'customer', 'start', CAST('{}' AS json), 0, :now, :now FROM i"
+        " RETURNING id, identity_id")
+    return text(sql).bindparams(
+        *binds, bindparam("now", type_=_CONVERSATION.c.created_at.type)
+    ).columns(column("id", Integer), column("identity_id", Integer))
 
 
 async def _new_customers(session: AsyncSession, inbounds: Sequence[Inbound],

@@ -363,6 +363,25 @@ def _binds(table: Table, columns: tuple[str, ...], prefix: str) -> list[Any]:
     return [column.bind for column in _columns(table, columns, prefix)]
 
 
+def rows_source(table: Table, names: tuple[str, ...], prefix: str, alias: str
+                ) -> tuple[str, dict[str, str], list[Any]]:
+    """PostgreSQL, for a statement of one's own that reads many rows' values of these columns
+    of `table` as the multi-row statements here bind them (rows_params): its FROM item
+    (`ROWS FROM (…) AS alias(names)`), each column's value read from it (cast to the column's
+    type), and the bind parameters to give the statement."""
+    columns = _columns(table, names, prefix)
+    source = (f"{_rows_from(columns)} AS {alias}("
+              + ", ".join(f'"{name}"' for name in names) + ")")
+    values = {name: column.value(alias, name)
+              for name, column in zip(names, columns, strict=True)}
+    return source, values, _binds(table, names, prefix)
+
+
+def rows_params(table: Table, values: dict[str, list[Any]], prefix: str) -> dict[str, Any]:
+    """The parameters for rows_source: the columns' values (equally long lists)."""
+    return _encoded(table, values, prefix)
+
+
 def bulk_update_sync(conn: Any, table: Table, columns: tuple[str, ...],
                      rows: list[dict[str, Any]] | Columns) -> None:
     """UPDATE these rows (each an "id" and a value for every one of `columns`; or Columns) in
@@ -421,25 +440,12 @@ async def add_new(session: AsyncSession, model: type[T], values: dict[str, Any])
     the object before its row is written goes in with the row; after, it is an UPDATE, as
     usual."""
     table: Table = model.__table__  # type: ignore[attr-defined]
-    bind = session.get_bind()
-    if bind.dialect.name == "postgresql":
-        free = _free_ids.setdefault(bind, {}).setdefault(table.name, deque())
-        if not free:
-            # Not a flush first: the sequence does not read the session's rows, and a flush
-            # mid-transaction would write what waits for the commit's one statement.
-            with session.no_autoflush:
-                free.extend((await session.execute(
-                    _NEXTVAL, {"table": table.name, "count": ID_BLOCK})).scalars())
-        new_id = free.popleft()
+    if dialect(session) == "postgresql":
+        (new_id,) = await draw_ids(session, table, 1)
     else:
         new_id = await _next_sqlite_id(session, table)
-    row_values = {**{column.key: None for column in table.columns}, **values, "id": new_id}
-    # Persistent as if just loaded (nothing expired, to load later, or pending): the values go
-    # straight into the instance's dict, as a query's loading does, not attribute by attribute.
-    row = class_mapper(model).class_manager.new_instance()
-    instance_state(row).dict.update(row_values)
-    make_transient_to_detached(row)
-    session.add(row)
+    row = as_loaded(session, model,
+                    {**{column.key: None for column in table.columns}, **values, "id": new_id})
     sync = session.sync_session
     # The object itself (held until written: the session holds a clean one only weakly).
     sync.info.setdefault(_NEW_ROWS, {}).setdefault(table, []).append(row)
@@ -450,6 +456,31 @@ async def add_new(session: AsyncSession, model: type[T], values: dict[str, Any])
         # SQLite may give its id to the next row).
         await session.run_sync(_write_new_rows)
         sync.info.setdefault(_NEW_IN_SAVEPOINT, []).append((nested, row))
+    return row
+
+
+async def draw_ids(session: AsyncSession, table: Table, count: int) -> list[int]:
+    """PostgreSQL: `count` new ids for rows of `table`, from its sequence, drawn ahead ID_BLOCK
+    at a time per engine (add_new's, and for rows a statement of one's own inserts)."""
+    free = _free_ids.setdefault(session.get_bind(), {}).setdefault(table.name, deque())
+    if len(free) < count:
+        # Not a flush first: the sequence does not read the session's rows, and a flush
+        # mid-transaction would write what waits for the commit's one statement.
+        with session.no_autoflush:
+            free.extend((await session.execute(
+                _NEXTVAL, {"table": table.name, "count": max(ID_BLOCK, count)})).scalars())
+    return [free.popleft() for _ in range(count)]
+
+
+def as_loaded(session: AsyncSession, model: type[T], values: dict[str, Any]) -> T:
+    """An ORM object for a row with these values (every column), persistent in the session
+    as if just loaded: nothing expired, to load later, or pending. The values go straight into
+    the instance's dict, as a query's loading does, not attribute by attribute. The session
+    holds it only weakly, as any clean object."""
+    row = class_mapper(model).class_manager.new_instance()
+    instance_state(row).dict.update(values)
+    make_transient_to_detached(row)
+    session.add(row)
     return row
 
 

@@ -16,6 +16,7 @@ from core.messages import Inbound, Outbound
 from core.models import Conversation, Customer, Identity, Intake, Message
 from core.runtime import Runtime
 from tests.conftest import PG_URL
+from tests.factories import linked_mechanic
 from tests.helpers import (
     Chat,
     counting_commits,
@@ -197,6 +198,52 @@ async def test_many_first_contacts_in_one_batch_cost_what_a_few_do(
     assert {p.step for p in people} == {"plan"}
     # Each new person still starts an intake of their own (one INSERT each); nothing else grows.
     assert counts[1] - counts[0] <= 27, counts
+
+
+async def test_first_contacts_beside_people_known_without_a_conversation(
+        runtime: Runtime, engine: AsyncEngine, backend: str) -> None:
+    # A batch of new visitors, with a mechanic who has linked the widget but never written and
+    # a customer whose identity another process has just made (neither has a conversation):
+    # everyone gets their own first answer, and only the new visitors get customers. On
+    # PostgreSQL the new visitors' customers, identities and conversations are made by one
+    # statement per transaction.
+    bot = Engine(runtime, route)
+    await linked_mechanic(runtime, "Ann")
+    now = runtime.clock.now()
+    async with runtime.sessions.begin() as s:
+        customer = Customer(display_name="Bo", created_at=now)
+        s.add(customer)
+        await s.flush()
+        s.add(Identity(channel="web", address="made-elsewhere", customer_id=customer.id,
+                       created_at=now))
+    new = [Chat(bot, channel="web", address=f"new_{i}") for i in range(20)]
+    mechanic = Chat(bot, channel="web", address="mech-Ann")
+    elsewhere = Chat(bot, channel="web", address="made-elsewhere")
+    with recording_statements(engine) as statements, counting_commits(engine) as commits:
+        replies = await asyncio.gather(mechanic.send("status"), elsewhere.send("hi"),
+                                       *(chat.send("hi") for chat in new))
+    assert "Ann: available" in joined(replies[0]), replies[0]
+    assert all("AutoDoctor assistant" in joined(r) for r in replies[1:]), replies[1:]
+    async with runtime.sessions() as s:
+        people = (await s.execute(
+            select(Identity.address, Identity.customer_id, Identity.mechanic_id,
+                   Conversation.flow, Conversation.step)
+            .join(Conversation, Conversation.identity_id == Identity.id)
+            .order_by(Identity.address))).all()
+        customers = (await s.scalars(select(Customer.id))).all()
+    assert len(people) == 22
+    assert {(p.flow, p.step) for p in people if p.mechanic_id is None} == {("customer", "plan")}
+    assert [p.flow for p in people if p.mechanic_id is not None] == ["mechanic"]
+    # One customer each for the new visitors, Bo's, and none drawn for the others.
+    assert sorted(customers) == sorted(p.customer_id for p in people
+                                       if p.customer_id is not None)
+    assert len(customers) == 21
+    if backend == "postgresql":
+        making = [x for x in statements if "INSERT INTO customers" in x]
+        assert making and all("INSERT INTO identities" in x and "INSERT INTO conversations" in x
+                              for x in making), making
+        assert len(making) <= len(commits)
+        assert not [x for x in statements if x.lstrip().startswith("INSERT INTO identities")]
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
