@@ -14,7 +14,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Column, Integer, MetaData, Numeric, String, Table, inspect, select, text
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError, InvalidRequestError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import migrations
@@ -32,7 +32,7 @@ from core.models import (
     OutboxItem,
     SessionRequest,
 )
-from core.sql import add_new, bulk_insert_sync, bulk_update_sync, get_by_id
+from core.sql import add_new, as_loaded, bulk_insert_sync, bulk_update_sync, get_by_id
 from core.sqlite_inline import InlineConnection
 from tests.helpers import recording_executions, recording_statements
 
@@ -355,6 +355,34 @@ async def _customer(sessions: Any) -> Customer:
         customer = Customer(created_at=NOW)
         s.add(customer)
     return customer
+
+
+async def test_an_object_made_as_loaded_is_persistent_and_clean_like_a_loaded_row(
+        engine: AsyncEngine) -> None:
+    # core.sql.as_loaded (add_new's objects, the engine's first contacts): in the session's
+    # identity map as a query would have put it, so the session finds it without a statement,
+    # a change to it is written as for a loaded row, and a second object for the same row is
+    # refused.
+    sessions = create_sessionmaker(engine)
+    customer = await _customer(sessions)
+    values = {"id": customer.id, "display_name": None, "stripe_customer_id": None,
+              "created_at": NOW}
+    async with sessions.begin() as s:
+        made = as_loaded(s, Customer, values)
+        state = inspect(made)
+        assert state.persistent and not state.modified and made in s
+        with recording_statements(engine) as statements:
+            assert await s.get(Customer, customer.id) is made
+            assert made.created_at == NOW
+        assert statements == []
+        with pytest.raises(InvalidRequestError):
+            as_loaded(s, Customer, values)
+        made.display_name = "Bea"
+        assert state.modified and made in s.dirty
+    async with sessions() as s:
+        stored = await s.get(Customer, customer.id)
+        assert stored is not None and stored.display_name == "Bea"
+        assert stored.created_at == NOW
 
 
 async def test_add_new_rows_known_at_once_written_together_before_what_points_at_them(
