@@ -91,12 +91,14 @@ class ConversationState:
     data: dict[str, Any]
     intake_id: int | None
     version: int
-    created_at: datetime
-    updated_at: datetime
+    # Set as it is handled, for the write-back; not read with the row (nothing reads the
+    # row's times: a timestamp costs the driver more to read than any other column).
+    updated_at: datetime | None = None
 
 
 _CONVERSATION = Conversation.__table__
-_CONVERSATION_COLUMNS = tuple(_CONVERSATION.c[f.name] for f in fields(ConversationState))
+_CONVERSATION_COLUMNS = tuple(_CONVERSATION.c[f.name] for f in fields(ConversationState)
+                              if f.name != "updated_at")
 _WRITTEN = ("flow", "step", "data", "intake_id", "version", "updated_at")
 # The conversations handled in this transaction and not yet written back.
 _HANDLED = "autodoctor.engine.handled_conversations"
@@ -610,7 +612,7 @@ async def _first_contacts(session: AsyncSession, inbounds: Sequence[Inbound],
             "address": inbound.address, "customer_id": customer_id, "display_name": name,
             "reachable": True, "created_at": at})
         people[(inbound.channel, inbound.address)] = (identity, ConversationState(
-            conversation_id, identity_id, "customer", "start", {}, None, 0, now, now), None, None)
+            conversation_id, identity_id, "customer", "start", {}, None, 0), None, None)
     if people:
         log.info("new customers=%s channels=%s",
                  ",".join(str(p[0].customer_id) for p in people.values()),
