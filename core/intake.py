@@ -127,5 +127,5 @@ def parse_odometer(text: str) -> tuple[int, str] | None:
 
 def problem_is_described(text: str) -> bool:
     words = re.findall(r"\w+", text)
-    letters = sum(c.isalpha() for c in text)
+    letters = sum(map(str.isalpha, text))
     return len(words) >= MIN_PROBLEM_WORDS and letters >= MIN_PROBLEM_LETTERS

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from operator import mul
 
 from vininfo import Vin
 
@@ -12,6 +13,8 @@ _TRANSLIT = {**{str(d): d for d in range(10)},
              **dict(zip("JKLMN", range(1, 6), strict=True)), "P": 7, "R": 9,
              **dict(zip("STUVWXYZ", range(2, 10), strict=True))}
 _WEIGHTS = (8, 7, 6, 5, 4, 3, 2, 10, 0, 9, 8, 7, 6, 5, 4, 3, 2)
+_ALLOWED = frozenset(_TRANSLIT)
+_CONFUSABLE = frozenset("IOQ")
 # The check digit is mandatory for vehicles made for North America (WMI 1-5) and China (L).
 _CHECKED_REGIONS = tuple("12345L")
 
@@ -32,7 +35,9 @@ def normalize(raw: str) -> str:
 
 
 def check_digit(vin: str) -> str:
-    total = sum(_TRANSLIT[c] * w for c, w in zip(vin, _WEIGHTS, strict=True))
+    if len(vin) != len(_WEIGHTS):
+        raise ValueError("a VIN has 17 characters")
+    total = sum(map(mul, map(_TRANSLIT.__getitem__, vin), _WEIGHTS))
     rem = total % 11
     return "X" if rem == 10 else str(rem)
 
@@ -42,12 +47,12 @@ def validate(raw: str, *, current_year: int) -> VinInfo:
     vin = normalize(raw)
     if len(vin) != 17:
         raise VinError(f"A VIN has exactly 17 characters; this one has {len(vin)}.")
-    banned = sorted({c for c in vin if c in "IOQ"})
+    banned = sorted(_CONFUSABLE.intersection(vin))
     if banned:
         raise VinError(
             f"A VIN never contains the letters I, O or Q (this one has {', '.join(banned)}); "
             "they are easy to mix up with 1 and 0. Please check those characters.")
-    bad = sorted({c for c in vin if c not in _TRANSLIT})
+    bad = sorted(set(vin) - _ALLOWED)
     if bad:
         raise VinError(f"A VIN has only letters and digits; this one has {' '.join(bad)}.")
     if vin[0] in _CHECKED_REGIONS:

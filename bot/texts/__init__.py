@@ -58,11 +58,11 @@ def _settled(value: Any) -> Any:
     differently), if `value` cannot change."""
     if isinstance(value, _PLAIN):
         return type(value), value
-    if isinstance(value, Mapping):
-        return dict, tuple((_settled(k), _settled(v)) for k, v in value.items())
-    kept = _frozen_keys.get(id(value))
+    kept = _frozen_keys.get(id(value))  # first: a plan, say (Mapping is an ABC, slower)
     if kept is not None and kept[0] is value:
         return kept[1]
+    if isinstance(value, Mapping):
+        return dict, tuple((_settled(k), _settled(v)) for k, v in value.items())
     params = getattr(type(value), "__dataclass_params__", None)
     if params is not None and params.frozen:
         settled = type(value), tuple(_settled(getattr(value, field.name))
