@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.config import Config
 from core.models import Checkout, Intake
-from core.sql import add_new
+from core.sql import add_new, as_transient
 
 
 class PaymentPort(Protocol):
@@ -66,17 +66,21 @@ async def _open_checkout(session: AsyncSession, port: PaymentPort, config: Confi
                          intake: Intake, now: datetime) -> Checkout:
     assert intake.plan is not None
     plan = config.plan(intake.plan)
-    checkout = Checkout(
-        ref=new_checkout_ref(), intake_id=intake.id, customer_id=intake.customer_id,
-        plan=intake.plan, amount_cents=plan.price_cents, currency=config.billing.currency,
-        provider=port.provider, status="open", created_at=now,
-        expires_at=now + timedelta(seconds=config.billing.checkout_ttl_seconds))
+    # Transient, its values set as loading sets them (not attribute by attribute through the
+    # ORM's events, which only an object in a session needs).
+    checkout = as_transient(Checkout, {
+        **_NO_VALUES, "ref": new_checkout_ref(), "intake_id": intake.id,
+        "customer_id": intake.customer_id, "plan": intake.plan,
+        "amount_cents": plan.price_cents, "currency": config.billing.currency,
+        "provider": port.provider, "status": "open", "created_at": now,
+        "expires_at": now + timedelta(seconds=config.billing.checkout_ttl_seconds)})
     # The provider's page first: if it fails, no half-made checkout row is left behind. The
     # row is stored with the transaction (the link reaches the customer only after commit),
     # with the other new checkouts of a group commit in one statement (core.sql.add_new).
     checkout.url = await port.create_checkout(session, checkout)
-    return await add_new(session, Checkout, {
-        column.key: getattr(checkout, column.key) for column in _CHECKOUT_COLUMNS})
+    values = checkout.__dict__  # with what the port set (Stripe: its session's id)
+    return await add_new(session, Checkout, {key: values.get(key) for key in _NO_VALUES})
 
 
-_CHECKOUT_COLUMNS = tuple(c for c in Checkout.__table__.columns if c.key != "id")
+# Every column but the id.
+_NO_VALUES = {c.key: None for c in Checkout.__table__.columns if c.key != "id"}

@@ -481,6 +481,16 @@ async def draw_ids(session: AsyncSession, table: Table, count: int) -> list[int]
 _mappers: dict[type[Any], Any] = {}
 
 
+def as_transient(model: type[T], values: dict[str, Any]) -> T:
+    """A new ORM object, in no session, with these attribute values put straight into its
+    dict (the constructor sets each through the ORM's attribute events, which only an object
+    in a session needs): for handing to code that reads it, before its row is made."""
+    mapper = _mappers.get(model) or _mappers.setdefault(model, class_mapper(model))
+    row = mapper.class_manager.new_instance()
+    instance_state(row).dict.update(values)
+    return row
+
+
 def as_loaded(session: AsyncSession, model: type[T], values: dict[str, Any]) -> T:
     """An ORM object for a row with these values (every column), persistent in the session
     as if just loaded: nothing expired, to load later, or pending. The values go straight into
