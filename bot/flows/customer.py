@@ -59,6 +59,12 @@ def _label(key: str) -> str:
     return text("label", key=key)
 
 
+@cache
+def _buttons(*buttons: tuple[str, str]) -> tuple[Button, ...]:
+    """Buttons of (label key, payload): made once (they are immutable), not per message."""
+    return tuple(Button(_label(key), payload) for key, payload in buttons)
+
+
 def _said(ctx: Context) -> str:
     """What the person chose: a button payload, or what they typed."""
     return ctx.inbound.action or ctx.text
@@ -173,9 +179,20 @@ COMMAND_HANDLERS: dict[str, Callable[[Context, Intake | None], Awaitable[None]]]
 # ------------------------------------------------------------------ steps
 
 
-def _plan_buttons(ctx: Context) -> list[Button]:
-    return [Button(text("plan_label", plan=plan), f"plan:{code}")
-            for code, plan in ctx.config.plans.items()]
+def _plan_buttons(ctx: Context) -> tuple[Button, ...]:
+    plans = ctx.config.plans
+    kept = _PLAN_BUTTONS.get(id(plans))
+    if kept is None or kept[0] is not plans:  # made once per configuration's plans
+        if len(_PLAN_BUTTONS) >= 16:
+            _PLAN_BUTTONS.clear()
+        kept = _PLAN_BUTTONS[id(plans)] = (plans, tuple(
+            Button(text("plan_label", plan=plan), f"plan:{code}")
+            for code, plan in plans.items()))
+    return kept[1]
+
+
+# The plans' buttons, by the id of the plans they were made for (held, so the id stays theirs).
+_PLAN_BUTTONS: dict[int, tuple[Any, tuple[Button, ...]]] = {}
 
 
 async def _begin(ctx: Context) -> None:
@@ -206,7 +223,7 @@ async def _ask_vehicle(ctx: Context, intake: Intake) -> None:
     _go(ctx, "vehicle")
     assert intake.plan is not None
     await ctx.say(text("ask_vin", plan=ctx.config.plan(intake.plan)),
-                  [Button(_label("no_vin"), "vehicle:no_vin")])
+                  _buttons(("no_vin", "vehicle:no_vin")))
 
 
 async def _step_vehicle(ctx: Context, intake: Intake) -> None:
@@ -225,7 +242,7 @@ async def _step_vehicle(ctx: Context, intake: Intake) -> None:
         info = validate_vin(said, current_year=ctx.now.year)
     except VinError as exc:
         await ctx.say(text("vin_invalid", reason=str(exc)),
-                      [Button(_label("no_vin"), "vehicle:no_vin")])
+                      _buttons(("no_vin", "vehicle:no_vin")))
         return
     await ctx.say(text("vin_ok", info=info))
     await _set_vehicle(ctx, intake, info.year, info.make, None, vin=info.vin)
@@ -239,7 +256,7 @@ async def _set_vehicle(ctx: Context, intake: Intake, year: int | None, make: str
     if await _back_to_summary(ctx, intake):
         return
     _go(ctx, "odometer")
-    await ctx.say(text("ask_odometer"), [Button(_label("skip"), "odometer:skip")])
+    await ctx.say(text("ask_odometer"), _buttons(("skip", "odometer:skip")))
 
 
 async def _step_ymm(ctx: Context, intake: Intake) -> None:
@@ -257,7 +274,7 @@ async def _step_odometer(ctx: Context, intake: Intake) -> None:
     else:
         reading = parse_odometer(said)
         if reading is None:
-            await ctx.say(text("odometer_invalid"), [Button(_label("skip"), "odometer:skip")])
+            await ctx.say(text("odometer_invalid"), _buttons(("skip", "odometer:skip")))
             return
         intake.odometer, intake.odometer_unit = reading
     intake.updated_at = ctx.now
@@ -276,7 +293,7 @@ async def _step_problem(ctx: Context, intake: Intake) -> None:
     if await _back_to_summary(ctx, intake):
         return
     _go(ctx, "photos")
-    await ctx.say(text("ask_photos"), [Button(_label("skip"), "photos:done")])
+    await ctx.say(text("ask_photos"), _buttons(("skip", "photos:done")))
 
 
 async def _attach(ctx: Context, intake: Intake) -> int:
@@ -285,12 +302,12 @@ async def _attach(ctx: Context, intake: Intake) -> int:
                                 limit)
     _set(ctx, files=result.total)
     if result.refused and result.total >= limit:
-        await ctx.say(text("photos_full", max=limit), [Button(_label("done"), "photos:done")])
+        await ctx.say(text("photos_full", max=limit), _buttons(("done", "photos:done")))
     elif result.refused:
         await ctx.say(text("attachment_refused"))
     if result.attached:
         await ctx.say(text("photos_received", count=result.total, max=limit),
-                      [Button(_label("done"), "photos:done")])
+                      _buttons(("done", "photos:done")))
     return result.attached
 
 
@@ -303,16 +320,13 @@ async def _step_photos(ctx: Context, intake: Intake) -> None:
     if said == "photos:done" or said in DONE_WORDS:
         await _summary(ctx, intake)
         return
-    await ctx.say(text("photos_expected"), [Button(_label("done"), "photos:done")])
+    await ctx.say(text("photos_expected"), _buttons(("done", "photos:done")))
 
 
-def _summary_buttons(intake: Intake) -> list[Button]:
-    return [Button(_label("confirm"), "confirm"),
-            Button(_label("edit_plan"), "edit:plan"),
-            Button(_label("edit_vehicle"), "edit:vehicle"),
-            Button(_label("edit_odometer"), "edit:odometer"),
-            Button(_label("edit_problem"), "edit:problem"),
-            Button(_label("edit_photos"), "edit:photos")]
+def _summary_buttons(intake: Intake) -> tuple[Button, ...]:
+    return _buttons(("confirm", "confirm"), ("edit_plan", "edit:plan"),
+                    ("edit_vehicle", "edit:vehicle"), ("edit_odometer", "edit:odometer"),
+                    ("edit_problem", "edit:problem"), ("edit_photos", "edit:photos"))
 
 
 async def _summary(ctx: Context, intake: Intake) -> None:
@@ -360,7 +374,7 @@ async def _edit_plan(ctx: Context, intake: Intake) -> None:
 
 async def _edit_odometer(ctx: Context, intake: Intake) -> None:
     _go(ctx, "odometer")
-    await ctx.say(text("ask_odometer"), [Button(_label("skip"), "odometer:skip")])
+    await ctx.say(text("ask_odometer"), _buttons(("skip", "odometer:skip")))
 
 
 async def _edit_problem(ctx: Context, intake: Intake) -> None:
@@ -370,7 +384,7 @@ async def _edit_problem(ctx: Context, intake: Intake) -> None:
 
 async def _edit_photos(ctx: Context, intake: Intake) -> None:
     _go(ctx, "photos")
-    await ctx.say(text("ask_photos"), [Button(_label("done"), "photos:done")])
+    await ctx.say(text("ask_photos"), _buttons(("done", "photos:done")))
 
 
 _EDITS.update(plan=_edit_plan, vehicle=_ask_vehicle, odometer=_edit_odometer,
