@@ -16,7 +16,8 @@ class TokenBucket:
         self.tokens = self.burst
         self.updated = time.monotonic()
         self.blocked_until = 0.0
-        self._lock = asyncio.Lock()
+        # Made by the first acquire(): a person's bucket (try_acquire only) needs none.
+        self._lock: asyncio.Lock | None = None
 
     def _refill(self, now: float) -> None:
         self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
@@ -38,6 +39,8 @@ class TokenBucket:
         return True
 
     async def acquire(self) -> None:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
         async with self._lock:
             while True:
                 now = time.monotonic()

@@ -178,7 +178,8 @@ class _Connection:
         await self.send_json({"type": "error", "code": code, "message": message})
 
     async def on_frame(self, data: str) -> None:
-        if len(data.encode()) > self.server.max_frame:
+        # UTF-8 takes at most 4 bytes a character: only a long frame needs encoding to tell.
+        if len(data) * 4 > self.server.max_frame and len(data.encode()) > self.server.max_frame:
             raise ProtocolError("frame_too_large",
                                 f"That message is too large (the limit is "
                                 f"{self.server.max_frame} bytes).")
