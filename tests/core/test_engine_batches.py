@@ -246,6 +246,29 @@ async def test_first_contacts_beside_people_known_without_a_conversation(
         assert not [x for x in statements if x.lstrip().startswith("INSERT INTO identities")]
 
 
+async def test_two_processes_meeting_the_same_new_people_at_once_make_each_once(
+        engine_factory: object, runtime: Runtime) -> None:
+    # The same first messages reach two processes at once (a provider's retry to another
+    # server, say): each person gets answers from both, and ends up with one customer, one
+    # identity and one conversation; no customer is left without an identity.
+    other = Runtime.build(runtime.config, engine_factory(),  # type: ignore[operator]
+                          runtime.payments, runtime.texts, runtime.clock)
+    bots = Engine(runtime, route), Engine(other, route)
+    for round_no in range(3):
+        people = [f"r{round_no}_{i}" for i in range(15)]
+        replies = await asyncio.gather(*(
+            Chat(bot, channel="telegram", address=address).send("hi")
+            for address in people for bot in bots))
+        assert all(joined(r) for r in replies), replies
+    async with runtime.sessions() as s:
+        identities = (await s.execute(select(Identity.address, Identity.customer_id))).all()
+        conversations = (await s.scalars(select(Conversation.identity_id))).all()
+        customers = (await s.scalars(select(Customer.id))).all()
+    assert len(identities) == 45 and len({i.address for i in identities}) == 45
+    assert len(conversations) == len(set(conversations)) == 45
+    assert sorted(customers) == sorted(i.customer_id for i in identities)
+
+
 @pytest.mark.parametrize("backend", ["sqlite"])
 async def test_a_batch_finds_its_senders_through_the_index_not_by_scanning(
         runtime: Runtime, engine: AsyncEngine) -> None:
