@@ -589,8 +589,7 @@ async def _first_contacts(session: AsyncSession, inbounds: Sequence[Inbound],
     who has an identity already (linked as a mechanic, say, or made meanwhile by another
     process) is skipped by the statement and left out of what is returned, for _meet's
     general path; the customer drawn for them is not inserted."""
-    names = [storable_text(i.display_name)[:_NAME_CHARS] if i.display_name else None
-             for i in inbounds]
+    names = _stored_names(inbounds)
     created = [i.received_at or now for i in inbounds]
     identity_ids = await draw_ids(session, _IDENTITY, len(inbounds))
     customer_ids = await draw_ids(session, Customer.__table__, len(inbounds))
@@ -614,9 +613,8 @@ async def _first_contacts(session: AsyncSession, inbounds: Sequence[Inbound],
         people[(inbound.channel, inbound.address)] = (identity, ConversationState(
             conversation_id, identity_id, "customer", "start", {}, None, 0), None, None)
     if people:
-        log.info("new customers=%s channels=%s",
-                 ",".join(str(p[0].customer_id) for p in people.values()),
-                 ",".join(sorted({key[0] for key in people})))
+        _log_new_customers([p[0].customer_id for p in people.values()],
+                           [key[0] for key in people])
     return people
 
 
@@ -631,9 +629,8 @@ def _first_contacts_statement() -> TextClause:
     names = ("id", "customer_id", "channel", "address", "display_name", "created_at")
     source, value, binds = rows_source(_IDENTITY, names, "k_", "k")
     sql = (
-        'WITH i AS (INSERT INTO identities (id, customer_id, channel, address, display_name, '
-        'reachable, created_at) SELECT ' + ", ".join(value[name] for name in names[:5])
-        + f", true, {value['created_at']} FROM {source}"
+        f"WITH i AS (INSERT INTO identities ({', '.join(names)}, reachable)"
+        f" SELECT {', '.join(value[name] for name in names)}, true FROM {source}"
         " ON CONFLICT (channel, address) DO NOTHING"
         " RETURNING id, customer_id, display_name, created_at),"
         " c AS (INSERT INTO customers (id, display_name, created_at)"
@@ -652,9 +649,7 @@ async def _new_customers(session: AsyncSession, inbounds: Sequence[Inbound],
     An identity another process created meanwhile raises IntegrityError: the retry finds it."""
     if not inbounds:
         return []
-    # The one place a sender's name is stored (from the engine's batches and resolve_person).
-    names = [storable_text(i.display_name)[:_NAME_CHARS] if i.display_name else None
-             for i in inbounds]
+    names = _stored_names(inbounds)
     customer_ids = await insert_ids(session, Customer, [
         {"display_name": name, "created_at": i.received_at or now}
         for i, name in zip(inbounds, names, strict=True)])
@@ -667,9 +662,20 @@ async def _new_customers(session: AsyncSession, inbounds: Sequence[Inbound],
              for i, customer_id, name in zip(inbounds, customer_ids, names, strict=True)])).all())
     if len(created) < len(inbounds):
         raise IntegrityError("identity created concurrently", None, Exception("race"))
-    log.info("new customers=%s channels=%s", ",".join(map(str, customer_ids)),
-             ",".join(sorted({i.channel for i in inbounds})))
+    _log_new_customers(customer_ids, [i.channel for i in inbounds])
     return created
+
+
+def _stored_names(inbounds: Sequence[Inbound]) -> list[str | None]:
+    """The senders' names as stored: where a first contact's customer and identity are made
+    (the engine's batches, resolve_person), cleaned and cut to the column."""
+    return [storable_text(i.display_name)[:_NAME_CHARS] if i.display_name else None
+            for i in inbounds]
+
+
+def _log_new_customers(customer_ids: Sequence[int | None], channels: Sequence[str]) -> None:
+    log.info("new customers=%s channels=%s", ",".join(map(str, customer_ids)),
+             ",".join(sorted(set(channels))))
 
 
 def _retryable(exc: DBAPIError) -> bool:

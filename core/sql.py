@@ -6,7 +6,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from functools import lru_cache
+from functools import cache, lru_cache
 from operator import attrgetter, itemgetter
 from typing import Any, TypeVar
 
@@ -478,14 +478,16 @@ async def draw_ids(session: AsyncSession, table: Table, count: int) -> list[int]
     return [free.popleft() for _ in range(count)]
 
 
-_mappers: dict[type[Any], Any] = {}
+@cache
+def _mapper(model: type[Any]) -> Any:
+    return class_mapper(model)
 
 
 def as_transient(model: type[T], values: dict[str, Any]) -> T:
     """A new ORM object, in no session, with these attribute values put straight into its
     dict (the constructor sets each through the ORM's attribute events, which only an object
     in a session needs): for handing to code that reads it, before its row is made."""
-    mapper = _mappers.get(model) or _mappers.setdefault(model, class_mapper(model))
+    mapper = _mapper(model)
     row = mapper.class_manager.new_instance()
     instance_state(row).dict.update(values)
     return row
@@ -503,7 +505,7 @@ def as_loaded(session: AsyncSession, model: type[T], values: dict[str, Any]) -> 
     the loading of a row, for what a loaded row does not need. Nothing here listens for
     attach or load events."""
     sync = session.sync_session
-    mapper = _mappers.get(model) or _mappers.setdefault(model, class_mapper(model))
+    mapper = _mapper(model)
     key = mapper.identity_key_from_primary_key(
         [values[column.key] for column in mapper.primary_key])
     if key in sync.identity_map:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 from bot.choices import match_choice
 from bot.flows import paid
 from bot.texts import text
+from core.config import Plan
 from core.engine import Context
 from core.intake import (
     MIN_PROBLEM_WORDS,
@@ -180,19 +181,13 @@ COMMAND_HANDLERS: dict[str, Callable[[Context, Intake | None], Awaitable[None]]]
 
 
 def _plan_buttons(ctx: Context) -> tuple[Button, ...]:
-    plans = ctx.config.plans
-    kept = _PLAN_BUTTONS.get(id(plans))
-    if kept is None or kept[0] is not plans:  # made once per configuration's plans
-        if len(_PLAN_BUTTONS) >= 16:
-            _PLAN_BUTTONS.clear()
-        kept = _PLAN_BUTTONS[id(plans)] = (plans, tuple(
-            Button(text("plan_label", plan=plan), f"plan:{code}")
-            for code, plan in plans.items()))
-    return kept[1]
+    return _buttons_for_plans(tuple(ctx.config.plans.items()))
 
 
-# The plans' buttons, by the id of the plans they were made for (held, so the id stays theirs).
-_PLAN_BUTTONS: dict[int, tuple[Any, tuple[Button, ...]]] = {}
+@lru_cache(maxsize=16)
+def _buttons_for_plans(plans: tuple[tuple[str, Plan], ...]) -> tuple[Button, ...]:
+    """A configuration's plan buttons, made once (plans are frozen: their values are the key)."""
+    return tuple(Button(text("plan_label", plan=plan), f"plan:{code}") for code, plan in plans)
 
 
 async def _begin(ctx: Context) -> None:
@@ -323,7 +318,7 @@ async def _step_photos(ctx: Context, intake: Intake) -> None:
     await ctx.say(text("photos_expected"), _buttons(("done", "photos:done")))
 
 
-def _summary_buttons(intake: Intake) -> tuple[Button, ...]:
+def _summary_buttons() -> tuple[Button, ...]:
     return _buttons(("confirm", "confirm"), ("edit_plan", "edit:plan"),
                     ("edit_vehicle", "edit:vehicle"), ("edit_odometer", "edit:odometer"),
                     ("edit_problem", "edit:problem"), ("edit_photos", "edit:photos"))
@@ -338,7 +333,7 @@ async def _summary(ctx: Context, intake: Intake) -> None:
         files = await count_files(ctx.session, intake)
     await ctx.say(text("summary", intake=intake, plan=ctx.config.plan(intake.plan),
                        files=files),
-                  _summary_buttons(intake))
+                  _summary_buttons())
 
 
 async def _back_to_summary(ctx: Context, intake: Intake) -> bool:
@@ -356,9 +351,9 @@ async def _step_summary(ctx: Context, intake: Intake) -> None:
     said = _said(ctx).strip()
     if said.lower() in ("yes", "ok", "okay", "pay", "confirm", "correct", "y"):
         said = "confirm"
-    choice = match_choice(said, _summary_buttons(intake))
+    choice = match_choice(said, _summary_buttons())
     if choice is None:
-        await ctx.say(text("summary_not_understood"), _summary_buttons(intake))
+        await ctx.say(text("summary_not_understood"), _summary_buttons())
         return
     if choice.payload == "confirm":
         await _confirm(ctx, intake)
@@ -400,7 +395,7 @@ async def _confirm(ctx: Context, intake: Intake) -> None:
     except Exception:
         # The provider is down: keep the intake as it is so the customer can simply retry.
         log.exception("intake=%s checkout could not be created", intake.id)
-        await ctx.say(text("payment_unavailable"), _summary_buttons(intake))
+        await ctx.say(text("payment_unavailable"), _summary_buttons())
         return
     intake.status = "awaiting_payment"
     intake.submitted_at = intake.updated_at = ctx.now
