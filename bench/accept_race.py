@@ -116,10 +116,10 @@ async def seed_round(runtime: Runtime, round_no: int, m: int, *,
         await s.flush()
         s.add(Conversation(identity_id=identity.id, flow="customer", step="matching", data={},
                            intake_id=intake.id, created_at=now, updated_at=now))
-    async with runtime.sessions.begin() as s:
-        fresh = await s.get(SessionRequest, request.id)
+    async with runtime.transaction() as uow:
+        fresh = await uow.session.get(SessionRequest, request.id)
         assert fresh is not None
-        offered = await dispatch.offer_request(s, runtime, fresh, runtime.clock.now())
+        offered = await dispatch.offer_request(uow, runtime, fresh, runtime.clock.now())
     if offered != m:
         raise RuntimeError(f"offer_request offered {offered}, not {m}")
     return request, identities

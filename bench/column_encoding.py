@@ -1,5 +1,5 @@
 """A multi-row INSERT's cost on PostgreSQL, with each column sent as one JSON text (what
-core.sql does) against one array per column (what it did before 2026-12-03).
+core.store.sql does) against one array per column (what it did before 2026-12-03).
 
     .venv/bin/python bench/column_encoding.py [--rows 60] [--statements 1000]
 
@@ -41,11 +41,11 @@ def array_insert(table: Any, names: tuple[str, ...]) -> Any:
 
 
 async def run(url: str, rows: int, statements: int) -> None:
-    from sqlalchemy import text
+    from sqlalchemy import String, bindparam, text
 
     from core.db import create_engine
     from core.models import Base, Customer, Identity, Message
-    from core.sql import Columns, bulk_insert_sync
+    from core.store import sql
 
     engine = create_engine(url.replace("postgresql://", "postgresql+asyncpg://", 1))
     try:
@@ -62,7 +62,7 @@ async def run(url: str, rows: int, statements: int) -> None:
         body = {"buttons": [{"label": "Quick Chat · $9.99", "payload": "plan:chat10"},
                             {"label": "Standard Video · $29.99", "payload": "plan:video15"}],
                 "link": None}
-        values = Columns({
+        values = dict({
             "identity_id": [identity] * rows, "conversation_id": [None] * rows,
             "consultation_id": [None] * rows, "direction": ["out"] * rows,
             "channel": ["web"] * rows,
@@ -74,8 +74,13 @@ async def run(url: str, rows: int, statements: int) -> None:
             pid = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
             await conn.commit()
 
+            names = tuple(values)
+            as_json = text(sql.pg_insert_sql(table, names)).bindparams(
+                *(bindparam(name, type_=String()) for name in names))
+            rows_ = list(zip(*values.values(), strict=True))
+
             async def json_way() -> None:
-                await conn.run_sync(lambda sync: bulk_insert_sync(sync, table, values))
+                await conn.execute(as_json, sql.pg_params(table, names, rows_))
 
             async def array_way() -> None:
                 await conn.execute(arrays, values)

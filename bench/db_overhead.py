@@ -74,7 +74,7 @@ async def seed(runtime: Runtime, rows: int) -> None:
         session.add_all(identities + intakes)
         await session.flush()
         session.add_all(Conversation(identity_id=i.id, flow="customer", step="plan", data={},
-                                     intake_id=k.id, version=0, created_at=now, updated_at=now)
+                                     intake_id=k.id, created_at=now, updated_at=now)
                         for i, k in zip(identities, intakes, strict=True))
 
 

@@ -411,10 +411,11 @@ async def run_one(db: str, url: str, n: int, config: Config,
             task = asyncio.create_task(dispatcher.run_forever(), name="outbox")
             await asyncio.sleep(0.2)  # the dispatcher is idle, waiting for a wake-up
             started = time.perf_counter()
-            async with runtime.sessions.begin() as s:
-                fresh = await s.get(SessionRequest, request.id)
+            async with runtime.transaction() as uow:
+                fresh = await uow.session.get(SessionRequest, request.id)
                 assert fresh is not None
-                offered = await dispatch.offer_request(s, runtime, fresh, runtime.clock.now())
+                offered = await dispatch.offer_request(uow, runtime, fresh,
+                                                       runtime.clock.now())
             committed, committed_at = time.monotonic(), datetime.now(UTC)
             result.offer_tx = time.perf_counter() - started
             if offered != n:

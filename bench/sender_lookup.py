@@ -1,7 +1,7 @@
 """The engine's lookup of a batch's senders against tables of growing size.
 
 Each of the engine's transactions starts by finding its senders: identity, conversation and
-current intake, in one query keyed by (channel, address) (core.engine._known_people). This
+current intake, in one query keyed by (channel, address) (core.store.people.people_for). This
 script times that query for a batch of --batch known senders, picked at random, on tables of
 1,000, 10,000 and 100,000 people (--sizes), on SQLite and on PostgreSQL, in a throwaway
 database migrated like the service's:
@@ -37,10 +37,9 @@ from bot.app import build_runtime
 from core.clock import SystemClock
 from core.config import load_config
 from core.db import create_engine
-from core.engine import _known_people
-from core.messages import Inbound
 from core.models import Conversation, Customer, Identity, Intake
 from core.runtime import Runtime
+from core.store.people import Contact, people_for
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 CHUNK = 5000
@@ -65,7 +64,7 @@ async def grow(runtime: Runtime, people: int) -> None:
                  "created_at": now, "updated_at": now} for i in ids])
             await session.execute(insert(Conversation), [
                 {"id": i, "identity_id": i, "flow": "customer", "step": "plan", "data": {},
-                 "intake_id": i, "version": 0, "created_at": now, "updated_at": now}
+                 "intake_id": i, "created_at": now, "updated_at": now}
                 for i in ids])
 
 
@@ -77,11 +76,11 @@ async def lookup_ms(runtime: Runtime, people: int, batch: int, iterations: int) 
     rng = random.Random(people)
     times = []
     for _ in range(iterations):
-        inbounds = [Inbound(channel="web", address=address(i), text="hi")
+        contacts = [Contact(channel="web", address=address(i))
                     for i in rng.sample(range(1, people + 1), batch)]
         start = time.perf_counter()
-        async with runtime.sessions.begin() as session:
-            found = await _known_people(session, inbounds)
+        async with runtime.transaction() as uow:
+            found = await people_for(uow, contacts, runtime.clock.now())
         times.append(time.perf_counter() - start)
         assert len(found) == batch, len(found)
     return statistics.median(times) * 1000

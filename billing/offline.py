@@ -9,6 +9,7 @@ from billing.refunds import ProviderRefund
 from core.config import Config
 from core.errors import ConfigError
 from core.models import Checkout, Mechanic, Payout
+from core.store.records import CheckoutRecord
 
 
 class OfflinePayments:
@@ -20,7 +21,7 @@ class OfflinePayments:
                               "set STRIPE_SECRET_KEY")
         self._base = config.public_url.rstrip("/")
 
-    async def create_checkout(self, session: AsyncSession, checkout: Checkout) -> str:
+    async def create_checkout(self, session: AsyncSession, checkout: CheckoutRecord) -> str:
         return f"{self._base}/pay/{checkout.ref}"
 
     async def expire_checkout(self, checkout: Checkout) -> bool:

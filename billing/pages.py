@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from billing.payments import in_transaction, mark_paid, settle_from_provider
 from core.models import Checkout, Intake
 from core.runtime import Runtime
+from core.store.uow import UnitOfWork
 
 log = logging.getLogger("autodoctor.billing.pages")
 
@@ -144,16 +145,16 @@ class OfflineCheckoutPages:
     async def pay(self, request: web.Request) -> web.Response:
         ref = request.match_info["ref"]
 
-        async def work(session: AsyncSession) -> str:
+        async def work(uow: UnitOfWork) -> str:
             # Not locked here: mark_paid takes its locks in the engine's order.
-            found = await _offline_checkout(session, ref)
+            found = await _offline_checkout(uow.session, ref)
             if found is None:
                 return "not_found"
             checkout, intake = found
             now = self.runtime.clock.now()
             state = checkout_state(checkout, intake, now)
             if state == "payable":
-                await mark_paid(session, self.runtime, checkout.ref, now)
+                await mark_paid(uow, self.runtime, checkout.ref, now)
                 log.info("checkout=%s paid on the offline page", checkout.ref)
                 return "paid"
             return state

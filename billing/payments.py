@@ -16,12 +16,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing.errors import BillingError
 from billing.refunds import lock_checkout
-from core.db import is_transient
+from core.db import insert_ignore, is_transient
 from core.dispatch import offer_request
 from core.models import Checkout, Conversation, Identity, Intake, SessionRequest
 from core.outbox import tell
 from core.runtime import Runtime
-from core.sql import insert_ignore
+from core.store.uow import UnitOfWork
 
 log = logging.getLogger("autodoctor.billing")
 
@@ -41,7 +41,7 @@ class PaymentLookup(Protocol):
     async def payment_of(self, checkout: Checkout) -> CheckoutPayment | None: ...
 
 
-async def mark_paid(session: AsyncSession, runtime: Runtime, checkout_ref: str, now: datetime,
+async def mark_paid(uow: UnitOfWork, runtime: Runtime, checkout_ref: str, now: datetime,
                     payment_intent_id: str | None = None,
                     charge_id: str | None = None) -> SessionRequest | None:
     """Record a checkout as paid: one pending request and one message to the customer.
@@ -50,6 +50,7 @@ async def mark_paid(session: AsyncSession, runtime: Runtime, checkout_ref: str, 
     (already paid, unknown or refunded checkout, or the intake was paid through another
     checkout, which then needs a refund).
     """
+    session = uow.session
     found = await session.scalar(select(Checkout).where(Checkout.ref == checkout_ref))
     if found is None:
         log.warning("checkout=%s reported paid but unknown", checkout_ref)
@@ -87,7 +88,7 @@ async def mark_paid(session: AsyncSession, runtime: Runtime, checkout_ref: str, 
     if identity is not None:
         text = runtime.texts("payment_received", request=request,
                              plan=runtime.config.plan(checkout.plan))
-        await tell(session, identity, text, now, key=f"paid:{checkout.ref}",
+        await tell(uow, identity, text, now, key=f"paid:{checkout.ref}",
                    conversation_id=conversation.id if conversation is not None else None)
     else:
         log.warning("checkout=%s paid but customer=%s has no chat to tell", checkout.ref,
@@ -95,7 +96,7 @@ async def mark_paid(session: AsyncSession, runtime: Runtime, checkout_ref: str, 
     log.info("checkout=%s paid request=%s intake=%s amount=%s", checkout.ref, request.ref,
              intake.id, checkout.amount_cents)
     # In the same transaction: the request is offered (or queued for admins) as it is born.
-    await offer_request(session, runtime, request, now)
+    await offer_request(uow, runtime, request, now)
     return request
 
 
@@ -121,14 +122,15 @@ async def settle_from_provider(runtime: Runtime, checkout_ref: str) -> bool:
     if payment is None or not payment.paid:
         return False
     now = runtime.clock.now()
-    await in_transaction(runtime, lambda session: mark_paid(
-        session, runtime, checkout_ref, now, payment_intent_id=payment.payment_intent_id))
+    await in_transaction(runtime, lambda uow: mark_paid(
+        uow, runtime, checkout_ref, now, payment_intent_id=payment.payment_intent_id))
     return True
 
 
-async def mark_payment_failed(session: AsyncSession, runtime: Runtime, checkout_ref: str,
+async def mark_payment_failed(uow: UnitOfWork, runtime: Runtime, checkout_ref: str,
                               now: datetime) -> bool:
     """A delayed payment (bank debit) failed: the link is spent, the customer is told once."""
+    session = uow.session
     found = await session.scalar(select(Checkout).where(Checkout.ref == checkout_ref))
     if found is None:
         return False
@@ -138,7 +140,7 @@ async def mark_payment_failed(session: AsyncSession, runtime: Runtime, checkout_
         return False
     checkout.status = "failed"
     if identity is not None:
-        await tell(session, identity,
+        await tell(uow, identity,
                    runtime.texts("payment_failed", plan=runtime.config.plan(checkout.plan)),
                    now, key=f"payment_failed:{checkout.ref}",
                    conversation_id=conversation.id if conversation is not None else None)
@@ -156,13 +158,13 @@ async def mark_expired(session: AsyncSession, checkout_ref: str) -> bool:
     return True
 
 
-async def in_transaction(runtime: Runtime, work: Callable[[AsyncSession], Awaitable[T]],
+async def in_transaction(runtime: Runtime, work: Callable[[UnitOfWork], Awaitable[T]],
                          attempts: int = 4) -> T:
-    """Run work in one transaction; again after a deadlock or lock timeout, never half-done."""
+    """Run work in one unit of work; again after a deadlock or lock timeout, never half-done."""
     for attempt in range(attempts):
         try:
-            async with runtime.sessions.begin() as session:
-                return await work(session)
+            async with runtime.transaction() as uow:
+                return await work(uow)
         except DBAPIError as exc:
             if attempt == attempts - 1 or not is_transient(exc):
                 raise

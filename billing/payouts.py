@@ -10,10 +10,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing.errors import BillingError, ProviderRejected
+from core.db import insert_ignore
 from core.models import Checkout, Consultation, Mechanic, Payout, SessionRequest
 from core.payments import split_cents
 from core.runtime import Runtime
-from core.sql import insert_ignore
 
 log = logging.getLogger("autodoctor.billing")
 

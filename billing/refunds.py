@@ -11,8 +11,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing.errors import CheckoutNotFound, NotRefundable
+from core.db import insert_ignore
 from core.models import Checkout, Refund, SessionRequest
-from core.sql import insert_ignore
 
 log = logging.getLogger("autodoctor.billing")
 

@@ -16,6 +16,7 @@ from billing.payments import CheckoutPayment
 from billing.refunds import ProviderRefund
 from core.config import Config
 from core.models import Checkout, Customer, Mechanic, Payout
+from core.store.records import CheckoutRecord
 
 log = logging.getLogger("autodoctor.billing.stripe")
 
@@ -62,7 +63,7 @@ class StripePayments:
 
     # ------------------------------------------------------------------ Checkout
 
-    async def create_checkout(self, session: AsyncSession, checkout: Checkout) -> str:
+    async def create_checkout(self, session: AsyncSession, checkout: CheckoutRecord) -> str:
         """One Checkout Session for this checkout row; stores its id and returns its URL."""
         plan = self._config.plan(checkout.plan)
         ref = checkout.ref
@@ -99,7 +100,7 @@ class StripePayments:
                 options={"idempotency_key": f"checkout:{ref}"}))
         if not created.url:
             raise ProviderRejected(f"Stripe returned no payment URL for checkout {ref}")
-        checkout.provider_session_id = created.id
+        checkout.update(provider_session_id=created.id)
         log.info("checkout=%s stripe_session=%s created amount=%s %s", ref, created.id,
                  checkout.amount_cents, checkout.currency)
         return str(created.url)

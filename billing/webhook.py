@@ -18,16 +18,17 @@ from billing.errors import BillingError
 from billing.payments import in_transaction, mark_expired, mark_paid, mark_payment_failed
 from billing.payouts import pay_pending
 from billing.refunds import refund_confirmed
+from core.db import insert_ignore
 from core.models import Checkout, InboundEvent, SessionRequest
 from core.runtime import Runtime
-from core.sql import insert_ignore
+from core.store.uow import UnitOfWork
 
 log = logging.getLogger("autodoctor.billing.webhook")
 
 # Stripe's own default: a signature older than this is a replay.
 TOLERANCE_SECONDS = 300
 
-Effect = Callable[[AsyncSession, Runtime, dict[str, Any], datetime], Awaitable[None]]
+Effect = Callable[[UnitOfWork, Runtime, dict[str, Any], datetime], Awaitable[None]]
 
 
 class StripeWebhook:
@@ -76,16 +77,16 @@ async def process_event(runtime: Runtime, event_id: str, event_type: str,
     if effect is None:
         return "ignored"
 
-    async def work(session: AsyncSession) -> str:
+    async def work(uow: UnitOfWork) -> str:
         now = runtime.clock.now()
         # Recorded in the same transaction as the effect: both happen, or neither does.
-        fresh = await insert_ignore(session, InboundEvent, {
+        fresh = await insert_ignore(uow.session, InboundEvent, {
             "provider": "stripe", "event_id": event_id, "received_at": now},
             ["provider", "event_id"])
         if fresh is None:
             log.info("stripe event=%s type=%s duplicate ignored", event_id, event_type)
             return "duplicate"
-        await effect(session, runtime, obj, now)
+        await effect(uow, runtime, obj, now)
         log.info("stripe event=%s type=%s processed", event_id, event_type)
         return "processed"
 
@@ -140,8 +141,9 @@ async def _checkout_ref(session: AsyncSession, obj: dict[str, Any]) -> str | Non
         Checkout.provider_session_id == (_field_id(obj, "id") or "")))
 
 
-async def _session_paid(session: AsyncSession, runtime: Runtime, obj: dict[str, Any],
+async def _session_paid(uow: UnitOfWork, runtime: Runtime, obj: dict[str, Any],
                         now: datetime) -> None:
+    session = uow.session
     ref = await _checkout_ref(session, obj)
     if ref is None:
         log.warning("stripe session=%s paid but matches no checkout", obj.get("id"))
@@ -152,17 +154,17 @@ async def _session_paid(session: AsyncSession, runtime: Runtime, obj: dict[str, 
         # Stripe's figure is what was charged (a stripe_price_id may differ from config.toml).
         log.warning("checkout=%s paid %s %s but expected %s %s", ref, obj.get("amount_total"),
                     obj.get("currency"), *expected)
-    request = await mark_paid(session, runtime, ref, now,
+    request = await mark_paid(uow, runtime, ref, now,
                               payment_intent_id=_field_id(obj, "payment_intent"))
     if request is None:
         await _refund_if_duplicate(session, runtime, ref, now)
 
 
-async def _session_completed(session: AsyncSession, runtime: Runtime, obj: dict[str, Any],
+async def _session_completed(uow: UnitOfWork, runtime: Runtime, obj: dict[str, Any],
                              now: datetime) -> None:
     # 'unpaid' here is a delayed payment method (bank debit): async_payment_* follows.
     if obj.get("payment_status") == "paid":
-        await _session_paid(session, runtime, obj, now)
+        await _session_paid(uow, runtime, obj, now)
 
 
 async def _refund_if_duplicate(session: AsyncSession, runtime: Runtime, ref: str,
@@ -181,22 +183,25 @@ async def _refund_if_duplicate(session: AsyncSession, runtime: Runtime, ref: str
     await runtime.refund(session, ref, "duplicate_payment", now)
 
 
-async def _session_failed(session: AsyncSession, runtime: Runtime, obj: dict[str, Any],
+async def _session_failed(uow: UnitOfWork, runtime: Runtime, obj: dict[str, Any],
                           now: datetime) -> None:
+    session = uow.session
     ref = await _checkout_ref(session, obj)
     if ref is not None:
-        await mark_payment_failed(session, runtime, ref, now)
+        await mark_payment_failed(uow, runtime, ref, now)
 
 
-async def _session_expired(session: AsyncSession, runtime: Runtime, obj: dict[str, Any],
+async def _session_expired(uow: UnitOfWork, runtime: Runtime, obj: dict[str, Any],
                            now: datetime) -> None:
+    session = uow.session
     ref = await _checkout_ref(session, obj)
     if ref is not None:
         await mark_expired(session, ref)
 
 
-async def _charge_refunded(session: AsyncSession, runtime: Runtime, obj: dict[str, Any],
+async def _charge_refunded(uow: UnitOfWork, runtime: Runtime, obj: dict[str, Any],
                            now: datetime) -> None:
+    session = uow.session
     charge_id, payment_intent = _field_id(obj, "id"), _field_id(obj, "payment_intent")
     amount = _cents(obj, "amount_refunded")
     refunds = _mapping(obj, "refunds").get("data") or []
@@ -217,8 +222,9 @@ async def _charge_refunded(session: AsyncSession, runtime: Runtime, obj: dict[st
                            provider_refund_id=refund_id)
 
 
-async def _account_updated(session: AsyncSession, runtime: Runtime, obj: dict[str, Any],
+async def _account_updated(uow: UnitOfWork, runtime: Runtime, obj: dict[str, Any],
                            now: datetime) -> None:
+    session = uow.session
     mechanic = await account_updated(session, _field_id(obj, "id") or "",
                                      charges_enabled=bool(obj.get("charges_enabled")),
                                      payouts_enabled=bool(obj.get("payouts_enabled")))

@@ -166,10 +166,9 @@ def cmd_request_assign(args: argparse.Namespace, config: Config) -> int:
     async def run() -> Outcome:
         engine, runtime = _runtime(config)
         try:
-            async with runtime.sessions.begin() as session:
-                result = await assign(session, runtime, args.ref.upper(), args.mechanic,
+            async with runtime.transaction() as uow:
+                result = await assign(uow, runtime, args.ref.upper(), args.mechanic,
                                       f"cli:{getpass.getuser()}", runtime.clock.now())
-            runtime.hub.publish([])
             return result.outcome
         finally:
             await engine.dispose()

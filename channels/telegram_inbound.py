@@ -9,16 +9,16 @@ import aiohttp
 from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError, TelegramBadRequest
 from aiogram.types import CallbackQuery, Message, Update, User
-from sqlalchemy.exc import IntegrityError
 
 from channels.telegram_render import toast_text
 from core.delivery import Sender
-from core.engine import Engine, resolve_identity
-from core.errors import DeliveryError
+from core.engine import Engine
+from core.errors import DeliveryError, RaceLost
 from core.files import UploadRejected, store_upload
 from core.mechanics import redeem_invite
 from core.messages import Inbound, Outbound
 from core.runtime import Runtime
+from core.store.people import Contact, people_for
 
 log = logging.getLogger("autodoctor.channels.telegram")
 
@@ -137,8 +137,8 @@ class UpdateHandler:
                                          display_name=name))
 
     async def _link_mechanic(self, address: str, code: str) -> None:
-        async with self.runtime.sessions.begin() as session:
-            mechanic = await redeem_invite(session, self.runtime, code, CHANNEL, address,
+        async with self.runtime.transaction() as uow:
+            mechanic = await redeem_invite(uow, self.runtime, code, CHANNEL, address,
                                            self.runtime.clock.now())
         if mechanic is None:
             log.info("telegram chat=%s invite refused", address)
@@ -190,18 +190,18 @@ class UpdateHandler:
 
     async def _store(self, address: str, name: str | None, data: bytes,
                      file_name: str | None) -> str:
-        inbound = Inbound(channel=CHANNEL, address=address, display_name=name)
+        contact = Contact(CHANNEL, address, display_name=name)
         for attempt in range(2):
             try:
-                async with self.runtime.sessions.begin() as session:
+                async with self.runtime.transaction() as uow:
                     now = self.runtime.clock.now()
-                    identity = await resolve_identity(session, inbound, now)
-                    record = await store_upload(session, self.runtime.config, identity, data,
-                                                file_name, now)
+                    person = (await people_for(uow, [contact], now))[contact.key]
+                    record = await store_upload(uow.session, self.runtime.config,
+                                                person.identity, data, file_name, now)
                 log.info("telegram chat=%s file=%s stored type=%s bytes=%s", address,
                          record.public_id, record.content_type, record.size_bytes)
                 return record.public_id
-            except IntegrityError:
+            except RaceLost:
                 if attempt == 1:
                     raise  # first contact raced with another message from the same chat
         raise AssertionError("unreachable")

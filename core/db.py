@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import event, make_url, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -225,15 +226,27 @@ def _plain_file(url: str) -> str | None:
     return parsed.database
 
 
-def create_sessionmaker(engine: AsyncEngine, hub: object = None) -> Sessionmaker:
-    """Sessions for use cases; with a hub, messages they queue wake their readers on commit."""
-    return async_sessionmaker(engine, expire_on_commit=False,
-                              info={"autodoctor.hub": hub} if hub is not None else None)
+def create_sessionmaker(engine: AsyncEngine) -> Sessionmaker:
+    """Sessions for use cases (core.runtime.Runtime.transaction wraps one in a unit of work)."""
+    return async_sessionmaker(engine, expire_on_commit=False)
 
 
 def create_readonly_sessionmaker(engine: AsyncEngine) -> Sessionmaker:
     """Sessions that only read (pushing transcripts, lookups): they never take the write lock."""
     return async_sessionmaker(readonly(engine), expire_on_commit=False)
+
+
+async def insert_ignore(session: AsyncSession, model: type[Any], values: dict[str, Any],
+                        conflict: list[str]) -> int | None:
+    """INSERT … ON CONFLICT DO NOTHING RETURNING id: the new id, or None if it already existed.
+
+    Unlike add()+flush(), a conflict does not abort the surrounding transaction.
+    """
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else \
+        sqlite.insert
+    stmt = (insert(model).values(**values).on_conflict_do_nothing(index_elements=conflict)
+            .returning(model.id))
+    return (await session.execute(stmt)).scalar_one_or_none()
 
 
 async def ping(engine: AsyncEngine) -> bool:
@@ -247,4 +260,4 @@ async def ping(engine: AsyncEngine) -> bool:
 
 
 __all__ = ["READONLY", "Sessionmaker", "create_engine", "create_readonly_sessionmaker",
-           "create_sessionmaker", "is_sqlite", "ping", "readonly"]
+           "create_sessionmaker", "insert_ignore", "is_sqlite", "ping", "readonly"]

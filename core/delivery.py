@@ -23,7 +23,6 @@ from core.messages import Outbound
 from core.models import Identity, Offer, OutboxItem
 from core.ratelimit import ChannelLimiter
 from core.runtime import Runtime
-from core.sql import dialect
 
 log = logging.getLogger("autodoctor.outbox")
 
@@ -76,7 +75,7 @@ class OutboxDispatcher:
             (OutboxItem.lease_until.is_(None)) | (OutboxItem.lease_until < now))
             .order_by(OutboxItem.id).limit(self.batch))
         async with self.runtime.sessions.begin() as session:
-            if dialect(session) == "postgresql":
+            if session.get_bind().dialect.name == "postgresql":
                 due = due.with_for_update(skip_locked=True)
             ids = (await session.scalars(due)).all()
             if not ids:

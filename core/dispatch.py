@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -34,7 +34,7 @@ from core.models import (
 from core.outbox import enqueue_many, tell
 from core.payments import split_cents
 from core.runtime import Runtime
-from core.sql import transaction_scoped
+from core.store.uow import UnitOfWork
 
 log = logging.getLogger("autodoctor.dispatch")
 
@@ -127,12 +127,13 @@ async def customer_identity(session: AsyncSession, request: SessionRequest) -> I
     return await session.scalar(query.limit(1))
 
 
-async def offer_request(session: AsyncSession, runtime: Runtime, request: SessionRequest,
+async def offer_request(uow: UnitOfWork, runtime: Runtime, request: SessionRequest,
                         now: datetime) -> int:
     """Offer a pending request to every eligible mechanic not yet offered it; returns count.
 
     With nobody eligible the request goes straight to the admin queue.
     """
+    session = uow.session
     intake = await session.get(Intake, request.intake_id)
     assert intake is not None
     plan = runtime.config.plan(request.plan)
@@ -154,7 +155,7 @@ async def offer_request(session: AsyncSession, runtime: Runtime, request: Sessio
             for mechanic, _identity in targets}
     buttons = (Button("Accept", f"accept:{request.ref}"),)
     # All the offer messages in a few multi-row statements, not a round trip each.
-    queued = await enqueue_many(session, [
+    queued = await enqueue_many(uow, [
         (identity.id, Outbound(channel=identity.channel, address=identity.address, text=text,
                                buttons=buttons, dedupe_key=keys[mechanic.id]))
         for mechanic, identity in targets], now)
@@ -175,13 +176,14 @@ async def offer_request(session: AsyncSession, runtime: Runtime, request: Sessio
     sent = len(targets)
     log.info("request=%s offered to %s mechanics", request.ref, sent)
     if sent == 0 and not already and request.status == "pending":
-        await mark_unattended(session, runtime, request, now)
+        await mark_unattended(uow, runtime, request, now)
     return sent
 
 
-async def mark_unattended(session: AsyncSession, runtime: Runtime, request: SessionRequest,
+async def mark_unattended(uow: UnitOfWork, runtime: Runtime, request: SessionRequest,
                           now: datetime) -> bool:
     """pending → unattended (conditionally); alerts admins and reassures the customer once."""
+    session = uow.session
     changed = await session.execute(
         update(SessionRequest).where(SessionRequest.id == request.id,
                                      SessionRequest.status == "pending")
@@ -189,31 +191,23 @@ async def mark_unattended(session: AsyncSession, runtime: Runtime, request: Sess
     if changed.scalar_one_or_none() is None:
         return False
     await session.refresh(request)
-    await notify_unattended(session, runtime, request, now)
+    await notify_unattended(uow, runtime, request, now)
     log.info("request=%s unattended", request.ref)
     return True
 
 
-async def notify_unattended(session: AsyncSession, runtime: Runtime, request: SessionRequest,
+async def notify_unattended(uow: UnitOfWork, runtime: Runtime, request: SessionRequest,
                             now: datetime) -> Identity | None:
     """Alert the admins and reassure the customer (once each); returns the customer's chat."""
     plan = runtime.config.plan(request.plan)
     minutes = max(0, int((now - request.paid_at).total_seconds() // 60))
-    await alert_admins(session, runtime, f"unattended:{request.id}",
+    await alert_admins(uow, runtime, f"unattended:{request.id}",
                        runtime.texts("admin_unattended", request=request, plan=plan,
                                      minutes=minutes), now)
-    customer = await customer_identity(session, request)
-    await tell(session, customer, runtime.texts("customer_unattended"), now,
+    customer = await customer_identity(uow.session, request)
+    await tell(uow, customer, runtime.texts("customer_unattended"), now,
                key=f"unattended:{request.id}:customer")
     return customer
-
-
-_TAPPED = "autodoctor.dispatch.tapped"
-# Per request ref: the identities (chats) about to be told it is taken (see AcceptResult.told).
-_CLOSED = "autodoctor.dispatch.closed"
-
-
-transaction_scoped(_TAPPED, _CLOSED)
 
 
 def _closing_key(request: SessionRequest) -> str:
@@ -229,7 +223,18 @@ class _Tapped:
     offered: set[int] | None = None
 
 
-async def _request_and_offer(session: AsyncSession, ref: str,
+@dataclass
+class Taps:
+    """What one transaction's accepts have read, by request ref: when many mechanics tap one
+    request at once (the engine's batches), the request and its offers are read once, not
+    once per tap."""
+
+    tapped: dict[str, _Tapped] = field(default_factory=dict)
+    # The chats about to be told the request is taken (see AcceptResult.told).
+    closing: dict[str, set[int]] = field(default_factory=dict)
+
+
+async def _request_and_offer(session: AsyncSession, taps: Taps, ref: str,
                              mechanic_id: int) -> tuple[SessionRequest | None, bool]:
     """The request by ref, and whether this mechanic holds an offer of it.
 
@@ -239,7 +244,7 @@ async def _request_and_offer(session: AsyncSession, ref: str,
     pending changes first; the conditional UPDATE in accept() decides the race whatever these
     say.
     """
-    tapped: dict[str, _Tapped] = session.info.setdefault(_TAPPED, {})
+    tapped = taps.tapped
     with session.no_autoflush:
         seen = tapped.get(ref)
         if seen is None:
@@ -260,15 +265,18 @@ async def _request_and_offer(session: AsyncSession, ref: str,
             Offer.request_id == request.id, Offer.mechanic_id == mechanic_id)) is not None
 
 
-async def accept(session: AsyncSession, runtime: Runtime, ref: str, mechanic_id: int,
-                 now: datetime, *, admin: str | None = None,
-                 identity_id: int | None = None) -> AcceptResult:
+async def accept(uow: UnitOfWork, runtime: Runtime, ref: str, mechanic_id: int,
+                 now: datetime, *, admin: str | None = None, identity_id: int | None = None,
+                 taps: Taps | None = None) -> AcceptResult:
     """The mechanic takes the request, if it is still open and they hold no other job.
 
     `admin` assigns without an offer (unattended queue); the rules are otherwise the same.
-    `identity_id`: the chat the tap came from (for AcceptResult.told).
+    `identity_id`: the chat the tap came from (for AcceptResult.told). `taps`: shared by the
+    accepts of one transaction.
     """
-    request, offered = await _request_and_offer(session, ref, mechanic_id)
+    session = uow.session
+    taps = taps if taps is not None else Taps()
+    request, offered = await _request_and_offer(session, taps, ref, mechanic_id)
     if request is None:
         return AcceptResult(Outcome.NOT_FOUND)
     if request.status == "accepted" and request.mechanic_id == mechanic_id:
@@ -278,7 +286,7 @@ async def accept(session: AsyncSession, runtime: Runtime, ref: str, mechanic_id:
                     mechanic_id)
         return AcceptResult(Outcome.NOT_OFFERED, request)
     if request.status == "accepted":
-        return await _taken(session, request, identity_id)
+        return await _taken(session, taps, request, identity_id)
     if request.status not in OPEN_STATUSES:
         return AcceptResult(Outcome.CLOSED, request)
     if await holds_job(session, mechanic_id) is not None:
@@ -299,19 +307,19 @@ async def accept(session: AsyncSession, runtime: Runtime, ref: str, mechanic_id:
     await session.refresh(request)
     if won is None:
         if request.status == "accepted":
-            return await _taken(session, request, identity_id)
+            return await _taken(session, taps, request, identity_id)
         return AcceptResult(Outcome.CLOSED, request)
-    await _after_accept(session, runtime, request, mechanic_id, now, admin=admin)
+    await _after_accept(uow, runtime, request, mechanic_id, now, admin=admin, taps=taps)
     return AcceptResult(Outcome.ACCEPTED, request)
 
 
-async def _taken(session: AsyncSession, request: SessionRequest,
+async def _taken(session: AsyncSession, taps: Taps, request: SessionRequest,
                  identity_id: int | None) -> AcceptResult:
     """TAKEN, told or not. The chats with a closing notice still to deliver are read once per
     transaction and request (few rows: the outbox's pending ones, by its status index)."""
     if identity_id is None:
         return AcceptResult(Outcome.TAKEN, request)
-    closed: dict[str, set[int]] = session.info.setdefault(_CLOSED, {})
+    closed = taps.closing
     waiting = closed.get(request.ref)
     if waiting is None:
         with session.no_autoflush:
@@ -323,17 +331,19 @@ async def _taken(session: AsyncSession, request: SessionRequest,
     return AcceptResult(Outcome.TAKEN, request, told=identity_id in waiting)
 
 
-async def assign(session: AsyncSession, runtime: Runtime, ref: str, mechanic_id: int,
+async def assign(uow: UnitOfWork, runtime: Runtime, ref: str, mechanic_id: int,
                  admin: str, now: datetime) -> AcceptResult:
     """An admin gives an open request to a mechanic (the unattended queue); audit-logged."""
-    mechanic = await session.get(Mechanic, mechanic_id)
+    mechanic = await uow.session.get(Mechanic, mechanic_id)
     if mechanic is None or not mechanic.is_active:
         return AcceptResult(Outcome.NOT_FOUND)
-    return await accept(session, runtime, ref, mechanic_id, now, admin=admin)
+    return await accept(uow, runtime, ref, mechanic_id, now, admin=admin)
 
 
-async def _after_accept(session: AsyncSession, runtime: Runtime, request: SessionRequest,
-                        mechanic_id: int, now: datetime, *, admin: str | None) -> None:
+async def _after_accept(uow: UnitOfWork, runtime: Runtime, request: SessionRequest,
+                        mechanic_id: int, now: datetime, *, admin: str | None,
+                        taps: Taps) -> None:
+    session = uow.session
     mechanic = await session.get(Mechanic, mechanic_id)
     intake = await session.get(Intake, request.intake_id)
     customer = await session.get(Customer, request.customer_id)
@@ -361,14 +371,13 @@ async def _after_accept(session: AsyncSession, runtime: Runtime, request: Sessio
         closing.append((identity_id, Outbound(
             channel=channel, address=address, text=text, edit_of=provider_message_id,
             dedupe_key=f"{_closing_key(request)}{offer_mechanic}:{stamp}")))
-    await enqueue_many(session, closing, now)
-    session.info.setdefault(_CLOSED, {})[request.ref] = {
-        identity_id for identity_id, out in closing}
-    await tell(session, await mechanic_identity(session, mechanic_id),
+    await enqueue_many(uow, closing, now)
+    taps.closing[request.ref] = {identity_id for identity_id, out in closing}
+    await tell(uow, await mechanic_identity(session, mechanic_id),
                runtime.texts("accepted_details", request=request, plan=plan, intake=intake,
                              customer_name=customer.display_name),
                now, key=f"accepted:{request.id}:{mechanic_id}:{stamp}")
-    await tell(session, await customer_identity(session, request),
+    await tell(uow, await customer_identity(session, request),
                runtime.texts("customer_matched", mechanic_name=mechanic.name, plan=plan),
                now, key=f"matched:{request.id}:{mechanic_id}:{stamp}")
     session.add(AuditLog(actor=admin or f"mechanic:{mechanic_id}",
@@ -384,9 +393,10 @@ async def mechanic_identity(session: AsyncSession, mechanic_id: int) -> Identity
     return min(identities, key=lambda i: CHANNEL_PREFERENCE.get(i.channel, 9), default=None)
 
 
-async def release(session: AsyncSession, runtime: Runtime, mechanic_id: int,
+async def release(uow: UnitOfWork, runtime: Runtime, mechanic_id: int,
                   now: datetime) -> SessionRequest | None:
     """The mechanic hands back their accepted request; it is offered again."""
+    session = uow.session
     request = await session.scalar(select(SessionRequest).where(
         SessionRequest.mechanic_id == mechanic_id, SessionRequest.status == "accepted"))
     if request is None:
@@ -405,9 +415,9 @@ async def release(session: AsyncSession, runtime: Runtime, mechanic_id: int,
                           .values(status="declined", answered_at=now))
     session.add(AuditLog(actor=f"mechanic:{mechanic_id}", action="release",
                          subject=request.ref, details={}, created_at=now))
-    await tell(session, await customer_identity(session, request),
+    await tell(uow, await customer_identity(session, request),
                runtime.texts("customer_rematching", plan=runtime.config.plan(request.plan)),
                now, key=f"released:{request.id}:{mechanic_id}:{now.timestamp():.0f}")
     log.info("request=%s released by mechanic=%s", request.ref, mechanic_id)
-    await offer_request(session, runtime, request, now)
+    await offer_request(uow, runtime, request, now)
     return request

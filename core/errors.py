@@ -25,3 +25,7 @@ class RetryLater(DeliveryError):
 
 class PermanentFailure(DeliveryError):
     """Will never work (bot blocked, invalid number): stop and mark the address unreachable."""
+
+
+class RaceLost(CoreError):
+    """Another process made the same row at the same moment: try the transaction again."""

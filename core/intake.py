@@ -9,11 +9,9 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.models import Checkout, File, Identity, Intake
-from core.sql import add_new, write_changes_together
-
-# The engine's group commit changes dozens of intakes in one transaction: written together.
-write_changes_together(Intake)
+from core.models import Checkout, File, Intake
+from core.store.records import IdentityRow, IntakeRecord
+from core.store.uow import UnitOfWork
 
 MIN_PROBLEM_WORDS = 4
 MIN_PROBLEM_LETTERS = 15
@@ -26,21 +24,24 @@ class AttachResult:
     total: int
 
 
-async def start_intake(session: AsyncSession, customer_id: int, channel: str,
-                       now: datetime) -> Intake:
-    return await add_new(session, Intake, {
-        "customer_id": customer_id, "channel": channel, "status": "draft", "created_at": now,
-        "updated_at": now})
+async def start_intake(uow: UnitOfWork, customer_id: int, channel: str,
+                       now: datetime) -> IntakeRecord:
+    """A new draft intake, written with the unit of work."""
+    return uow.add(IntakeRecord(
+        id=await uow.new_id(Intake.__table__), customer_id=customer_id, channel=channel,
+        status="draft", plan=None, vin=None, vehicle_year=None, vehicle_make=None,
+        vehicle_model=None, odometer=None, odometer_unit=None, problem=None, created_at=now,
+        updated_at=now, submitted_at=None))
 
 
-async def count_files(session: AsyncSession, intake: Intake) -> int:
+async def count_files(session: AsyncSession, intake: IntakeRecord) -> int:
     # attach_files flushes what it attached, and nothing else pending changes the count.
     with session.no_autoflush:
         return int(await session.scalar(
             select(func.count()).select_from(File).where(File.intake_id == intake.id)) or 0)
 
 
-async def attach_files(session: AsyncSession, intake: Intake, identity: Identity,
+async def attach_files(session: AsyncSession, intake: IntakeRecord, identity: IdentityRow,
                        public_ids: list[str] | tuple[str, ...], limit: int) -> AttachResult:
     """Attach uploads to the intake; only files this identity uploaded and not yet attached."""
     total = await count_files(session, intake)
@@ -64,14 +65,13 @@ async def attach_files(session: AsyncSession, intake: Intake, identity: Identity
     return AttachResult(attached=attached, refused=refused, total=total)
 
 
-async def cancel_unpaid(session: AsyncSession, intake: Intake,
+async def cancel_unpaid(session: AsyncSession, intake: IntakeRecord,
                         now: datetime) -> list[Checkout] | None:
     """Drop an intake that is not paid: its open checkouts expire (returned, so the provider's
     pages can be closed too). None if it is already paid."""
     if intake.status not in ("draft", "awaiting_payment"):
         return None
-    intake.status = "cancelled"
-    intake.updated_at = now
+    intake.update(status="cancelled", updated_at=now)
     if intake.submitted_at is None:
         # Never confirmed: no checkout was made for it (the first is made as it is submitted,
         # see core.payments.checkout_for), so there is none to close.

@@ -14,6 +14,7 @@ from core.config import Config
 from core.models import Identity, Mechanic, MechanicInvite
 from core.outbox import tell
 from core.runtime import Runtime
+from core.store.uow import UnitOfWork
 
 # No 0/O/1/I/L: codes are typed from SMS by hand.
 _CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
@@ -51,13 +52,14 @@ async def invite_mechanic(session: AsyncSession, config: Config, name: str, now:
 log = logging.getLogger("autodoctor.mechanics")
 
 
-async def redeem_invite(session: AsyncSession, runtime: Runtime, code: str, channel: str,
+async def redeem_invite(uow: UnitOfWork, runtime: Runtime, code: str, channel: str,
                         address: str, now: datetime) -> Mechanic | None:
     """Bind (channel, address) to the invited mechanic; None if the code is unknown or used.
 
     Single use: the conditional UPDATE claims the invite, so two redemptions cannot both win.
     Redeeming again from the address it was first used on is fine (a reloaded console).
     """
+    session = uow.session
     code = code.strip().upper()
     if not (code.isascii() and code.isalnum() and len(code) <= 32):
         return None  # no invite has such a code (and a lone surrogate could not be looked up)
@@ -87,7 +89,7 @@ async def redeem_invite(session: AsyncSession, runtime: Runtime, code: str, chan
     invite.used_by_identity_id = identity.id
     mechanic = await session.get(Mechanic, invite.mechanic_id)
     assert mechanic is not None
-    await tell(session, identity, runtime.texts("linked", name=mechanic.name), now,
+    await tell(uow, identity, runtime.texts("linked", name=mechanic.name), now,
                key=f"linked:{invite.id}")
     log.info("mechanic=%s linked channel=%s identity=%s", invite.mechanic_id, channel,
              identity.id)

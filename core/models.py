@@ -211,7 +211,6 @@ class Conversation(Base):
     step: Mapped[str] = mapped_column(String(32), default="start")
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     intake_id: Mapped[int | None] = mapped_column(ForeignKey("intakes.id", ondelete="SET NULL"))
-    version: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _created()
 

@@ -10,15 +10,17 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.config import Config
-from core.models import Checkout, Intake
-from core.sql import add_new, as_transient
+from core.models import Checkout
+from core.store.records import CheckoutRecord, IntakeRecord
+from core.store.uow import UnitOfWork
 
 
 class PaymentPort(Protocol):
     provider: str
 
-    async def create_checkout(self, session: AsyncSession, checkout: Checkout) -> str:
-        """Open a hosted payment page for this (already added) checkout; returns its URL."""
+    async def create_checkout(self, session: AsyncSession, checkout: CheckoutRecord) -> str:
+        """Open a hosted payment page for this checkout (about to be written); returns its
+        URL. A provider's own id for the page goes into the record (update())."""
         ...
 
 
@@ -39,48 +41,31 @@ def new_checkout_ref() -> str:
     return "co_" + secrets.token_urlsafe(18)
 
 
-async def checkout_for(session: AsyncSession, port: PaymentPort, config: Config,
-                       intake: Intake, now: datetime) -> Checkout:
+async def checkout_for(uow: UnitOfWork, port: PaymentPort, config: Config,
+                       intake: IntakeRecord, now: datetime) -> CheckoutRecord | Checkout:
     """The intake's open, unexpired checkout, or a new one: one payable link at a time."""
-    if intake.submitted_at is None:
-        # Never confirmed: it has no checkout yet (the first is made as it is submitted, in the
-        # same transaction), so there is nothing to look for.
-        return await _open_checkout(session, port, config, intake, now)
-    # This intake's checkouts made or changed in this transaction count: written first (a new
-    # one is in the identity map before it is written, see _open_checkout).
-    if any(isinstance(row, Checkout) and row.intake_id == intake.id
-           for row in (*session.new, *session.identity_map.values())):
-        await session.flush()
-    with session.no_autoflush:
-        existing = await session.scalar(
+    if intake.submitted_at is not None:
+        # Confirmed before: its link may still be good (one made in this transaction first).
+        for made in reversed(uow.new_rows(CheckoutRecord)):
+            if made.intake_id == intake.id and made.plan == intake.plan and made.url:
+                return made
+        existing = await uow.session.scalar(
             select(Checkout).where(Checkout.intake_id == intake.id,
                                    Checkout.plan == intake.plan, Checkout.status == "open",
                                    Checkout.expires_at > now)
             .order_by(Checkout.id.desc()).limit(1))
-    if existing is not None and existing.url:
-        return existing
-    return await _open_checkout(session, port, config, intake, now)
-
-
-async def _open_checkout(session: AsyncSession, port: PaymentPort, config: Config,
-                         intake: Intake, now: datetime) -> Checkout:
+        if existing is not None and existing.url:
+            return existing
+    # Never confirmed, or no good link: a new checkout.
     assert intake.plan is not None
     plan = config.plan(intake.plan)
-    # Transient, its values set as loading sets them (not attribute by attribute through the
-    # ORM's events, which only an object in a session needs).
-    checkout = as_transient(Checkout, {
-        **_NO_VALUES, "ref": new_checkout_ref(), "intake_id": intake.id,
-        "customer_id": intake.customer_id, "plan": intake.plan,
-        "amount_cents": plan.price_cents, "currency": config.billing.currency,
-        "provider": port.provider, "status": "open", "created_at": now,
-        "expires_at": now + timedelta(seconds=config.billing.checkout_ttl_seconds)})
+    checkout = CheckoutRecord(
+        id=await uow.new_id(Checkout.__table__), ref=new_checkout_ref(), intake_id=intake.id,
+        customer_id=intake.customer_id, plan=intake.plan, amount_cents=plan.price_cents,
+        currency=config.billing.currency, provider=port.provider, status="open",
+        created_at=now,
+        expires_at=now + timedelta(seconds=config.billing.checkout_ttl_seconds))
     # The provider's page first: if it fails, no half-made checkout row is left behind. The
-    # row is stored with the transaction (the link reaches the customer only after commit),
-    # with the other new checkouts of a group commit in one statement (core.sql.add_new).
-    checkout.url = await port.create_checkout(session, checkout)
-    values = checkout.__dict__  # with what the port set (Stripe: its session's id)
-    return await add_new(session, Checkout, {key: values.get(key) for key in _NO_VALUES})
-
-
-# Every column but the id.
-_NO_VALUES = {c.key: None for c in Checkout.__table__.columns if c.key != "id"}
+    # row is written with the unit of work (the link reaches the customer only after commit).
+    checkout.update(url=await port.create_checkout(uow.session, checkout))
+    return uow.add(checkout)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -13,6 +14,7 @@ from core.db import Sessionmaker, create_readonly_sessionmaker, create_sessionma
 from core.hub import Hub
 from core.metrics import Metrics
 from core.payments import PaymentPort, RefundPort
+from core.store.uow import IdPool, UnitOfWork
 
 
 @dataclass
@@ -30,13 +32,24 @@ class Runtime:
     refund: RefundPort | None = None
     metrics: Metrics = field(default_factory=Metrics)
     hub: Hub = field(default_factory=Hub)
+    ids: IdPool = field(default_factory=IdPool)
 
     @classmethod
     def build(cls, config: Config, engine: AsyncEngine, payments: PaymentPort,
               texts: Callable[..., str], clock: Clock | None = None,
               refund: RefundPort | None = None) -> Runtime:
-        hub = Hub()
-        return cls(config=config, engine=engine, sessions=create_sessionmaker(engine, hub),
+        return cls(config=config, engine=engine, sessions=create_sessionmaker(engine),
                    readers=create_readonly_sessionmaker(engine),
-                   payments=payments, texts=texts, clock=clock or SystemClock(), refund=refund,
-                   hub=hub)
+                   payments=payments, texts=texts, clock=clock or SystemClock(), refund=refund)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[UnitOfWork]:
+        """A unit of work: committed when the block ends, rolled back if it raises."""
+        async with self.sessions() as session:
+            uow = UnitOfWork(session, hub=self.hub, ids=self.ids)
+            try:
+                yield uow
+                await uow.commit()
+            except BaseException:
+                await session.rollback()
+                raise

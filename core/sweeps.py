@@ -11,7 +11,6 @@ from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, exists, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.dispatch import customer_identity, mechanic_identity, notify_unattended
 from core.messages import Button
@@ -26,6 +25,7 @@ from core.models import (
 )
 from core.outbox import tell
 from core.runtime import Runtime
+from core.store.uow import UnitOfWork
 
 log = logging.getLogger("autodoctor.sweeps")
 
@@ -48,16 +48,17 @@ async def run_sweeps(runtime: Runtime, now: datetime | None = None) -> CleanupSt
     now = now or runtime.clock.now()
     stats = CleanupStats()
     for sweep in (_unattended, _expired, _no_show, _orphaned):
-        async with runtime.sessions.begin() as session:
-            await sweep(session, runtime, now, stats)
+        async with runtime.transaction() as uow:
+            await sweep(uow, runtime, now, stats)
     stats.refunded, stats.refunds_failed = await refund_due(runtime, now)
     if stats.total():
         log.info("sweep %s", stats)
     return stats
 
 
-async def _unattended(session: AsyncSession, runtime: Runtime, now: datetime,
+async def _unattended(uow: UnitOfWork, runtime: Runtime, now: datetime,
                       stats: CleanupStats) -> None:
+    session = uow.session
     cutoff = now - timedelta(seconds=runtime.config.timeouts.unattended_after_seconds)
     changed = (await session.scalars(
         update(SessionRequest)
@@ -65,13 +66,14 @@ async def _unattended(session: AsyncSession, runtime: Runtime, now: datetime,
         .values(status="unattended", unattended_at=now)
         .returning(SessionRequest).execution_options(populate_existing=True))).all()
     for request in changed:
-        await notify_unattended(session, runtime, request, now)
+        await notify_unattended(uow, runtime, request, now)
         log.info("request=%s unattended", request.ref)
     stats.unattended += len(changed)
 
 
-async def _expired(session: AsyncSession, runtime: Runtime, now: datetime,
+async def _expired(uow: UnitOfWork, runtime: Runtime, now: datetime,
                    stats: CleanupStats) -> None:
+    session = uow.session
     cutoff = now - timedelta(seconds=runtime.config.timeouts.expire_after_seconds)
     changed = (await session.scalars(
         update(SessionRequest)
@@ -80,17 +82,18 @@ async def _expired(session: AsyncSession, runtime: Runtime, now: datetime,
         .values(status="expired", closed_at=now, close_reason="unmatched")
         .returning(SessionRequest).execution_options(populate_existing=True))).all()
     for request in changed:
-        await withdraw_offers(session, runtime, request, now)
-        await tell(session, await customer_identity(session, request),
+        await withdraw_offers(uow, runtime, request, now)
+        await tell(uow, await customer_identity(session, request),
                    runtime.texts("customer_expired", plan=runtime.config.plan(request.plan)),
                    now, key=f"expired:{request.id}")
         log.info("request=%s expired unmatched", request.ref)
     stats.expired += len(changed)
 
 
-async def withdraw_offers(session: AsyncSession, runtime: Runtime, request: SessionRequest,
+async def withdraw_offers(uow: UnitOfWork, runtime: Runtime, request: SessionRequest,
                           now: datetime) -> None:
     """Open offers of a closed request: marked withdrawn, their messages edited to say so."""
+    session = uow.session
     offers = (await session.scalars(
         update(Offer).where(Offer.request_id == request.id, Offer.status == "offered")
         .values(status="withdrawn", answered_at=now).returning(Offer))).all()
@@ -98,13 +101,14 @@ async def withdraw_offers(session: AsyncSession, runtime: Runtime, request: Sess
         identity = await session.get(Identity, offer.identity_id) if offer.identity_id else None
         if identity is None:
             continue
-        await tell(session, identity, runtime.texts("offer_withdrawn", ref=request.ref), now,
+        await tell(uow, identity, runtime.texts("offer_withdrawn", ref=request.ref), now,
                    key=f"withdrawn:{request.id}:{offer.mechanic_id}",
                    edit_of=offer.provider_message_id)
 
 
-async def _no_show(session: AsyncSession, runtime: Runtime, now: datetime,
+async def _no_show(uow: UnitOfWork, runtime: Runtime, now: datetime,
                    stats: CleanupStats) -> None:
+    session = uow.session
     cutoff = now - timedelta(seconds=runtime.config.timeouts.no_show_after_seconds)
     # The request's own customer, on any of their channels: the identities are joined here,
     # not picked by a subquery of their own, which would not be correlated with the UPDATE's
@@ -126,21 +130,22 @@ async def _no_show(session: AsyncSession, runtime: Runtime, now: datetime,
             Consultation.request_id == request.id, Consultation.status == "waiting")
             .values(status="cancelled", ended_at=now, end_reason="no_show"))
         plan = runtime.config.plan(request.plan)
-        await tell(session, await customer_identity(session, request),
+        await tell(uow, await customer_identity(session, request),
                    runtime.texts("customer_no_show", plan=plan), now,
                    key=f"no_show:{request.id}",
                    buttons=(Button(runtime.texts("label", key="rematch"),
                                    f"rematch:{request.ref}"),))
         if request.mechanic_id is not None:
-            await tell(session, await mechanic_identity(session, request.mechanic_id),
+            await tell(uow, await mechanic_identity(session, request.mechanic_id),
                        runtime.texts("mechanic_no_show", ref=request.ref), now,
                        key=f"no_show:{request.id}:mechanic")
         log.info("request=%s cancelled: customer did not join", request.ref)
     stats.no_show += len(changed)
 
 
-async def _orphaned(session: AsyncSession, runtime: Runtime, now: datetime,
+async def _orphaned(uow: UnitOfWork, runtime: Runtime, now: datetime,
                     stats: CleanupStats) -> None:
+    session = uow.session
     still_accepted = select(SessionRequest.id).where(SessionRequest.status == "accepted")
     changed = (await session.scalars(
         update(Consultation)

@@ -47,9 +47,10 @@ async def linked_mechanic(runtime: Runtime, name: str, *, senior: bool = False,
                           channel: str = "web", address: str | None = None) -> Identity:
     """An invited mechanic who linked one chat."""
     now = runtime.clock.now()
-    async with runtime.sessions.begin() as s:
+    async with runtime.transaction() as uow:
+        s = uow.session
         invitation = await invite_mechanic(s, runtime.config, name, now, senior=senior)
-        await redeem_invite(s, runtime, invitation.invite_code, channel,
+        await redeem_invite(uow, runtime, invitation.invite_code, channel,
                             address or f"mech-{name}", now)
         identity = await s.scalar(select(Identity).where(
             Identity.mechanic_id == invitation.mechanic_id))

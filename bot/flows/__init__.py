@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bot.flows import customer, mechanic
-from core.engine import Context
+from core.context import Context
 
 
 async def route(ctx: Context) -> None:

@@ -12,7 +12,7 @@ from bot.choices import match_choice
 from bot.flows import paid
 from bot.texts import text
 from core.config import Plan
-from core.engine import Context
+from core.context import Context
 from core.intake import (
     MIN_PROBLEM_WORDS,
     attach_files,
@@ -25,14 +25,15 @@ from core.intake import (
 )
 from core.mechanics import redeem_invite
 from core.messages import Button, Link
-from core.models import Checkout, Intake
+from core.models import Checkout
 from core.payments import checkout_for
+from core.store.records import CheckoutRecord, IntakeRecord
 from core.vin import VinError
 from core.vin import validate as validate_vin
 
 log = logging.getLogger("autodoctor.flows.customer")
 
-Step = Callable[[Context, Intake], Awaitable[None]]
+Step = Callable[[Context, IntakeRecord], Awaitable[None]]
 
 # What people type for the commands that work at any step.
 COMMANDS = {
@@ -73,7 +74,7 @@ def _said(ctx: Context) -> str:
 
 def _set(ctx: Context, **changes: Any) -> None:
     # JSON columns are not tracked in place: assign a new dict.
-    ctx.conversation.data = {**ctx.conversation.data, **changes}
+    ctx.conversation.update(data={**ctx.conversation.data, **changes})
 
 
 async def handle(ctx: Context) -> None:
@@ -88,15 +89,16 @@ async def handle(ctx: Context) -> None:
     join = _JOIN.match(ctx.text)
     if join is not None:
         # A mechanic's invite, typed (SMS "JOIN CODE") from this chat: link it to them.
-        if await redeem_invite(ctx.session, ctx.runtime, join.group(1), ctx.identity.channel,
+        if await redeem_invite(ctx.uow, ctx.runtime, join.group(1), ctx.identity.channel,
                                ctx.identity.address, ctx.now) is None:
             await ctx.say(text("invite_invalid"))
         return
     intake = await _current_intake(ctx)
     command = _command(ctx)
     if intake is not None and intake.status == "paid":
-        await paid.handle(ctx, intake, command)
-        return
+        if await paid.handle(ctx, intake, command):
+            return
+        intake = None  # starting over after the paid request closed
     if command is not None:
         await COMMAND_HANDLERS[command](ctx, intake)
         return
@@ -110,27 +112,27 @@ async def handle(ctx: Context) -> None:
     await STEPS.get(ctx.conversation.step, _ask_again)(ctx, intake)
 
 
-async def _current_intake(ctx: Context) -> Intake | None:
-    intake = await ctx.get(Intake, ctx.conversation.intake_id)
+async def _current_intake(ctx: Context) -> IntakeRecord | None:
+    intake = ctx.intake
     if intake is None or intake.status in ("cancelled", "expired"):
         return None
     return intake
 
 
 def _go(ctx: Context, step: str) -> None:
-    ctx.conversation.step = step
+    ctx.conversation.update(step=step)
 
 
 # ------------------------------------------------------------------ commands
 
 
-async def _help(ctx: Context, intake: Intake | None) -> None:
+async def _help(ctx: Context, intake: IntakeRecord | None) -> None:
     await ctx.say(text("help"))
     if intake is not None:
         await _ask_again(ctx, intake)
 
 
-async def _status(ctx: Context, intake: Intake | None) -> None:
+async def _status(ctx: Context, intake: IntakeRecord | None) -> None:
     plan = ctx.config.plans.get(intake.plan) if intake and intake.plan else None
     await ctx.say(text("status", intake=intake, plan=plan,
                        step=_STEP_NAMES.get(ctx.conversation.step, ctx.conversation.step)))
@@ -138,7 +140,7 @@ async def _status(ctx: Context, intake: Intake | None) -> None:
         await _remind_payment(ctx, intake)
 
 
-async def _drop(ctx: Context, intake: Intake) -> bool:
+async def _drop(ctx: Context, intake: IntakeRecord) -> bool:
     """Cancel an unpaid intake; after commit its payment pages are closed at the provider."""
     expired = await cancel_unpaid(ctx.session, intake, ctx.now)
     if expired is None:
@@ -154,25 +156,23 @@ async def _drop(ctx: Context, intake: Intake) -> bool:
     return True
 
 
-async def _cancel(ctx: Context, intake: Intake | None) -> None:
+async def _cancel(ctx: Context, intake: IntakeRecord | None) -> None:
     if intake is None or not await _drop(ctx, intake):
         await ctx.say(text("nothing_to_cancel"))
         return
     log.info("intake=%s cancelled by customer=%s", intake.id, intake.customer_id)
-    ctx.conversation.intake_id = None
-    ctx.conversation.data = {}
-    _go(ctx, "start")
+    ctx.conversation.update(intake_id=None, data={}, step="start")
     await ctx.say(text("cancelled"))
 
 
-async def _restart(ctx: Context, intake: Intake | None) -> None:
+async def _restart(ctx: Context, intake: IntakeRecord | None) -> None:
     if intake is not None:
         await _drop(ctx, intake)
         await ctx.say(text("starting_over"))
     await _begin(ctx)
 
 
-COMMAND_HANDLERS: dict[str, Callable[[Context, Intake | None], Awaitable[None]]] = {
+COMMAND_HANDLERS: dict[str, Callable[[Context, IntakeRecord | None], Awaitable[None]]] = {
     "help": _help, "status": _status, "cancel": _cancel, "restart": _restart,
 }
 
@@ -191,37 +191,35 @@ def _buttons_for_plans(plans: tuple[tuple[str, Plan], ...]) -> tuple[Button, ...
 
 
 async def _begin(ctx: Context) -> None:
-    intake = await start_intake(ctx.session, ctx.identity.customer_id or 0,
-                                ctx.identity.channel, ctx.now)
-    ctx.conversation.intake_id = intake.id
+    intake = await start_intake(ctx.uow, ctx.identity.customer_id or 0, ctx.identity.channel,
+                                ctx.now)
+    ctx.person.intake = intake
     # "files": how many are attached to this intake, kept as they are attached (a new intake
     # has none), so the summary needs no count query.
-    ctx.conversation.data = {"files": 0}
-    _go(ctx, "plan")
+    ctx.conversation.update(intake_id=intake.id, data={"files": 0}, step="plan")
     await ctx.say(text("greeting") + "\n" + text("plan_choice", plans=ctx.config.plans),
                   _plan_buttons(ctx))
 
 
-async def _step_plan(ctx: Context, intake: Intake) -> None:
+async def _step_plan(ctx: Context, intake: IntakeRecord) -> None:
     choice = match_choice(_said(ctx), _plan_buttons(ctx))
     if choice is None:
         await ctx.say(text("plan_not_understood", plans=ctx.config.plans), _plan_buttons(ctx))
         return
-    intake.plan = choice.payload.split(":", 1)[1]
-    intake.updated_at = ctx.now
+    intake.update(plan=choice.payload.split(":", 1)[1], updated_at=ctx.now)
     if await _back_to_summary(ctx, intake):
         return
     await _ask_vehicle(ctx, intake)
 
 
-async def _ask_vehicle(ctx: Context, intake: Intake) -> None:
+async def _ask_vehicle(ctx: Context, intake: IntakeRecord) -> None:
     _go(ctx, "vehicle")
     assert intake.plan is not None
     await ctx.say(text("ask_vin", plan=ctx.config.plan(intake.plan)),
                   _buttons(("no_vin", "vehicle:no_vin")))
 
 
-async def _step_vehicle(ctx: Context, intake: Intake) -> None:
+async def _step_vehicle(ctx: Context, intake: IntakeRecord) -> None:
     said = _said(ctx).strip()
     if said == "vehicle:no_vin" or said.lower() in ("no vin", "novin", "no", "skip",
                                                      "don't know", "dont know"):
@@ -243,18 +241,17 @@ async def _step_vehicle(ctx: Context, intake: Intake) -> None:
     await _set_vehicle(ctx, intake, info.year, info.make, None, vin=info.vin)
 
 
-async def _set_vehicle(ctx: Context, intake: Intake, year: int | None, make: str | None,
+async def _set_vehicle(ctx: Context, intake: IntakeRecord, year: int | None, make: str | None,
                        model: str | None, *, vin: str | None) -> None:
-    intake.vin, intake.vehicle_year = vin, year
-    intake.vehicle_make, intake.vehicle_model = make, model
-    intake.updated_at = ctx.now
+    intake.update(vin=vin, vehicle_year=year, vehicle_make=make, vehicle_model=model,
+                  updated_at=ctx.now)
     if await _back_to_summary(ctx, intake):
         return
     _go(ctx, "odometer")
     await ctx.say(text("ask_odometer"), _buttons(("skip", "odometer:skip")))
 
 
-async def _step_ymm(ctx: Context, intake: Intake) -> None:
+async def _step_ymm(ctx: Context, intake: IntakeRecord) -> None:
     vehicle = parse_vehicle(ctx.text, max_year=ctx.now.year + 1)
     if vehicle is None:
         await ctx.say(text("ymm_invalid", max_year=ctx.now.year + 1))
@@ -262,36 +259,35 @@ async def _step_ymm(ctx: Context, intake: Intake) -> None:
     await _set_vehicle(ctx, intake, vehicle.year, vehicle.make, vehicle.model, vin=None)
 
 
-async def _step_odometer(ctx: Context, intake: Intake) -> None:
+async def _step_odometer(ctx: Context, intake: IntakeRecord) -> None:
     said = _said(ctx).strip()
     if said == "odometer:skip" or said.lower() in DONE_WORDS | {"don't know", "dont know"}:
-        intake.odometer = intake.odometer_unit = None
+        intake.update(odometer=None, odometer_unit=None)
     else:
         reading = parse_odometer(said)
         if reading is None:
             await ctx.say(text("odometer_invalid"), _buttons(("skip", "odometer:skip")))
             return
-        intake.odometer, intake.odometer_unit = reading
-    intake.updated_at = ctx.now
+        intake.update(odometer=reading[0], odometer_unit=reading[1])
+    intake.update(updated_at=ctx.now)
     if await _back_to_summary(ctx, intake):
         return
     _go(ctx, "problem")
     await ctx.say(text("ask_problem"))
 
 
-async def _step_problem(ctx: Context, intake: Intake) -> None:
+async def _step_problem(ctx: Context, intake: IntakeRecord) -> None:
     if not problem_is_described(ctx.text):
         await ctx.say(text("problem_too_short", min_words=MIN_PROBLEM_WORDS))
         return
-    intake.problem = ctx.text.strip()
-    intake.updated_at = ctx.now
+    intake.update(problem=ctx.text.strip(), updated_at=ctx.now)
     if await _back_to_summary(ctx, intake):
         return
     _go(ctx, "photos")
     await ctx.say(text("ask_photos"), _buttons(("skip", "photos:done")))
 
 
-async def _attach(ctx: Context, intake: Intake) -> int:
+async def _attach(ctx: Context, intake: IntakeRecord) -> int:
     limit = ctx.config.uploads.max_files_per_intake
     result = await attach_files(ctx.session, intake, ctx.identity, ctx.inbound.attachments,
                                 limit)
@@ -306,7 +302,7 @@ async def _attach(ctx: Context, intake: Intake) -> int:
     return result.attached
 
 
-async def _step_photos(ctx: Context, intake: Intake) -> None:
+async def _step_photos(ctx: Context, intake: IntakeRecord) -> None:
     if ctx.inbound.attachments:
         await _attach(ctx, intake)
         if not ctx.text:
@@ -324,7 +320,7 @@ def _summary_buttons() -> tuple[Button, ...]:
                     ("edit_problem", "edit:problem"), ("edit_photos", "edit:photos"))
 
 
-async def _summary(ctx: Context, intake: Intake) -> None:
+async def _summary(ctx: Context, intake: IntakeRecord) -> None:
     _go(ctx, "summary")
     _set(ctx, editing=False)
     assert intake.plan is not None
@@ -336,7 +332,7 @@ async def _summary(ctx: Context, intake: Intake) -> None:
                   _summary_buttons())
 
 
-async def _back_to_summary(ctx: Context, intake: Intake) -> bool:
+async def _back_to_summary(ctx: Context, intake: IntakeRecord) -> bool:
     """After correcting one field from the summary, go straight back to it."""
     if not ctx.conversation.data.get("editing"):
         return False
@@ -347,7 +343,7 @@ async def _back_to_summary(ctx: Context, intake: Intake) -> bool:
 _EDITS: dict[str, Step] = {}
 
 
-async def _step_summary(ctx: Context, intake: Intake) -> None:
+async def _step_summary(ctx: Context, intake: IntakeRecord) -> None:
     said = _said(ctx).strip()
     if said.lower() in ("yes", "ok", "okay", "pay", "confirm", "correct", "y"):
         said = "confirm"
@@ -362,22 +358,22 @@ async def _step_summary(ctx: Context, intake: Intake) -> None:
     await _EDITS[choice.payload.split(":", 1)[1]](ctx, intake)
 
 
-async def _edit_plan(ctx: Context, intake: Intake) -> None:
+async def _edit_plan(ctx: Context, intake: IntakeRecord) -> None:
     _go(ctx, "plan")
     await ctx.say(text("plan_choice", plans=ctx.config.plans), _plan_buttons(ctx))
 
 
-async def _edit_odometer(ctx: Context, intake: Intake) -> None:
+async def _edit_odometer(ctx: Context, intake: IntakeRecord) -> None:
     _go(ctx, "odometer")
     await ctx.say(text("ask_odometer"), _buttons(("skip", "odometer:skip")))
 
 
-async def _edit_problem(ctx: Context, intake: Intake) -> None:
+async def _edit_problem(ctx: Context, intake: IntakeRecord) -> None:
     _go(ctx, "problem")
     await ctx.say(text("ask_problem"))
 
 
-async def _edit_photos(ctx: Context, intake: Intake) -> None:
+async def _edit_photos(ctx: Context, intake: IntakeRecord) -> None:
     _go(ctx, "photos")
     await ctx.say(text("ask_photos"), _buttons(("done", "photos:done")))
 
@@ -386,52 +382,51 @@ _EDITS.update(plan=_edit_plan, vehicle=_ask_vehicle, odometer=_edit_odometer,
               problem=_edit_problem, photos=_edit_photos)
 
 
-async def _confirm(ctx: Context, intake: Intake) -> None:
+async def _confirm(ctx: Context, intake: IntakeRecord) -> None:
     assert intake.plan is not None
     plan = ctx.config.plan(intake.plan)
     try:
-        checkout = await checkout_for(ctx.session, ctx.runtime.payments, ctx.config, intake,
+        checkout = await checkout_for(ctx.uow, ctx.runtime.payments, ctx.config, intake,
                                       ctx.now)
     except Exception:
         # The provider is down: keep the intake as it is so the customer can simply retry.
         log.exception("intake=%s checkout could not be created", intake.id)
         await ctx.say(text("payment_unavailable"), _summary_buttons())
         return
-    intake.status = "awaiting_payment"
-    intake.submitted_at = intake.updated_at = ctx.now
+    intake.update(status="awaiting_payment", submitted_at=ctx.now, updated_at=ctx.now)
     _go(ctx, "awaiting_payment")
     log.info("intake=%s checkout=%s awaiting payment", intake.id, checkout.ref)
     await ctx.say(text("payment_link", plan=plan), link=_pay_link(checkout, plan))
 
 
-def _pay_link(checkout: Checkout, plan: Any) -> Link:
+def _pay_link(checkout: Checkout | CheckoutRecord, plan: Any) -> Link:
     assert checkout.url is not None
     return Link(text("pay_label", plan=plan), checkout.url)
 
 
-async def _remind_payment(ctx: Context, intake: Intake) -> None:
+async def _remind_payment(ctx: Context, intake: IntakeRecord) -> None:
     assert intake.plan is not None
     plan = ctx.config.plan(intake.plan)
-    checkout = await checkout_for(ctx.session, ctx.runtime.payments, ctx.config, intake,
+    checkout = await checkout_for(ctx.uow, ctx.runtime.payments, ctx.config, intake,
                                   ctx.now)
     await ctx.say(text("waiting_for_payment", plan=plan), link=_pay_link(checkout, plan))
 
 
-async def _step_awaiting_payment(ctx: Context, intake: Intake) -> None:
+async def _step_awaiting_payment(ctx: Context, intake: IntakeRecord) -> None:
     if intake.status == "awaiting_payment":
         await _remind_payment(ctx, intake)
     else:
         await _status(ctx, intake)
 
 
-async def _ask_again(ctx: Context, intake: Intake) -> None:
+async def _ask_again(ctx: Context, intake: IntakeRecord) -> None:
     """Repeat the question of the current step (after help, or an unknown step)."""
     ask = _QUESTIONS.get(ctx.conversation.step)
     if ask is not None:
         await ask(ctx, intake)
 
 
-async def _ask_ymm(ctx: Context, intake: Intake) -> None:
+async def _ask_ymm(ctx: Context, intake: IntakeRecord) -> None:
     await ctx.say(text("ask_ymm"))
 
 

@@ -15,8 +15,8 @@ from core.availability import (
     set_schedule,
     set_timezone,
 )
+from core.context import Context
 from core.dispatch import Outcome
-from core.engine import Context
 from core.messages import Link
 from core.models import Mechanic
 
@@ -33,7 +33,7 @@ def _ref(raw: str) -> str:
 
 
 async def handle(ctx: Context) -> None:
-    mechanic = await ctx.get(Mechanic, ctx.identity.mechanic_id)
+    mechanic = ctx.person.mechanic
     assert mechanic is not None
     action = ctx.inbound.action or ""
     said = ctx.text.strip().lower().lstrip("/")
@@ -63,7 +63,7 @@ async def handle(ctx: Context) -> None:
     elif said in ("payout", "payouts", "get paid", "bank"):
         await _payout_setup(ctx, mechanic)
     elif said == "release":
-        released = await dispatch.release(ctx.session, ctx.runtime, mechanic.id, ctx.now)
+        released = await dispatch.release(ctx.uow, ctx.runtime, mechanic.id, ctx.now)
         await ctx.say(text("released", ref=released.ref) if released
                       else text("nothing_to_release"))
     else:
@@ -72,8 +72,8 @@ async def handle(ctx: Context) -> None:
 
 
 async def _accept(ctx: Context, mechanic: Mechanic, ref: str) -> None:
-    result = await dispatch.accept(ctx.session, ctx.runtime, ref, mechanic.id, ctx.now,
-                                   identity_id=ctx.identity.id)
+    result = await dispatch.accept(ctx.uow, ctx.runtime, ref, mechanic.id, ctx.now,
+                                   identity_id=ctx.identity.id, taps=ctx.taps)
     outcome = result.outcome
     ctx.toast = text("toast", outcome=outcome.value)
     if outcome is Outcome.ACCEPTED or result.told:

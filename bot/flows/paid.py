@@ -8,20 +8,23 @@ from sqlalchemy import select, update
 
 from bot.texts import text
 from core import dispatch
-from core.engine import Context
+from core.context import Context
 from core.messages import Button
-from core.models import Intake, SessionRequest
+from core.models import SessionRequest
+from core.store.records import IntakeRecord
 from core.sweeps import withdraw_offers
 
 log = logging.getLogger("autodoctor.flows.paid")
 
 
-async def handle(ctx: Context, intake: Intake, command: str | None) -> None:
+async def handle(ctx: Context, intake: IntakeRecord, command: str | None) -> bool:
+    """Answer a customer whose intake is paid; False when they start over after the request
+    closed (the conversation has left the intake: the caller begins a new one)."""
     request = await ctx.session.scalar(select(SessionRequest).where(
         SessionRequest.intake_id == intake.id))
     if request is None:  # paid a moment ago; the request is being created
         await ctx.say(text("matching", plan=ctx.config.plan(intake.plan or "")))
-        return
+        return True
     plan = ctx.config.plan(request.plan)
     action = ctx.inbound.action or ""
     if action == f"rematch:{request.ref}" or (
@@ -31,11 +34,10 @@ async def handle(ctx: Context, intake: Intake, command: str | None) -> None:
     elif command == "cancel":
         await _cancel(ctx, intake, request)
     elif command == "restart" and request.status in ("expired", "cancelled", "completed"):
-        intake.status = "expired" if request.status == "expired" else intake.status
-        ctx.conversation.intake_id = None
-        from bot.flows import customer
-
-        await customer.handle(ctx)
+        if request.status == "expired":
+            intake.update(status="expired")
+        ctx.conversation.update(intake_id=None)
+        return False
     elif command == "help":
         await ctx.say(text("help"))
     elif request.status == "expired":
@@ -47,9 +49,10 @@ async def handle(ctx: Context, intake: Intake, command: str | None) -> None:
         await ctx.say(text("matched_status", plan=plan))
     else:
         await ctx.say(text("matching", plan=plan))
+    return True
 
 
-async def _cancel(ctx: Context, intake: Intake, request: SessionRequest) -> None:
+async def _cancel(ctx: Context, intake: IntakeRecord, request: SessionRequest) -> None:
     if request.status == "accepted":
         await ctx.say(text("cannot_cancel_matched"))
         return
@@ -64,10 +67,9 @@ async def _cancel(ctx: Context, intake: Intake, request: SessionRequest) -> None
         await ctx.say(text("nothing_to_cancel"))
         return
     await ctx.session.refresh(request)
-    await withdraw_offers(ctx.session, ctx.runtime, request, ctx.now)
+    await withdraw_offers(ctx.uow, ctx.runtime, request, ctx.now)
     await ctx.say(text("customer_cancelled_paid", plan=ctx.config.plan(request.plan)))
-    ctx.conversation.intake_id = None
-    ctx.conversation.step = "start"
+    ctx.conversation.update(intake_id=None, step="start")
     log.info("request=%s cancelled by the customer before a match", request.ref)
     runtime, checkout_id = ctx.runtime, request.checkout_id
 
@@ -93,4 +95,4 @@ async def _rematch(ctx: Context, request: SessionRequest) -> None:
         return
     await ctx.session.refresh(request)
     await ctx.say(text("rematching"))
-    await dispatch.offer_request(ctx.session, ctx.runtime, request, ctx.now)
+    await dispatch.offer_request(ctx.uow, ctx.runtime, request, ctx.now)

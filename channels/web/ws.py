@@ -29,7 +29,7 @@ from core.messages import Inbound
 from core.models import Identity, Message
 from core.ratelimit import KeyedBuckets
 from core.runtime import Runtime
-from core.transcript import MessageRow
+from core.store.records import MessageRow
 
 log = logging.getLogger("autodoctor.channels.web")
 
@@ -237,8 +237,8 @@ class _Connection:
         await self._start_pushing(handled.identity_id, 0, handled.reply_rows)
 
     async def _link_mechanic(self, code: str, address: str) -> Identity:
-        async with self.runtime.sessions.begin() as session:
-            mechanic = await redeem_invite(session, self.runtime, code, CHANNEL, address,
+        async with self.runtime.transaction() as uow:
+            mechanic = await redeem_invite(uow, self.runtime, code, CHANNEL, address,
                                            self.runtime.clock.now())
         if mechanic is None:
             raise ProtocolError("invalid_invite", "That mechanic invite is unknown or was "

@@ -19,6 +19,7 @@ from core.models import (
 )
 from core.payments import checkout_for
 from core.runtime import Runtime
+from core.store.records import IntakeRecord
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,8 @@ async def awaiting_payment(runtime: Runtime, plan: str = "video15", *, channel: 
                            ) -> AwaitingPayment:
     """A customer at the payment step: intake submitted, a checkout opened by the provider."""
     now = runtime.clock.now()
-    async with runtime.sessions.begin() as s:
+    async with runtime.transaction() as uow:
+        s = uow.session
         customer = Customer(display_name="Dana", created_at=now)
         s.add(customer)
         await s.flush()
@@ -50,7 +52,11 @@ async def awaiting_payment(runtime: Runtime, plan: str = "video15", *, channel: 
                                     step="awaiting_payment", data={}, intake_id=intake.id,
                                     created_at=now, updated_at=now)
         s.add(conversation)
-        checkout = await checkout_for(s, runtime.payments, runtime.config, intake, now)
+        made = await checkout_for(uow, runtime.payments, runtime.config,
+                                  IntakeRecord.of(intake), now)
+    async with runtime.sessions() as s:
+        checkout = await s.get(Checkout, made.id)
+    assert checkout is not None
     return AwaitingPayment(checkout, identity, intake, conversation.id)
 
 

@@ -57,8 +57,10 @@ async def mechanic(runtime: Runtime, api: StripeStandin, client: TestClient, nam
 async def complete(runtime: Runtime, request: SessionRequest, mechanic_id: int) -> Payout:
     """What the session service will do at the end of a consultation."""
     now = runtime.clock.now()
-    async with runtime.sessions.begin() as s:
-        result = await dispatch.assign(s, runtime, request.ref, mechanic_id, "admin:test", now)
+    async with runtime.transaction() as uow:
+        s = uow.session
+        result = await dispatch.assign(uow, runtime, request.ref, mechanic_id, "admin:test",
+                                       now)
         assert result.outcome is dispatch.Outcome.ACCEPTED
         consultation = Consultation(request_id=request.id, customer_id=request.customer_id,
                                     mechanic_id=mechanic_id, plan=request.plan,

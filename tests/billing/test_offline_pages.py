@@ -16,6 +16,7 @@ from core.config import Config, with_changes
 from core.intake import cancel_unpaid
 from core.models import Intake
 from core.runtime import Runtime
+from core.store.records import IntakeRecord
 from tests.billing.helpers import (
     awaiting_payment,
     intake_status,
@@ -101,10 +102,11 @@ async def test_an_expired_link_says_so_and_cannot_be_paid(
 async def test_a_cancelled_request_cannot_be_paid(offline_client: TestClient,
                                                   runtime: Runtime) -> None:
     bought = await awaiting_payment(runtime)
-    async with runtime.sessions.begin() as s:
-        intake = await s.get(Intake, bought.intake.id)
+    async with runtime.transaction() as uow:
+        intake = await uow.session.get(Intake, bought.intake.id)
         assert intake is not None
-        assert await cancel_unpaid(s, intake, runtime.clock.now())
+        assert await cancel_unpaid(uow.session, uow.track(IntakeRecord.of(intake)),
+                                   runtime.clock.now())
 
     resp = await offline_client.post(f"/pay/{bought.checkout.ref}")
 

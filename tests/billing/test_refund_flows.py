@@ -71,11 +71,12 @@ async def test_cancel_after_a_mechanic_accepted_is_refused(
     from core.models import Mechanic
 
     bought = await paid(stripe_runtime, stripe_api, webhook_client)
-    async with stripe_runtime.sessions.begin() as s:
+    async with stripe_runtime.transaction() as uow:
+        s = uow.session
         mechanic_id = (await s.scalars(select(Mechanic.id))).first()
         request = await s.scalar(select(SessionRequest))
         assert request is not None and mechanic_id is not None
-        await dispatch.accept(s, stripe_runtime, request.ref, mechanic_id,
+        await dispatch.accept(uow, stripe_runtime, request.ref, mechanic_id,
                               stripe_runtime.clock.now())
     engine = Engine(stripe_runtime, route)
     reply = await engine.receive(Inbound(channel="web", address=bought.identity.address,

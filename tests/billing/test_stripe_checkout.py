@@ -16,6 +16,7 @@ from core.clock import ManualClock
 from core.config import Config, with_changes
 from core.models import Checkout
 from core.runtime import Runtime
+from core.store.records import CheckoutRecord
 from tests.billing.helpers import awaiting_payment, count, reload
 from tests.standins.stripe_api import StripeStandin
 
@@ -72,7 +73,7 @@ async def test_asking_twice_for_one_checkout_makes_one_stripe_session(
     async with stripe_runtime.sessions.begin() as s:
         checkout = await s.get(Checkout, bought.checkout.id)
         assert checkout is not None
-        again = await stripe_payments.create_checkout(s, checkout)
+        again = await stripe_payments.create_checkout(s, CheckoutRecord.of(checkout))
 
     assert again == bought.checkout.url
     assert len(stripe_api.sessions) == 1

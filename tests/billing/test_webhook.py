@@ -18,6 +18,7 @@ from core.config import Config, with_changes
 from core.models import Checkout, InboundEvent, Intake, Mechanic, OutboxItem, SessionRequest
 from core.payments import checkout_for
 from core.runtime import Runtime
+from core.store.records import IntakeRecord
 from tests.billing.conftest import WEBHOOK_SECRET
 from tests.billing.helpers import (
     AwaitingPayment,
@@ -183,11 +184,11 @@ async def test_an_expired_session_closes_the_checkout_and_a_new_link_is_made(
 
     assert status == 200
     assert (await reload(stripe_runtime, bought.checkout)).status == "expired"
-    async with stripe_runtime.sessions.begin() as s:
-        intake = await s.get(Intake, bought.intake.id)
+    async with stripe_runtime.transaction() as uow:
+        intake = await uow.session.get(Intake, bought.intake.id)
         assert intake is not None
-        fresh = await checkout_for(s, stripe_runtime.payments, stripe_runtime.config, intake,
-                                   stripe_runtime.clock.now())
+        fresh = await checkout_for(uow, stripe_runtime.payments, stripe_runtime.config,
+                                   IntakeRecord.of(intake), stripe_runtime.clock.now())
     assert fresh.ref != bought.checkout.ref
     assert len(stripe_api.sessions) == 2
 
@@ -196,12 +197,12 @@ async def test_paying_a_second_link_for_a_paid_intake_is_refunded(
         webhook_client: TestClient, stripe_runtime: Runtime, stripe_api: StripeStandin) -> None:
     bought = await awaiting_payment(stripe_runtime)
     # The customer asked for a new link meanwhile (another plan), then paid both.
-    async with stripe_runtime.sessions.begin() as s:
-        intake = await s.get(Intake, bought.intake.id)
+    async with stripe_runtime.transaction() as uow:
+        intake = await uow.session.get(Intake, bought.intake.id)
         assert intake is not None
         intake.plan = "chat10"
-        second = await checkout_for(s, stripe_runtime.payments, stripe_runtime.config, intake,
-                                    stripe_runtime.clock.now())
+        second = await checkout_for(uow, stripe_runtime.payments, stripe_runtime.config,
+                                    IntakeRecord.of(intake), stripe_runtime.clock.now())
     await stripe_api.send_event(webhook_client, await paid_event(stripe_api, bought),
                                 WEBHOOK_SECRET)
     assert second.provider_session_id is not None

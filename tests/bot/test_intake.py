@@ -290,11 +290,11 @@ async def test_summary_and_first_confirm_need_no_lookups(chat: Chat, runtime: Ru
         summary = joined(await chat.tap("Skip"))
         link = (await chat.tap("Confirm and pay"))[-1].link
     assert "Photos/files: 0" in summary and link is not None
-    # (Not counted: drawing the new checkout's id, core.sql.add_new: on PostgreSQL a block
-    # from the sequence, once per core.sql.ID_BLOCK; on SQLite the largest id, once per
+    # (Not counted: drawing the new checkout's id, UnitOfWork.new_id: on PostgreSQL a block
+    # from the sequence, once per IdPool.BLOCK; on SQLite the largest id, once per
     # transaction.)
     reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")
-             and "nextval" not in s and "max(checkouts.id)" not in s]
+             and "nextval" not in s and 'max("id")' not in s]
     # Only the engine's own lookup of the sender, once per message (PostgreSQL: after the
     # statement that locks the conversation).
     per_message = 2 if engine.dialect.name == "postgresql" else 1

@@ -120,10 +120,10 @@ async def invite(runtime: Runtime, name: str) -> str:
 
 
 async def offer(runtime: Runtime, request: SessionRequest) -> int:
-    async with runtime.sessions.begin() as s:
-        fresh = await s.get(SessionRequest, request.id)
+    async with runtime.transaction() as uow:
+        fresh = await uow.session.get(SessionRequest, request.id)
         assert fresh is not None
-        return await dispatch.offer_request(s, runtime, fresh, runtime.clock.now())
+        return await dispatch.offer_request(uow, runtime, fresh, runtime.clock.now())
 
 
 async def request_status(runtime: Runtime, request: SessionRequest) -> tuple[str, int | None]:

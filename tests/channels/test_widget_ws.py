@@ -18,7 +18,6 @@ from core.config import Config, with_changes
 from core.messages import Inbound
 from core.models import File, Identity, Intake, Message
 from core.outbox import tell
-from core.transcript import write_pending
 from tests.helpers import recording_statements
 
 GOOD_VIN = "1HGCM82633A004352"
@@ -167,9 +166,9 @@ async def test_a_message_from_elsewhere_during_a_turn_arrives_once_in_order(
     address = visitor_address(w.visitor)
     await w.ws.send_json({"type": "action", "payload": "plan:chat10"})
     await engine.receive(Inbound(channel="web", address=address, text="/status"))
-    async with runtime.sessions.begin() as s:
-        identity = await s.scalar(select(Identity).where(Identity.address == address))
-        assert await tell(s, identity, "A note from the team", runtime.clock.now(),
+    async with runtime.transaction() as uow:
+        identity = await uow.session.scalar(select(Identity).where(Identity.address == address))
+        assert await tell(uow, identity, "A note from the team", runtime.clock.now(),
                           key="note:1")
     got = await w.expect(3)
     texts = [m["text"] for m in got]
@@ -496,12 +495,12 @@ async def test_a_message_committed_late_with_a_lower_id_still_reaches_the_socket
     await w.expect()
     assert w.visitor is not None
     runtime = client.app[RUNTIME]
-    async with runtime.sessions.begin() as slow:  # say, a payment webhook still at work
-        identity = await slow.scalar(select(Identity).where(
+    async with runtime.transaction() as slow:  # say, a payment webhook still at work
+        identity = await slow.session.scalar(select(Identity).where(
             Identity.address == visitor_address(w.visitor)))
+        # A keyed notice is written at once (its id taken), and not yet committed.
         assert await tell(slow, identity, "A notice from a slow transaction",
                           runtime.clock.now(), key="late:1")
-        await write_pending(slow)  # its row written (its id taken), not yet committed
         # Meanwhile the customer's own message is answered, with a higher id, and committed.
         (answer,) = await w.tap("Quick Chat")
     (late,) = await w.expect()

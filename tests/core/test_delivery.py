@@ -39,7 +39,8 @@ class ScriptedProvider:
 
 async def queue(runtime: Runtime, address: str, *texts: str) -> None:
     now = runtime.clock.now()
-    async with runtime.sessions.begin() as s:
+    async with runtime.transaction() as uow:
+        s = uow.session
         identity = await s.scalar(select(Identity).where(Identity.address == address))
         if identity is None:
             customer = Customer(created_at=now)
@@ -50,7 +51,7 @@ async def queue(runtime: Runtime, address: str, *texts: str) -> None:
             s.add(identity)
             await s.flush()
         for text in texts:
-            await enqueue(s, identity, Outbound("flaky", address, text), now)
+            await enqueue(uow, identity, Outbound("flaky", address, text), now)
 
 
 async def test_failures_then_429_every_message_once_in_order(runtime: Runtime,
@@ -220,13 +221,14 @@ async def test_many_keyed_messages_are_queued_once_and_keep_the_transcript_in_or
     now = runtime.clock.now()
 
     async def queue_many(keys: list[str]) -> dict[str, int]:
-        async with runtime.sessions.begin() as s:
+        async with runtime.transaction() as uow:
+            s = uow.session
             identity = await s.scalar(select(Identity).where(Identity.address == "k1"))
             assert identity is not None
-            await enqueue(s, identity, Outbound("flaky", "k1", "first in this transaction"), now)
-            queued = await enqueue_many(s, [(identity.id, Outbound(
+            await enqueue(uow, identity, Outbound("flaky", "k1", "first in this transaction"), now)
+            queued = await enqueue_many(uow, [(identity.id, Outbound(
                 "flaky", "k1", f"keyed {key}", dedupe_key=key)) for key in keys], now)
-            await enqueue(s, identity, Outbound("flaky", "k1", "last in this transaction"), now)
+            await enqueue(uow, identity, Outbound("flaky", "k1", "last in this transaction"), now)
             return queued
 
     assert sorted(await queue_many(["a", "b", "a"])) == ["a", "b"]
@@ -247,7 +249,8 @@ async def test_many_keyed_messages_are_queued_once_and_keep_the_transcript_in_or
 async def test_only_a_commit_that_queues_for_a_provider_wakes_the_dispatcher(
         runtime: Runtime) -> None:
     now = runtime.clock.now()
-    async with runtime.sessions.begin() as s:
+    async with runtime.transaction() as uow:
+        s = uow.session
         customer = Customer(created_at=now)
         s.add(customer)
         await s.flush()
@@ -260,25 +263,28 @@ async def test_only_a_commit_that_queues_for_a_provider_wakes_the_dispatcher(
 
     # Widget replies, keyed or not, are read from the transcript: the socket is woken with
     # them, the dispatcher (whose every wake-up is a claim query) is not.
-    async with runtime.sessions.begin() as s:
-        await enqueue(s, web, Outbound("web", web.address, "reply"), now)
-        await enqueue(s, web, Outbound("web", web.address, "notice", dedupe_key="n:1"), now)
-        await enqueue_many(s, [(web.id, Outbound("web", web.address, "offer"))], now)
+    async with runtime.transaction() as uow:
+        s = uow.session
+        await enqueue(uow, web, Outbound("web", web.address, "reply"), now)
+        await enqueue(uow, web, Outbound("web", web.address, "notice", dedupe_key="n:1"), now)
+        await enqueue_many(uow, [(web.id, Outbound("web", web.address, "offer"))], now)
     assert [row.text for row in socket.take()[0]] == ["reply", "notice", "offer"]
     assert not hub.outbox_wakeup.is_set()
 
     with contextlib.suppress(RuntimeError):  # rolled back: nobody is woken
-        async with runtime.sessions.begin() as s:
-            await enqueue(s, flaky, Outbound("flaky", flaky.address, "lost"), now)
+        async with runtime.transaction() as uow:
+            s = uow.session
+            await enqueue(uow, flaky, Outbound("flaky", flaky.address, "lost"), now)
             raise RuntimeError
     assert not hub.outbox_wakeup.is_set()
 
     for queued in (
-            lambda s: enqueue(s, flaky, Outbound("flaky", flaky.address, "one"), now),
-            lambda s: enqueue_many(s, [(web.id, Outbound("web", web.address, "two")),
+            lambda u: enqueue(u, flaky, Outbound("flaky", flaky.address, "one"), now),
+            lambda u: enqueue_many(u, [(web.id, Outbound("web", web.address, "two")),
                                        (flaky.id, Outbound("flaky", flaky.address, "two"))],
                                    now)):
-        async with runtime.sessions.begin() as s:
-            await queued(s)
+        async with runtime.transaction() as uow:
+            s = uow.session
+            await queued(uow)
         assert hub.outbox_wakeup.is_set()
         hub.outbox_wakeup.clear()

@@ -29,10 +29,10 @@ from tests.helpers import recording_statements
 
 
 async def offer(runtime: Runtime, request: SessionRequest) -> int:
-    async with runtime.sessions.begin() as s:
-        fresh = await s.get(SessionRequest, request.id)
+    async with runtime.transaction() as uow:
+        fresh = await uow.session.get(SessionRequest, request.id)
         assert fresh is not None
-        return await dispatch.offer_request(s, runtime, fresh, runtime.clock.now())
+        return await dispatch.offer_request(uow, runtime, fresh, runtime.clock.now())
 
 
 async def status_of(runtime: Runtime, request: SessionRequest) -> tuple[str, int | None]:

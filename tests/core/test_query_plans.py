@@ -80,10 +80,10 @@ async def test_a_notice_already_queued_is_dropped_through_indexes(
     told = []
     with recording_executions(engine) as runs:
         for _ in range(2):
-            async with runtime.sessions.begin() as session:
-                identity = await session.scalar(select(Identity).where(
+            async with runtime.transaction() as uow:
+                identity = await uow.session.scalar(select(Identity).where(
                     Identity.customer_id == request.customer_id))
-                told.append(await tell(session, identity, "Your request is in.",
+                told.append(await tell(uow, identity, "Your request is in.",
                                        runtime.clock.now(), key=f"notice:{request.id}"))
     assert told == [True, False]
     assert any(sql.lstrip().upper().startswith("DELETE FROM MESSAGES") for sql, _ in runs)

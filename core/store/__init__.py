@@ -1,0 +1,15 @@
+"""Persistence for the hot path: the unit of work, its plain-value rows and the pure SQL
+builders of its multi-row statements."""
+
+from core.store.records import (
+    CheckoutRecord,
+    ConversationState,
+    IdentityRow,
+    IntakeRecord,
+    MessageRow,
+    OutboxRow,
+)
+from core.store.uow import TRANSCRIPT_CHANNELS, IdPool, UnitOfWork
+
+__all__ = ["TRANSCRIPT_CHANNELS", "CheckoutRecord", "ConversationState", "IdPool",
+           "IdentityRow", "IntakeRecord", "MessageRow", "OutboxRow", "UnitOfWork"]
