@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint migrate clean
+.PHONY: run test typecheck lint migrate clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,12 @@ run: $(VENV)/.installed
 migrate: $(VENV)/.installed
 	$(BIN)/autodoctor migrate
 
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev typecheck
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+typecheck: $(VENV)/.installed-dev
+	$(BIN)/mypy --strict core
+	$(BIN)/mypy --follow-imports=silent bot channels billing rooms admin_web
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

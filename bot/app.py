@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -151,7 +151,7 @@ def _sweeps(runtime: Runtime) -> Callable[[web.Application], AsyncIterator[None]
     return schedule
 
 
-def _background(name: str, run: Callable[[], Awaitable[None]]
+def _background(name: str, run: Callable[[], Coroutine[Any, Any, None]]
                 ) -> Callable[[web.Application], AsyncIterator[None]]:
     """A task that runs as long as the app does (delivery, checkpoints); cancelled at stop."""
     async def lifetime(app: web.Application) -> AsyncIterator[None]:

@@ -60,7 +60,7 @@ def cmd_migrate(args: argparse.Namespace, config: Config) -> int:
 
 # Young objects are collected after 5,000 allocations instead of CPython's 700 (one message
 # allocates thousands); not much later, or each collection of the middle generation, full of a
-# burst's garbage, pauses replies for 100 ms and more (measured at 20,000).
+# burst's garbage, pauses replies (see bench/README.md).
 GC_THRESHOLDS = (5_000, 10, 10)
 
 

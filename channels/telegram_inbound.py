@@ -197,7 +197,7 @@ class UpdateHandler:
                     now = self.runtime.clock.now()
                     person = (await people_for(uow, [contact], now))[contact.key]
                     record = await store_upload(uow.session, self.runtime.config,
-                                                person.identity, data, file_name, now)
+                                                person.identity.id, data, file_name, now)
                 log.info("telegram chat=%s file=%s stored type=%s bytes=%s", address,
                          record.public_id, record.content_type, record.size_bytes)
                 return record.public_id

@@ -10,7 +10,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from core.errors import ConfigError
 
@@ -208,7 +208,7 @@ def _describe(tp: Any) -> str:
 
 def _convert(value: Any, tp: Any, key: str, meta: Mapping[str, Any]) -> Any:
     origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"[{key}] must be a table, got {value!r}")
         return _build(tp, value, key)
@@ -237,7 +237,13 @@ def _convert(value: Any, tp: Any, key: str, meta: Mapping[str, Any]) -> Any:
     return value
 
 
-def _build(cls: type, raw: Mapping[str, Any], prefix: str) -> Any:
+if typing.TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
+
+
+def _build(cls: type[T], raw: Mapping[str, Any], prefix: str) -> T:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("env_only")}
     unknown = sorted(set(raw) - set(fields))
@@ -303,7 +309,8 @@ def with_changes(config: Config, **sections: Mapping[str, Any] | Any) -> Config:
     changes: dict[str, Any] = {}
     for name, value in sections.items():
         current = getattr(config, name)
-        if dataclasses.is_dataclass(current) and isinstance(value, Mapping):
+        if dataclasses.is_dataclass(current) and not isinstance(current, type) \
+                and isinstance(value, Mapping):
             changes[name] = dataclasses.replace(current, **value)
         else:
             changes[name] = value

@@ -5,24 +5,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-import time
 from pathlib import Path
 from typing import Any
 
 import orjson
+from awaitlet import awaitlet
 from sqlalchemy import event, make_url, text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.util import await_only
 
 from core.config import normalize_database_url
-from core.sqlite_inline import INLINE_BUSY_TIMEOUT_MS, InlineConnection, inline_creator
 
 Sessionmaker = async_sessionmaker[AsyncSession]
 log = logging.getLogger("autodoctor.db")
@@ -34,9 +32,8 @@ def is_sqlite(engine_or_url: AsyncEngine | str) -> bool:
 
 
 def to_json(value: Any) -> str:
-    """JSON columns as stored: orjson (a message's body, a conversation's data are written
-    for every message; json.dumps took 20 times as long). Keys that are not strings become
-    strings, as with json.dumps."""
+    """JSON columns as stored, by orjson (a message's body and a conversation's data are
+    written for every message). Keys that are not strings become strings, as with json.dumps."""
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
@@ -46,8 +43,8 @@ def create_engine(url: str, *, busy_timeout_ms: int = 5000, echo: bool = False,
     """An engine with SQLite set up for concurrent use: WAL, foreign keys, busy timeout.
 
     background_checkpoints: on a plain file (see sqlite_file), its connections never
-    checkpoint the WAL themselves (a commit that does copies megabytes and syncs the file on
-    the event loop's thread); the caller runs a WalCheckpointer on sqlite_file(engine).
+    checkpoint the WAL themselves (a commit that does copies megabytes and syncs the file
+    while the writer waits); the caller runs a WalCheckpointer on sqlite_file(engine).
     """
     url = normalize_database_url(url)
     kwargs: dict[str, Any] = {"echo": echo, "connect_args": dict(connect_args or {}),
@@ -56,11 +53,9 @@ def create_engine(url: str, *, busy_timeout_ms: int = 5000, echo: bool = False,
         database = make_url(url).database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        if _plain_file(url) is None:
-            kwargs["connect_args"].setdefault("timeout", busy_timeout_ms / 1000)
-        else:
-            # A plain file: statements run on the loop's thread (core.sqlite_inline).
-            kwargs["async_creator"] = inline_creator(database, **kwargs.pop("connect_args"))
+        # Waiting for another process's write lock happens in SQLite's busy handler, on the
+        # driver's (aiosqlite's) thread: the event loop goes on meanwhile.
+        kwargs["connect_args"].setdefault("timeout", busy_timeout_ms / 1000)
     else:
         # No ping before each checkout (a round trip per transaction): a connection found
         # dead when used is dropped from the pool, and the engine tries the message again.
@@ -70,36 +65,29 @@ def create_engine(url: str, *, busy_timeout_ms: int = 5000, echo: bool = False,
         kwargs["pool_use_lifo"] = True
     engine = create_async_engine(url, **kwargs)
     if is_sqlite(url):
-        _configure_sqlite(engine, busy_timeout_ms, background_checkpoints)
+        _configure_sqlite(engine, background_checkpoints and _plain_file(url) is not None)
     return engine
 
 
-def _configure_sqlite(engine: AsyncEngine, busy_timeout_ms: int,
-                      background_checkpoints: bool) -> None:
+def _configure_sqlite(engine: AsyncEngine, background_checkpoints: bool) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Let SQLAlchemy emit BEGIN itself, so "BEGIN IMMEDIATE" below takes the write lock
-        # at the start of each transaction instead of failing on upgrade mid-transaction.
-        # (Inline connections are opened that way already.)
-        inline = _is_inline(dbapi_conn)
-        if not inline:
-            dbapi_conn.isolation_level = None
+        # at the start of each transaction instead of failing on upgrade mid-transaction
+        # (SQLAlchemy's documented recipe for pysqlite and aiosqlite).
+        dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA foreign_keys=ON")
-        # An inline connection must not sleep in SQLite's busy handler (it would stall the
-        # event loop): BEGIN IMMEDIATE below waits for other processes with asyncio instead.
-        timeout = INLINE_BUSY_TIMEOUT_MS if inline else busy_timeout_ms
-        cur.execute(f"PRAGMA busy_timeout={int(timeout)}")
         cur.execute("PRAGMA synchronous=NORMAL")
-        if background_checkpoints and inline:  # a plain file, which sqlite_file names
+        if background_checkpoints:
             cur.execute("PRAGMA wal_autocheckpoint=0")
         cur.close()
 
-    # Writers of this process queue on an asyncio lock before BEGIN IMMEDIATE, so they never
-    # sit in SQLite's busy handler (which sleeps up to 100 ms a try). Read-only transactions
-    # (execution option readonly=True) take no lock: WAL lets them read beside a writer.
-    # Other processes still meet on SQLite's own lock and busy timeout.
+    # Writers of this process queue on an asyncio lock before BEGIN IMMEDIATE, in the order
+    # they came, rather than in SQLite's busy handler (which sleeps up to 100 ms a try).
+    # Read-only transactions (execution option readonly=True) take no lock: WAL lets them
+    # read beside a writer. Other processes still meet on SQLite's own lock and busy timeout.
     write_lock = asyncio.Lock()
     holders: set[int] = set()
 
@@ -114,10 +102,11 @@ def _configure_sqlite(engine: AsyncEngine, busy_timeout_ms: int,
             conn.exec_driver_sql("BEGIN")
             return
         dbapi_conn = conn.connection.dbapi_connection
-        await_only(write_lock.acquire())
+        # The event runs inside SQLAlchemy's asyncio bridge: awaitlet waits on the lock there.
+        awaitlet(write_lock.acquire())
         holders.add(id(dbapi_conn))
         try:
-            _begin_immediate(conn, busy_timeout_ms)
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
         except BaseException:
             _release(dbapi_conn)
             raise
@@ -137,26 +126,6 @@ def _configure_sqlite(engine: AsyncEngine, busy_timeout_ms: int,
     def _on_pool_end(dbapi_conn: Any, *args: Any) -> None:
         # A connection returned, invalidated or closed mid-transaction must not keep the lock.
         _release(dbapi_conn)
-
-
-def _is_inline(dbapi_conn: Any) -> bool:
-    return isinstance(getattr(dbapi_conn, "_connection", None), InlineConnection)
-
-
-def _begin_immediate(conn: Any, busy_timeout_ms: int) -> None:
-    """BEGIN IMMEDIATE; while another process holds the write lock, wait with asyncio (not in
-    SQLite's busy handler) until busy_timeout_ms have passed."""
-    deadline = time.monotonic() + busy_timeout_ms / 1000
-    pause = 0.002
-    while True:
-        try:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-            return
-        except OperationalError as exc:
-            if "locked" not in str(exc.orig).lower() or time.monotonic() >= deadline:
-                raise
-        await_only(asyncio.sleep(pause))
-        pause = min(pause * 2, 0.05)
 
 
 READONLY = "autodoctor_readonly"
@@ -212,12 +181,12 @@ class WalCheckpointer:
 
 
 def sqlite_file(engine: AsyncEngine) -> str | None:
-    """The file of an engine on a plain SQLite file (statements on the loop), else None."""
+    """The file of an engine on a plain SQLite file, else None."""
     return _plain_file(engine.url.render_as_string(hide_password=False))
 
 
 def _plain_file(url: str) -> str | None:
-    # A file, not memory, and no URI options: such an engine runs statements on the loop.
+    # A file, not memory, and no URI options.
     if not is_sqlite(url):
         return None
     parsed = make_url(url)
@@ -246,7 +215,8 @@ async def insert_ignore(session: AsyncSession, model: type[Any], values: dict[st
         sqlite.insert
     stmt = (insert(model).values(**values).on_conflict_do_nothing(index_elements=conflict)
             .returning(model.id))
-    return (await session.execute(stmt)).scalar_one_or_none()
+    new_id: int | None = (await session.execute(stmt)).scalar_one_or_none()
+    return new_id
 
 
 async def ping(engine: AsyncEngine) -> bool:

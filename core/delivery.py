@@ -47,7 +47,7 @@ class DeliveryStats:
 def backoff(attempts: int, rng: random.Random | None = None) -> float:
     """Exponential backoff with ±20% jitter, capped."""
     delay = min(MAX_BACKOFF, BASE_BACKOFF * 2 ** max(0, attempts - 1))
-    return delay * (0.8 + 0.4 * (rng or random).random())
+    return float(delay * (0.8 + 0.4 * (rng or random).random()))
 
 
 class OutboxDispatcher:

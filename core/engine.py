@@ -23,7 +23,7 @@ from core.db import is_transient
 from core.dispatch import Taps
 from core.errors import RaceLost
 from core.messages import Inbound, Outbound, storable_text
-from core.models import InboundEvent
+from core.models import InboundEvent, table
 from core.runtime import Runtime
 from core.store.people import Contact, Key, Person, people_for
 from core.store.records import MessageRow
@@ -62,15 +62,13 @@ class Engine:
 
     # Messages per transaction, on both databases. A statement costs about the same whatever
     # the batch's size (a round trip on PostgreSQL; SQLAlchemy's own work per statement on
-    # both), so a larger batch saves more. (SQLite at 64 answered 200 saturating widget
-    # customers 2-5 % slower than at 256.)
+    # both), so a larger batch saves more (bench/README.md, widget_throughput.py).
     MAX_BATCH = 256
     DRAIN_SECONDS = 10.0
     # A further transaction starts beside the one under way only when this many messages wait
     # for it, or when one has waited SPARE_AFTER seconds (the one under way is slow: a lock,
-    # a slow server). A batch's statements cost about the same CPU whatever its size (130 us
-    # each through SQLAlchemy and asyncpg), so two half batches cost more than one whole one;
-    # at a few messages a transaction, that fixed cost was most of a message's.
+    # a slow server). A batch's statements cost about the same CPU whatever its size, so two
+    # half batches cost more than one whole one.
     SPARE_MIN_WAITING = 32
     SPARE_AFTER = 0.02
 
@@ -259,7 +257,7 @@ class Engine:
 async def _first_delivery(uow: UnitOfWork, inbound: Inbound, now: datetime) -> bool:
     """Records the provider's id of this message; False if it came before (a redelivery)."""
     return bool(await uow.insert_now(
-        InboundEvent.__table__, ("provider", "event_id", "received_at"),
+        table(InboundEvent), ("provider", "event_id", "received_at"),
         [(inbound.channel, inbound.provider_id, now)], returning=("id",),
         conflict=("provider", "event_id")))
 

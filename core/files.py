@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from core.config import Config
 from core.errors import CoreError
 from core.messages import storable_text
-from core.models import File, Identity
+from core.models import File
 
 
 class UploadRejected(CoreError):
@@ -69,7 +69,7 @@ def check_upload(config: Config, data: bytes) -> str:
     return content_type
 
 
-async def store_upload(session: AsyncSession, config: Config, identity: Identity, data: bytes,
+async def store_upload(session: AsyncSession, config: Config, identity_id: int, data: bytes,
                        original_name: str | None, now: datetime) -> File:
     """Check and store one upload; the same bytes are kept once on disk."""
     content_type = check_upload(config, data)
@@ -83,7 +83,7 @@ async def store_upload(session: AsyncSession, config: Config, identity: Identity
     name = storable_text(original_name or "")[:255] or None
     record = File(public_id="f_" + secrets.token_urlsafe(16), sha256=sha256,
                   content_type=content_type, size_bytes=len(data), original_name=name,
-                  uploaded_by_identity_id=identity.id, created_at=now)
+                  uploaded_by_identity_id=identity_id, created_at=now)
     session.add(record)
     await session.flush()
     return record

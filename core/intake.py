@@ -9,7 +9,7 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.models import Checkout, File, Intake
+from core.models import Checkout, File, Intake, table
 from core.store.records import IdentityRow, IntakeRecord
 from core.store.uow import UnitOfWork
 
@@ -28,7 +28,7 @@ async def start_intake(uow: UnitOfWork, customer_id: int, channel: str,
                        now: datetime) -> IntakeRecord:
     """A new draft intake, written with the unit of work."""
     return uow.add(IntakeRecord(
-        id=await uow.new_id(Intake.__table__), customer_id=customer_id, channel=channel,
+        id=await uow.new_id(table(Intake)), customer_id=customer_id, channel=channel,
         status="draft", plan=None, vin=None, vehicle_year=None, vehicle_make=None,
         vehicle_model=None, odometer=None, odometer_unit=None, problem=None, created_at=now,
         updated_at=now, submitted_at=None))

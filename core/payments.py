@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.config import Config
-from core.models import Checkout
+from core.models import Checkout, table
 from core.store.records import CheckoutRecord, IntakeRecord
 from core.store.uow import UnitOfWork
 
@@ -60,7 +60,7 @@ async def checkout_for(uow: UnitOfWork, port: PaymentPort, config: Config,
     assert intake.plan is not None
     plan = config.plan(intake.plan)
     checkout = CheckoutRecord(
-        id=await uow.new_id(Checkout.__table__), ref=new_checkout_ref(), intake_id=intake.id,
+        id=await uow.new_id(table(Checkout)), ref=new_checkout_ref(), intake_id=intake.id,
         customer_id=intake.customer_id, plan=intake.plan, amount_cents=plan.price_cents,
         currency=config.billing.currency, provider=port.provider, status="open",
         created_at=now,

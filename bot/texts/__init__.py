@@ -10,8 +10,8 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 # Rendered texts kept for reuse: those whose every argument is a plain value or a frozen
-# dataclass of plain values (a plan), so the same arguments always render the same. The
-# greeting with its plan list takes about 50 µs to render, on every new visitor's first message.
+# dataclass of plain values (a plan), so the same arguments always render the same (the
+# greeting with its plan list is rendered for every new visitor's first message).
 CACHE_SIZE = 1024
 _rendered: dict[tuple[Any, ...], str] = {}
 _PLAIN = (str, int, float, bool, type(None))

@@ -70,7 +70,7 @@ class WidgetUpload:
             data, filename = await _read_file(request, limit)
             now = self.runtime.clock.now()
             async with self.runtime.sessions.begin() as session:
-                record = await store_upload(session, self.runtime.config, identity, data,
+                record = await store_upload(session, self.runtime.config, identity.id, data,
                                             filename, now)
         except UploadRejected as exc:
             return _error(_STATUS.get(exc.code, 400), exc.code, str(exc))

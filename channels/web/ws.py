@@ -220,6 +220,7 @@ class _Connection:
         identity = await self._identity(visitor_address(token)) if token else None
         if identity is None:
             token, resume_after = new_visitor_token(), None
+        assert token is not None
         address = visitor_address(token)
         if invite is not None:
             # An invite refused leaves the connection as it was: hello may be sent again.
@@ -318,7 +319,7 @@ class _Connection:
         """Send rows this process has just committed, skipping any already sent (a database
         read may have found them first). A row may have a lower id than one already sent:
         ids are taken when a row is written, not when its transaction commits."""
-        for row in sorted(rows, key=lambda r: r.id):
+        for row in sorted(rows, key=lambda r: r.id or 0):
             if row.direction == "out" and row.id not in self.sent:
                 await self._send_row(row)
 
@@ -345,6 +346,7 @@ class _Connection:
                 late = False  # the next pages: after the last one sent
 
     async def _send_row(self, row: Message | MessageRow) -> None:
+        assert row.id is not None  # committed
         body = row.body or {}
         await self.send_json({"type": "message", "id": row.id, "text": row.text,
                               "buttons": body.get("buttons", []), "link": body.get("link")})

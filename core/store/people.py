@@ -20,7 +20,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 
 from core.errors import RaceLost
 from core.messages import storable_text
-from core.models import Conversation, Customer, Identity, Intake, Mechanic
+from core.models import Conversation, Customer, Identity, Intake, Mechanic, table
 from core.store.records import (
     IDENTITY_COLUMNS,
     ConversationState,
@@ -34,7 +34,7 @@ log = logging.getLogger("autodoctor.people")
 Key = tuple[str, str]  # (channel, address)
 
 _NAME_CHARS = 200  # customers.display_name and identities.display_name
-_CONVERSATION = Conversation.__table__
+_CONVERSATION = table(Conversation)
 _CONVERSATION_READ = ("id", "identity_id", "flow", "step", "data", "intake_id")
 
 
@@ -130,12 +130,12 @@ async def _meet(uow: UnitOfWork, contacts: list[Contact], found: dict[Key, _Foun
         return
     names = [stored_name(s.display_name) for s in contacts]
     created = [s.first_seen or now for s in contacts]
-    customers = Customer.__table__
+    customers = table(Customer)
     customer_ids = [await uow.new_id(customers) for _contact in contacts]
     await uow.insert_now(customers, ("id", "display_name", "created_at"),
                          list(zip(customer_ids, names, created, strict=True)))
     made = await uow.insert_now(
-        Identity.__table__, ("customer_id", "channel", "address", "display_name", "created_at",
+        table(Identity), ("customer_id", "channel", "address", "display_name", "created_at",
                              "reachable"),
         [(customer_id, s.channel, s.address, name, at, True) for customer_id, s, name, at
          in zip(customer_ids, contacts, names, created, strict=True)],
@@ -172,9 +172,9 @@ def stored_name(raw: str | None) -> str | None:
 @lru_cache(maxsize=4)
 def _people_query(dialect_name: str) -> Select[Any]:
     # Built once: the keys are bound at execution.
-    identity = [Identity.__table__.c[name] for name in IDENTITY_COLUMNS]
+    identity = [table(Identity).c[name] for name in IDENTITY_COLUMNS]
     conversation = [_CONVERSATION.c[name] for name in _CONVERSATION_READ]
-    intake = [Intake.__table__.c[name] for name in IntakeRecord.columns()]
+    intake = [table(Intake).c[name] for name in IntakeRecord.columns()]
     return (select(*identity, *conversation, *intake, Mechanic)
             .outerjoin(_CONVERSATION, _CONVERSATION.c.identity_id == Identity.id)
             .outerjoin(Intake, Intake.id == _CONVERSATION.c.intake_id)

@@ -13,7 +13,7 @@ from typing import Any, ClassVar, TypeVar
 
 from sqlalchemy import Table
 
-from core.models import Checkout, Conversation, Intake, Message, OutboxItem
+from core.models import Checkout, Conversation, Intake, Message, OutboxItem, table
 
 R = TypeVar("R", bound="Record")
 
@@ -23,6 +23,7 @@ class Record:
     """A row as plain values, with the names of the columns changed since it was written."""
 
     TABLE: ClassVar[Table]
+    id: int
     changed: set[str] = field(default_factory=set, init=False, repr=False)
 
     def update(self, **changes: Any) -> None:
@@ -49,9 +50,8 @@ class Record:
 class ConversationState(Record):
     """The bot's state with one person (see core.models.Conversation)."""
 
-    TABLE: ClassVar[Table] = Conversation.__table__  # type: ignore[assignment]
+    TABLE: ClassVar[Table] = table(Conversation)
 
-    id: int
     identity_id: int
     flow: str
     step: str
@@ -65,9 +65,8 @@ class ConversationState(Record):
 class IntakeRecord(Record):
     """A customer's intake (see core.models.Intake)."""
 
-    TABLE: ClassVar[Table] = Intake.__table__  # type: ignore[assignment]
+    TABLE: ClassVar[Table] = table(Intake)
 
-    id: int
     customer_id: int
     channel: str
     status: str
@@ -89,9 +88,8 @@ class CheckoutRecord(Record):
     """A payment link being made (see core.models.Checkout); once written, billing changes
     it through the ORM."""
 
-    TABLE: ClassVar[Table] = Checkout.__table__  # type: ignore[assignment]
+    TABLE: ClassVar[Table] = table(Checkout)
 
-    id: int
     ref: str
     intake_id: int
     customer_id: int
@@ -128,7 +126,7 @@ IDENTITY_COLUMNS = tuple(f.name for f in fields(IdentityRow))
 class MessageRow:
     """One transcript row (see core.models.Message); its id is set when it is written."""
 
-    TABLE: ClassVar[Table] = Message.__table__  # type: ignore[assignment]
+    TABLE: ClassVar[Table] = table(Message)
 
     identity_id: int
     channel: str
@@ -159,7 +157,7 @@ class OutboxRow:
     """A message for a provider to deliver (see core.models.OutboxItem), written with the
     id of its transcript row."""
 
-    TABLE: ClassVar[Table] = OutboxItem.__table__  # type: ignore[assignment]
+    TABLE: ClassVar[Table] = table(OutboxItem)
 
     dedupe_key: str
     channel: str

@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import JSON, Boolean, Dialect, Integer, String, Table
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.postgresql.base import PGDialect
 
 from core.models import UTCDateTime
 
@@ -35,7 +35,7 @@ from core.models import UTCDateTime
 SQLITE_MAX_PARAMS = 999
 MASK = "_changed"  # the name of each row's changed-columns mask in an UPDATE
 
-_PG = postgresql.dialect()
+_PG = PGDialect()  # type: ignore[no-untyped-call]  # compiles the casts
 
 Rows = Sequence[Sequence[Any]]  # rows of values, in the order of the names given with them
 

@@ -206,13 +206,13 @@ class UnitOfWork:
         for row in new:
             row.changed.clear()
         self._tracked.extend(new)  # changed after this: written as loaded rows are
-        for kind in _CHANGED_ORDER:
-            changed = [row for row in self._tracked if type(row) is kind and row.changed]
+        for loaded in _CHANGED_ORDER:
+            changed = [row for row in self._tracked if type(row) is loaded and row.changed]
             if changed:
-                names = tuple(name for name in kind.columns() if name != "id")
-                parts.append((kind.TABLE, names, [
-                    (row.id, sql.changed_mask(names, row.changed), *row.values(names))
-                    for row in changed], "update"))
+                names = tuple(name for name in loaded.columns() if name != "id")
+                parts.append((loaded.TABLE, names, [
+                    (row.id, sql.changed_mask(names, row.changed),
+                     *row.values(names)) for row in changed], "update"))
                 for row in changed:
                     row.changed.clear()
         pending, self._messages = self._messages, []
@@ -220,13 +220,13 @@ class UnitOfWork:
         if self.is_postgresql and parts:
             await self._write_combined(parts, messages)
         else:
-            for table, names, values, kind in parts:
-                await self._write_part(table, names, values, kind)
+            for table, columns, values, statement in parts:
+                await self._write_part(table, columns, values, statement)
             await self._write_messages(messages)
         outbox = [o for m, o in pending if o is not None]
-        for message, row in pending:
-            if row is not None:
-                row.message_id = message.id
+        for message, outbox_row in pending:
+            if outbox_row is not None:
+                outbox_row.message_id = message.id
         if outbox:
             await self.insert_now(OutboxRow.TABLE, OUTBOX_COLUMNS, [o.values() for o in outbox])
 

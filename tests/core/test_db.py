@@ -3,7 +3,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-import threading
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,6 @@ from core.models import (
     OutboxItem,
     SessionRequest,
 )
-from core.sqlite_inline import InlineConnection
 
 NOW = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
 
@@ -208,19 +206,6 @@ async def test_naive_datetimes_are_refused(engine: AsyncEngine) -> None:
     with pytest.raises(Exception, match="naive datetime"):
         async with sessions.begin() as s:
             s.add(Customer(created_at=datetime(2026, 3, 1, 10, 30)))
-
-
-async def test_sqlite_statements_run_on_the_event_loop_thread(tmp_path: Path) -> None:
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'inline.db'}")
-    try:
-        async with engine.connect() as conn:
-            raw = await conn.get_raw_connection()
-            assert isinstance(raw.driver_connection, InlineConnection)
-            await raw.driver_connection.create_function("whoami", 0, threading.get_ident)
-            ran_on = (await conn.execute(text("SELECT whoami()"))).scalar_one()
-        assert ran_on == threading.get_ident()  # no hop to a worker thread
-    finally:
-        await engine.dispose()
 
 
 async def test_sqlite_writer_waits_for_another_process_without_stalling_the_loop(

@@ -1,4 +1,5 @@
-"""Dispatch: offer paid requests to eligible mechanics, race-safe accept, release, assign.
+"""Accepting a request: race-safe, one winner, one job per mechanic; admin assignment and
+release.
 
 The one-job rule is the database's: a conditional UPDATE decides who wins a request, and the
 partial unique index refuses a second job for one mechanic, even across processes.
@@ -10,20 +11,22 @@ import enum
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
-from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.admins import alert_admins
-from core.messages import Button, Outbound
+from core.dispatch.offers import (
+    OPEN_STATUSES,
+    customer_identity,
+    holds_job,
+    mechanic_identity,
+    offer_request,
+)
+from core.messages import Outbound
 from core.models import (
     AuditLog,
-    Availability,
-    Consultation,
     Customer,
-    File,
     Identity,
     Intake,
     Mechanic,
@@ -32,15 +35,10 @@ from core.models import (
     SessionRequest,
 )
 from core.outbox import enqueue_many, tell
-from core.payments import split_cents
 from core.runtime import Runtime
 from core.store.uow import UnitOfWork
 
 log = logging.getLogger("autodoctor.dispatch")
-
-OPEN_STATUSES = ("pending", "unattended")
-# Which identity of a mechanic gets the offer when they are linked on several channels.
-CHANNEL_PREFERENCE = {"telegram": 0, "sms": 1, "web": 2, "console": 3}
 
 
 class Outcome(enum.Enum):
@@ -61,153 +59,6 @@ class AcceptResult:
     # the chat the tap came from is queued and not delivered yet (or queued in this very
     # transaction): that notice is the answer, and a reply would say the same thing twice.
     told: bool = False
-
-
-async def holds_job(session: AsyncSession, mechanic_id: int) -> SessionRequest | None:
-    """The request a mechanic is working on, if any (accepted, or in a session)."""
-    busy = await session.scalar(select(SessionRequest).where(
-        SessionRequest.mechanic_id == mechanic_id, SessionRequest.status == "accepted"))
-    if busy is not None:
-        return busy
-    live = await session.scalar(select(Consultation.request_id).where(
-        Consultation.mechanic_id == mechanic_id,
-        Consultation.status.in_(("waiting", "live"))))
-    return await session.get(SessionRequest, live) if live is not None else None
-
-
-def _in_window(windows: list[Availability], tz: str, now: datetime) -> bool:
-    if not windows:
-        return True  # no windows set: no time restriction
-    try:
-        local = now.astimezone(ZoneInfo(tz))
-    except (KeyError, ValueError):
-        local = now
-    minute = local.hour * 60 + local.minute
-    return any(w.weekday == local.weekday() and w.start_minute <= minute < w.end_minute
-               for w in windows)
-
-
-async def eligible_mechanics(session: AsyncSession, runtime: Runtime, plan_code: str,
-                             now: datetime) -> list[tuple[Mechanic, Identity]]:
-    """Active, available, reachable, inside a window, holding no job, senior if needed."""
-    plan = runtime.config.plan(plan_code)
-    busy_requests = select(SessionRequest.mechanic_id).where(
-        SessionRequest.status == "accepted", SessionRequest.mechanic_id.is_not(None))
-    busy_sessions = select(Consultation.mechanic_id).where(
-        Consultation.status.in_(("waiting", "live")))
-    query = (select(Mechanic, Identity).join(Identity, Identity.mechanic_id == Mechanic.id)
-             .where(Mechanic.is_active, Mechanic.is_available, Identity.reachable,
-                    Mechanic.id.not_in(busy_requests), Mechanic.id.not_in(busy_sessions))
-             .order_by(Mechanic.id))
-    if plan.senior_only:
-        query = query.where(Mechanic.is_senior)
-    rows = (await session.execute(query)).all()
-    windows: dict[int, list[Availability]] = {}
-    if rows:
-        for w in (await session.scalars(select(Availability).where(
-                Availability.mechanic_id.in_({m.id for m, _ in rows})))).all():
-            windows.setdefault(w.mechanic_id, []).append(w)
-    best: dict[int, tuple[Mechanic, Identity]] = {}
-    for mechanic, identity in rows:
-        if not _in_window(windows.get(mechanic.id, []), mechanic.timezone, now):
-            continue
-        current = best.get(mechanic.id)
-        rank = CHANNEL_PREFERENCE.get(identity.channel, 9)
-        if current is None or rank < CHANNEL_PREFERENCE.get(current[1].channel, 9):
-            best[mechanic.id] = (mechanic, identity)
-    return list(best.values())
-
-
-async def customer_identity(session: AsyncSession, request: SessionRequest) -> Identity | None:
-    """Where to reach the customer: the channel they did the intake on."""
-    intake = await session.get(Intake, request.intake_id)
-    query = select(Identity).where(Identity.customer_id == request.customer_id)
-    if intake is not None:
-        query = query.order_by((Identity.channel == intake.channel).desc(), Identity.id)
-    return await session.scalar(query.limit(1))
-
-
-async def offer_request(uow: UnitOfWork, runtime: Runtime, request: SessionRequest,
-                        now: datetime) -> int:
-    """Offer a pending request to every eligible mechanic not yet offered it; returns count.
-
-    With nobody eligible the request goes straight to the admin queue.
-    """
-    session = uow.session
-    intake = await session.get(Intake, request.intake_id)
-    assert intake is not None
-    plan = runtime.config.plan(request.plan)
-    files = int(await session.scalar(select(func.count()).select_from(File)
-                                     .where(File.intake_id == intake.id)) or 0)
-    # Still holding an open offer, or released this request: not offered (again).
-    already = set((await session.scalars(select(Offer.mechanic_id).where(
-        Offer.request_id == request.id, Offer.status.in_(("offered", "declined"))))).all())
-    text = runtime.texts("offer", request=request, plan=plan, intake=intake, files=files,
-                         payout_cents=split_cents(request.price_cents,
-                                                 runtime.config.billing.fee_bps)[0])
-    round_no = request.accepted_at.timestamp() if request.accepted_at else 0
-    earlier = {o.mechanic_id: o for o in (await session.scalars(
-        select(Offer).where(Offer.request_id == request.id))).all()}
-    targets = [(mechanic, identity) for mechanic, identity
-               in await eligible_mechanics(session, runtime, request.plan, now)
-               if mechanic.id not in already]
-    keys = {mechanic.id: f"offer:{request.id}:{mechanic.id}:{round_no:.0f}"
-            for mechanic, _identity in targets}
-    buttons = (Button("Accept", f"accept:{request.ref}"),)
-    # All the offer messages in a few multi-row statements, not a round trip each.
-    queued = await enqueue_many(uow, [
-        (identity.id, Outbound(channel=identity.channel, address=identity.address, text=text,
-                               buttons=buttons, dedupe_key=keys[mechanic.id]))
-        for mechanic, identity in targets], now)
-    new_offers = []
-    for mechanic, identity in targets:
-        outbox_id = queued.get(keys[mechanic.id])
-        offer = earlier.get(mechanic.id)
-        if offer is None:
-            new_offers.append({"request_id": request.id, "mechanic_id": mechanic.id,
-                               "identity_id": identity.id, "status": "offered",
-                               "outbox_id": outbox_id, "created_at": now})
-        else:
-            offer.identity_id, offer.status, offer.answered_at = identity.id, "offered", None
-            if outbox_id is not None:
-                offer.outbox_id = outbox_id
-    if new_offers:
-        await session.execute(insert(Offer), new_offers)
-    sent = len(targets)
-    log.info("request=%s offered to %s mechanics", request.ref, sent)
-    if sent == 0 and not already and request.status == "pending":
-        await mark_unattended(uow, runtime, request, now)
-    return sent
-
-
-async def mark_unattended(uow: UnitOfWork, runtime: Runtime, request: SessionRequest,
-                          now: datetime) -> bool:
-    """pending → unattended (conditionally); alerts admins and reassures the customer once."""
-    session = uow.session
-    changed = await session.execute(
-        update(SessionRequest).where(SessionRequest.id == request.id,
-                                     SessionRequest.status == "pending")
-        .values(status="unattended", unattended_at=now).returning(SessionRequest.id))
-    if changed.scalar_one_or_none() is None:
-        return False
-    await session.refresh(request)
-    await notify_unattended(uow, runtime, request, now)
-    log.info("request=%s unattended", request.ref)
-    return True
-
-
-async def notify_unattended(uow: UnitOfWork, runtime: Runtime, request: SessionRequest,
-                            now: datetime) -> Identity | None:
-    """Alert the admins and reassure the customer (once each); returns the customer's chat."""
-    plan = runtime.config.plan(request.plan)
-    minutes = max(0, int((now - request.paid_at).total_seconds() // 60))
-    await alert_admins(uow, runtime, f"unattended:{request.id}",
-                       runtime.texts("admin_unattended", request=request, plan=plan,
-                                     minutes=minutes), now)
-    customer = await customer_identity(uow.session, request)
-    await tell(uow, customer, runtime.texts("customer_unattended"), now,
-               key=f"unattended:{request.id}:customer")
-    return customer
 
 
 def _closing_key(request: SessionRequest) -> str:
@@ -323,11 +174,11 @@ async def _taken(session: AsyncSession, taps: Taps, request: SessionRequest,
     waiting = closed.get(request.ref)
     if waiting is None:
         with session.no_autoflush:
-            waiting = closed[request.ref] = set((await session.scalars(
+            waiting = closed[request.ref] = {identity for identity in (await session.scalars(
                 select(OutboxItem.identity_id).where(
                     OutboxItem.status == "pending",
                     OutboxItem.dedupe_key.startswith(_closing_key(request), autoescape=True)))
-            ).all())
+            ).all() if identity is not None}
     return AcceptResult(Outcome.TAKEN, request, told=identity_id in waiting)
 
 
@@ -385,12 +236,6 @@ async def _after_accept(uow: UnitOfWork, runtime: Runtime, request: SessionReque
                          details={"mechanic_id": mechanic_id}, created_at=now))
     log.info("request=%s mechanic=%s %s", request.ref, mechanic_id,
              f"assigned by {admin}" if admin else "accepted")
-
-
-async def mechanic_identity(session: AsyncSession, mechanic_id: int) -> Identity | None:
-    identities = (await session.scalars(select(Identity).where(
-        Identity.mechanic_id == mechanic_id, Identity.reachable))).all()
-    return min(identities, key=lambda i: CHANNEL_PREFERENCE.get(i.channel, 9), default=None)
 
 
 async def release(uow: UnitOfWork, runtime: Runtime, mechanic_id: int,

@@ -1,0 +1,183 @@
+"""The work: conversations, intakes and their files, paid requests, offers, consultations."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from core.models.base import Base, created_column
+
+
+class Conversation(Base):
+    """The bot's state with one identity, kept in the database so restarts lose nothing."""
+
+    __tablename__ = "conversations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    identity_id: Mapped[int] = mapped_column(ForeignKey("identities.id", ondelete="CASCADE"),
+                                             unique=True)
+    flow: Mapped[str] = mapped_column(String(32), default="customer")
+    step: Mapped[str] = mapped_column(String(32), default="start")
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    intake_id: Mapped[int | None] = mapped_column(ForeignKey("intakes.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = created_column()
+    updated_at: Mapped[datetime] = created_column()
+
+
+class Intake(Base):
+    __tablename__ = "intakes"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('draft', 'awaiting_payment', 'paid', 'cancelled', 'expired')",
+            name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"),
+                                             index=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(24), default="draft")
+    plan: Mapped[str | None] = mapped_column(String(32))
+    vin: Mapped[str | None] = mapped_column(String(17))
+    vehicle_year: Mapped[int | None] = mapped_column(Integer)
+    vehicle_make: Mapped[str | None] = mapped_column(String(100))
+    vehicle_model: Mapped[str | None] = mapped_column(String(100))
+    odometer: Mapped[int | None] = mapped_column(Integer)
+    odometer_unit: Mapped[str | None] = mapped_column(String(2))
+    problem: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = created_column()
+    updated_at: Mapped[datetime] = created_column()
+    submitted_at: Mapped[datetime | None]
+
+
+class File(Base):
+    """An uploaded file, stored content-addressed (by SHA-256) under the data directory."""
+
+    __tablename__ = "files"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    public_id: Mapped[str] = mapped_column(String(40), unique=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    content_type: Mapped[str] = mapped_column(String(100))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    original_name: Mapped[str | None] = mapped_column(String(255))
+    uploaded_by_identity_id: Mapped[int | None] = mapped_column(
+        ForeignKey("identities.id", ondelete="SET NULL"))
+    intake_id: Mapped[int | None] = mapped_column(ForeignKey("intakes.id", ondelete="SET NULL"),
+                                                  index=True)
+    created_at: Mapped[datetime] = created_column()
+
+
+class SessionRequest(Base):
+    """A paid request waiting for, or matched with, a mechanic."""
+
+    __tablename__ = "session_requests"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('pending', 'unattended', 'accepted', 'expired', 'cancelled', "
+            "'completed')", name="status"),
+        CheckConstraint("status <> 'accepted' OR mechanic_id IS NOT NULL",
+                        name="accepted_has_mechanic"),
+        # A mechanic holds at most one accepted request: two taps on two servers cannot win.
+        Index("uq_session_requests_one_job_per_mechanic", "mechanic_id", unique=True,
+              sqlite_where=text("status = 'accepted'"),
+              postgresql_where=text("status = 'accepted'")),
+        Index("ix_session_requests_status_paid_at", "status", "paid_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ref: Mapped[str] = mapped_column(String(16), unique=True)
+    intake_id: Mapped[int] = mapped_column(ForeignKey("intakes.id", ondelete="CASCADE"),
+                                           unique=True)
+    checkout_id: Mapped[int | None] = mapped_column(
+        ForeignKey("checkouts.id", ondelete="SET NULL"), unique=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"),
+                                             index=True)
+    plan: Mapped[str] = mapped_column(String(32))
+    price_cents: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    mechanic_id: Mapped[int | None] = mapped_column(
+        ForeignKey("mechanics.id", ondelete="SET NULL"), index=True)
+    paid_at: Mapped[datetime]
+    accepted_at: Mapped[datetime | None]
+    unattended_at: Mapped[datetime | None]
+    closed_at: Mapped[datetime | None]
+    close_reason: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = created_column()
+
+
+class Offer(Base):
+    """One mechanic a request was offered to, with the provider's message id once sent."""
+
+    __tablename__ = "offers"
+    __table_args__ = (
+        UniqueConstraint("request_id", "mechanic_id"),
+        CheckConstraint("status IN ('offered', 'accepted', 'taken', 'withdrawn', 'declined')",
+                        name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    request_id: Mapped[int] = mapped_column(
+        ForeignKey("session_requests.id", ondelete="CASCADE"), index=True)
+    mechanic_id: Mapped[int] = mapped_column(ForeignKey("mechanics.id", ondelete="CASCADE"),
+                                             index=True)
+    identity_id: Mapped[int | None] = mapped_column(
+        ForeignKey("identities.id", ondelete="SET NULL"))
+    status: Mapped[str] = mapped_column(String(16), default="offered")
+    # Indexed: a sent offer's message id is recorded by its outbox row (and the row's
+    # deletion sets this to NULL), which without it read every offer ever made.
+    outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox.id", ondelete="SET NULL"),
+                                                  index=True)
+    provider_message_id: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = created_column()
+    answered_at: Mapped[datetime | None]
+
+
+class Consultation(Base):
+    """A session between a customer and a mechanic (named so to stay clear of DB sessions)."""
+
+    __tablename__ = "consultations"
+    __table_args__ = (
+        CheckConstraint("status IN ('waiting', 'live', 'completed', 'cancelled')",
+                        name="status"),
+        CheckConstraint("rating IS NULL OR rating BETWEEN 1 AND 5", name="rating"),
+        # The same one-job rule, for sessions under way.
+        Index("uq_consultations_one_active_per_mechanic", "mechanic_id", unique=True,
+              sqlite_where=text("status IN ('waiting', 'live')"),
+              postgresql_where=text("status IN ('waiting', 'live')")),
+        # The sweep for sessions left waiting reads them by status, every few seconds.
+        Index("ix_consultations_status", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    request_id: Mapped[int] = mapped_column(
+        ForeignKey("session_requests.id", ondelete="CASCADE"), unique=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"),
+                                             index=True)
+    mechanic_id: Mapped[int] = mapped_column(ForeignKey("mechanics.id", ondelete="CASCADE"))
+    plan: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default="waiting")
+    room_name: Mapped[str | None] = mapped_column(String(100), unique=True)
+    started_at: Mapped[datetime | None]
+    ends_at: Mapped[datetime | None]
+    ended_at: Mapped[datetime | None]
+    end_reason: Mapped[str | None] = mapped_column(String(64))
+    warned_minutes: Mapped[int | None] = mapped_column(Integer)
+    mechanic_notes: Mapped[str | None] = mapped_column(Text)
+    rating: Mapped[int | None] = mapped_column(Integer)
+    review: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = created_column()
