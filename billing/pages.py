@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing.payments import in_transaction, mark_paid, settle_from_provider
+from core.config import EXTENSION_PLAN
 from core.models import Checkout, Intake
 from core.runtime import Runtime
 from core.store.uow import UnitOfWork
@@ -82,7 +83,7 @@ def checkout_state(checkout: Checkout, intake: Intake, now: datetime) -> str:
         return "paid"
     if checkout.status == "refunded":
         return "refunded"
-    if intake.status == "paid":
+    if intake.status == "paid" and checkout.plan != EXTENSION_PLAN:
         return "already_paid"
     if intake.status in ("cancelled", "expired"):
         return "cancelled"
@@ -136,7 +137,7 @@ class OfflineCheckoutPages:
         state = checkout_state(checkout, intake, self.runtime.clock.now())
         if state != "payable":
             return page(state)
-        plan = self.runtime.config.plan(checkout.plan)
+        plan = self.runtime.config.product(checkout.plan)
         vehicle = " ".join(str(part) for part in (intake.vehicle_year, intake.vehicle_make,
                                                   intake.vehicle_model) if part)
         return _render("pay.html", plan=plan, ref=checkout.ref, vehicle=vehicle,

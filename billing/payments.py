@@ -16,10 +16,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing.errors import BillingError
 from billing.refunds import lock_checkout
+from core.config import EXTENSION_PLAN
 from core.db import insert_ignore, is_transient
 from core.dispatch import offer_request
 from core.models import Checkout, Conversation, Identity, Intake, SessionRequest
 from core.outbox import tell
+from core.relay import apply_extension
 from core.runtime import Runtime
 from core.store.uow import UnitOfWork
 
@@ -64,6 +66,11 @@ async def mark_paid(uow: UnitOfWork, runtime: Runtime, checkout_ref: str, now: d
     checkout.charge_id = checkout.charge_id or charge_id
     if checkout.status in ("paid", "refunded"):
         log.info("checkout=%s already %s; payment noted once", checkout.ref, checkout.status)
+        return None
+    if checkout.plan == EXTENSION_PLAN:
+        # More time for a session under way: no request of its own.
+        checkout.status, checkout.paid_at = "paid", now
+        await apply_extension(uow, runtime, checkout, now)
         return None
     intake = await session.scalar(
         select(Intake).where(Intake.id == checkout.intake_id).with_for_update()
@@ -141,7 +148,7 @@ async def mark_payment_failed(uow: UnitOfWork, runtime: Runtime, checkout_ref: s
     checkout.status = "failed"
     if identity is not None:
         await tell(uow, identity,
-                   runtime.texts("payment_failed", plan=runtime.config.plan(checkout.plan)),
+                   runtime.texts("payment_failed", plan=runtime.config.product(checkout.plan)),
                    now, key=f"payment_failed:{checkout.ref}",
                    conversation_id=conversation.id if conversation is not None else None)
     log.info("checkout=%s payment failed", checkout.ref)

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from billing.errors import BillingError, ProviderRejected
 from core.db import insert_ignore
 from core.models import Checkout, Consultation, Mechanic, Payout, SessionRequest
-from core.payments import split_cents
+from core.payments import PayoutPort, split_cents
 from core.runtime import Runtime
 
 log = logging.getLogger("autodoctor.billing")
@@ -98,6 +98,14 @@ async def complete_payout(session: AsyncSession, runtime: Runtime, consultation:
         Payout.consultation_id == consultation.id))
     assert payout_id is not None
     return await send_payout(session, runtime.payments, payout_id, now)  # type: ignore[arg-type]
+
+
+def payouts_for(payments: TransferPort) -> PayoutPort:
+    """Runtime.payout: send one pending payout through this provider."""
+    async def pay(session: AsyncSession, payout_id: int, now: datetime) -> Payout:
+        return await send_payout(session, payments, payout_id, now)
+
+    return pay
 
 
 async def pay_pending(session: AsyncSession, runtime: Runtime, mechanic_id: int,

@@ -65,7 +65,7 @@ class StripePayments:
 
     async def create_checkout(self, session: AsyncSession, checkout: CheckoutRecord) -> str:
         """One Checkout Session for this checkout row; stores its id and returns its URL."""
-        plan = self._config.plan(checkout.plan)
+        plan = self._config.product(checkout.plan)
         ref = checkout.ref
         if plan.stripe_price_id:
             line_item: dict[str, Any] = {"price": plan.stripe_price_id, "quantity": 1}
@@ -73,7 +73,7 @@ class StripePayments:
             line_item = {"quantity": 1, "price_data": {
                 "currency": checkout.currency, "unit_amount": checkout.amount_cents,
                 "product_data": {"name": f"AutoDoctor {plan.name}",
-                                 "description": f"{plan.minutes}-minute consultation with a "
+                                 "description": f"{plan.minutes} minutes with a "
                                                 "certified mechanic"}}}
         metadata = {"checkout": ref, "intake": str(checkout.intake_id),
                     "customer": str(checkout.customer_id), "plan": checkout.plan}

@@ -18,6 +18,7 @@ from billing.errors import BillingError
 from billing.payments import in_transaction, mark_expired, mark_paid, mark_payment_failed
 from billing.payouts import pay_pending
 from billing.refunds import refund_confirmed
+from core.config import EXTENSION_PLAN
 from core.db import insert_ignore
 from core.models import Checkout, InboundEvent, SessionRequest
 from core.runtime import Runtime
@@ -171,8 +172,8 @@ async def _refund_if_duplicate(session: AsyncSession, runtime: Runtime, ref: str
                                now: datetime) -> None:
     """A second payment for an intake already paid through another checkout goes back."""
     checkout = await session.scalar(select(Checkout).where(Checkout.ref == ref))
-    if checkout is None or checkout.status != "paid":
-        return
+    if checkout is None or checkout.status != "paid" or checkout.plan == EXTENSION_PLAN:
+        return  # an extension's late payment is refunded by the sweep
     if await session.scalar(select(SessionRequest.id)
                             .where(SessionRequest.checkout_id == checkout.id)) is not None:
         return

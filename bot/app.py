@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 import billing
 import channels.web
+from billing.payouts import payouts_for
 from bot.flows import route
 from bot.texts import text
 from core.clock import Clock
@@ -41,7 +42,8 @@ def build_runtime(config: Config, engine: AsyncEngine, *, clock: Clock | None = 
     """The services every entry point shares (serve, sweep, console, assign)."""
     payments = payments or billing.payments_for(config)
     return Runtime.build(config, engine, payments, text, clock,
-                         refund=billing.refunds_for(payments))  # type: ignore[arg-type]
+                         refund=billing.refunds_for(payments),  # type: ignore[arg-type]
+                         payout=payouts_for(payments))  # type: ignore[arg-type]
 
 
 def create_app(config: Config, *, engine: AsyncEngine | None = None,

@@ -22,6 +22,7 @@ def render(out: Outbound) -> str:
     lines += [f"  [{i}] {b.label}" for i, b in enumerate(out.buttons, 1)]
     if out.link is not None:
         lines.append(f"  {out.link.label}: {out.link.url}")
+    lines += [f"  file {f.name}: {f.url}" for f in out.files]
     return "\n".join(f"bot> {line}" if n == 0 else line for n, line in enumerate(lines))
 
 

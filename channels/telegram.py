@@ -35,6 +35,7 @@ from channels.telegram_send import TelegramSender
 from core.delivery import Sender
 from core.engine import Engine
 from core.errors import ConfigError
+from core.files import blob_path
 from core.runtime import Runtime
 
 log = logging.getLogger("autodoctor.channels.telegram")
@@ -65,7 +66,7 @@ class TelegramChannel:
                               "123456789:ABC..., as BotFather gives it)") from None
         self.bot = Bot(config.secrets.telegram_bot_token, session=AiohttpSession(
             api=TelegramAPIServer.from_base(config.telegram.api_base)))
-        self.sender = TelegramSender(self.bot)
+        self.sender = TelegramSender(self.bot, lambda sha256: blob_path(config, sha256))
         self.updates = UpdateHandler(runtime, engine, self.bot, self.sender)
         self.secret = webhook_secret(config.secrets.secret_key)
         self.webhook_url = f"{config.public_url.rstrip('/')}{WEBHOOK_PATH}"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 from aiogram import Bot
 from aiogram.exceptions import (
@@ -13,17 +15,19 @@ from aiogram.exceptions import (
     TelegramMigrateToChat,
     TelegramRetryAfter,
 )
-from aiogram.types import Message
+from aiogram.types import BufferedInputFile, Message
 
 from channels.telegram_render import edit_text, render
 from core.errors import DeliveryError, PermanentFailure, RetryLater
-from core.messages import Outbound
+from core.messages import Attachment, Outbound
 
 log = logging.getLogger("autodoctor.channels.telegram")
 
 # 400 answers that mean the chat itself is gone: no retry can help.
 _CHAT_GONE = ("chat not found", "user not found", "peer_id_invalid", "user is deactivated",
               "have no rights to send")
+# Sent as photos (Telegram shows them inline); other files as documents.
+_PHOTO_TYPES = frozenset({"image/jpeg", "image/png", "image/webp"})
 # 400 answers to an edit whose message cannot be edited: send the text as a new message.
 _NOT_EDITABLE = ("message to edit not found", "message can't be edited",
                  "message_id_invalid", "message identifier is not specified")
@@ -47,10 +51,12 @@ def delivery_error(exc: TelegramAPIError) -> DeliveryError:
 
 
 class TelegramSender:
-    """Sends one Outbound through the Bot API; returns the (last) message id."""
+    """Sends one Outbound through the Bot API; returns the (last) message id. Files sent with
+    a message go as Telegram photos or documents, read from `blobs` (sha256 → path)."""
 
-    def __init__(self, bot: Bot) -> None:
+    def __init__(self, bot: Bot, blobs: Callable[[str], Path] | None = None) -> None:
         self.bot = bot
+        self.blobs = blobs
 
     async def send(self, outbound: Outbound) -> str | None:
         try:
@@ -63,6 +69,8 @@ class TelegramSender:
     async def _send_new(self, outbound: Outbound) -> str | None:
         rendered = render(outbound)
         chat_id = outbound.address
+        for attached in outbound.files:
+            await self._send_file(chat_id, attached)
         if outbound.image:
             sent = await self.bot.send_photo(chat_id=chat_id, photo=outbound.image)
             if not outbound.text:
@@ -78,6 +86,18 @@ class TelegramSender:
                                                reply_markup=keyboard)
         assert last is not None
         return str(last.message_id)
+
+    async def _send_file(self, chat_id: str, attached: Attachment) -> None:
+        """The file itself where it is on disk; else its link (the message's text has it)."""
+        path = self.blobs(attached.sha256) if self.blobs and attached.sha256 else None
+        if path is None or not path.is_file():
+            await self.bot.send_message(chat_id=chat_id, text=f"{attached.name}: {attached.url}")
+            return
+        upload = BufferedInputFile(path.read_bytes(), filename=attached.name)
+        if attached.content_type in _PHOTO_TYPES:
+            await self.bot.send_photo(chat_id=chat_id, photo=upload)
+        else:
+            await self.bot.send_document(chat_id=chat_id, document=upload)
 
     async def _edit(self, outbound: Outbound) -> str | None:
         assert outbound.edit_of is not None

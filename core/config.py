@@ -22,6 +22,10 @@ def _rule(*, min: float | None = None, max: float | None = None,
     return {"min": min, "max": max, "choices": choices}
 
 
+# The plan code of a checkout that buys more time for a consultation under way.
+EXTENSION_PLAN = "extension"
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
@@ -58,6 +62,24 @@ class BillingConfig:
     currency: str = "usd"
     fee_bps: int = field(default=2000, metadata=_rule(min=0, max=10000))
     checkout_ttl_seconds: int = field(default=3600, metadata=_rule(min=1800, max=86400))
+
+
+@dataclass(frozen=True)
+class ExtensionsConfig:
+    """More time a customer may buy near the end of a consultation."""
+
+    minutes: int = field(default=15, metadata=_rule(min=1, max=120))
+    price_cents: int = field(default=999, metadata=_rule(min=50))
+
+
+@dataclass(frozen=True)
+class LinksConfig:
+    """How long signed links stay good: files sent in a session, and session records."""
+
+    file_hours: int = field(default=72, metadata=_rule(min=1))
+    record_days: int = field(default=365, metadata=_rule(min=1))
+    # How long after the end a rating may still be changed.
+    rating_change_hours: int = field(default=24, metadata=_rule(min=0))
 
 
 @dataclass(frozen=True)
@@ -132,6 +154,8 @@ class Config:
     timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
     plans: dict[str, Plan] = field(default_factory=dict)
     billing: BillingConfig = field(default_factory=BillingConfig)
+    extensions: ExtensionsConfig = field(default_factory=ExtensionsConfig)
+    links: LinksConfig = field(default_factory=LinksConfig)
     stripe: StripeConfig = field(default_factory=StripeConfig)
     uploads: UploadsConfig = field(default_factory=UploadsConfig)
     rate_limits: RateLimitsConfig = field(default_factory=RateLimitsConfig)
@@ -158,6 +182,14 @@ class Config:
             return self.plans[code]
         except KeyError:
             raise ConfigError(f"unknown plan {code!r}; known: {', '.join(self.plans)}") from None
+
+    def product(self, code: str) -> Plan:
+        """What a checkout of this plan code sells: a tier, or more time for a session."""
+        if code == EXTENSION_PLAN:
+            return Plan(name=f"{self.extensions.minutes} more minutes",
+                        price_cents=self.extensions.price_cents,
+                        minutes=self.extensions.minutes)
+        return self.plan(code)
 
     def channel_status(self) -> dict[str, bool]:
         """Which channels are on: a channel whose secrets are absent is off."""

@@ -31,6 +31,8 @@ class Context:
     # What accepts in this batch have read of each request tapped (several mechanics tap one
     # request at once): shared by the batch's messages.
     taps: Taps
+    # The message's own transcript row (not yet written: a flow may add to it).
+    inbound_row: MessageRow | None = None
     replies: list[Outbound] = field(default_factory=list)
     # The replies' transcript rows, in order (an open socket can send them as they are).
     reply_rows: list[MessageRow] = field(default_factory=list)

@@ -242,13 +242,14 @@ class Engine:
                      inbound.provider_id)
             return None
         person = people[(inbound.channel, inbound.address)]
-        uow.add_message(MessageRow(
+        row = MessageRow(
             identity_id=person.identity.id, conversation_id=person.conversation.id,
             direction="in", channel=inbound.channel, text=inbound.text, action=inbound.action,
             body={"attachments": list(inbound.attachments)} if inbound.attachments else {},
-            provider_id=inbound.provider_id, created_at=now))
+            provider_id=inbound.provider_id, created_at=now)
+        uow.add_message(row)
         ctx = Context(uow=uow, runtime=self.runtime, inbound=inbound, person=person, now=now,
-                      taps=taps)
+                      taps=taps, inbound_row=row)
         await self.router(ctx)
         person.conversation.update(updated_at=now)
         return ctx

@@ -34,6 +34,17 @@ class Link:
 
 
 @dataclass(frozen=True)
+class Attachment:
+    """A file sent with a message: a link the recipient may open (core.links), and what a
+    channel needs to send the file itself where it can (its stored blob's sha256)."""
+
+    name: str
+    content_type: str
+    url: str
+    sha256: str = ""
+
+
+@dataclass(frozen=True)
 class Inbound:
     """One message or button tap from a person; `action` is a button payload, never trusted."""
 
@@ -59,16 +70,21 @@ class Outbound:
     image: str | None = None
     edit_of: str | None = None
     dedupe_key: str | None = None
+    files: tuple[Attachment, ...] = ()
 
     def to_body(self) -> dict[str, Any]:
         """The JSON stored in the transcript and the outbox."""
-        return {
+        body: dict[str, Any] = {
             "text": self.text,
             "buttons": [{"label": b.label, "payload": b.payload} for b in self.buttons],
             "link": {"label": self.link.label, "url": self.link.url} if self.link else None,
             "image": self.image,
             "edit_of": self.edit_of,
         }
+        if self.files:
+            body["files"] = [{"name": f.name, "content_type": f.content_type, "url": f.url,
+                              "sha256": f.sha256} for f in self.files]
+        return body
 
     @classmethod
     def from_body(cls, channel: str, address: str, body: dict[str, Any],
@@ -78,7 +94,9 @@ class Outbound:
             channel=channel, address=address, text=body.get("text", ""),
             buttons=tuple(Button(b["label"], b["payload"]) for b in body.get("buttons", [])),
             link=Link(link["label"], link["url"]) if link else None,
-            image=body.get("image"), edit_of=body.get("edit_of"), dedupe_key=dedupe_key)
+            image=body.get("image"), edit_of=body.get("edit_of"), dedupe_key=dedupe_key,
+            files=tuple(Attachment(f["name"], f["content_type"], f["url"], f.get("sha256", ""))
+                        for f in body.get("files", [])))
 
 
 @dataclass

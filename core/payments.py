@@ -31,6 +31,12 @@ class RefundPort(Protocol):
         ...
 
 
+class PayoutPort(Protocol):
+    async def __call__(self, session: AsyncSession, payout_id: int, now: datetime) -> object:
+        """Send one pending payout to the mechanic (once, whoever asks)."""
+        ...
+
+
 def split_cents(price_cents: int, fee_bps: int) -> tuple[int, int]:
     """(mechanic's share, platform fee) in integer cents: fee = price * fee_bps // 10000."""
     fee = price_cents * fee_bps // 10000

@@ -13,7 +13,7 @@ from core.config import Config
 from core.db import Sessionmaker, create_readonly_sessionmaker, create_sessionmaker
 from core.hub import Hub
 from core.metrics import Metrics
-from core.payments import PaymentPort, RefundPort
+from core.payments import PaymentPort, PayoutPort, RefundPort
 from core.store.uow import IdPool, UnitOfWork
 
 
@@ -30,6 +30,8 @@ class Runtime:
     clock: Clock = field(default_factory=SystemClock)
     # Refunds go through billing; None where no payment provider can refund (logged).
     refund: RefundPort | None = None
+    # Payouts go through billing; None where no payment provider can pay (logged).
+    payout: PayoutPort | None = None
     metrics: Metrics = field(default_factory=Metrics)
     hub: Hub = field(default_factory=Hub)
     ids: IdPool = field(default_factory=IdPool)
@@ -37,10 +39,11 @@ class Runtime:
     @classmethod
     def build(cls, config: Config, engine: AsyncEngine, payments: PaymentPort,
               texts: Callable[..., str], clock: Clock | None = None,
-              refund: RefundPort | None = None) -> Runtime:
+              refund: RefundPort | None = None, payout: PayoutPort | None = None) -> Runtime:
         return cls(config=config, engine=engine, sessions=create_sessionmaker(engine),
                    readers=create_readonly_sessionmaker(engine),
-                   payments=payments, texts=texts, clock=clock or SystemClock(), refund=refund)
+                   payments=payments, texts=texts, clock=clock or SystemClock(), refund=refund,
+                   payout=payout)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[UnitOfWork]:

@@ -12,14 +12,17 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import and_, exists, select, update
 
+from core import timers
 from core.dispatch import customer_identity, mechanic_identity, notify_unattended
 from core.messages import Button
 from core.models import (
     Checkout,
     Consultation,
+    Extension,
     Identity,
     Message,
     Offer,
+    Payout,
     Refund,
     SessionRequest,
 )
@@ -36,8 +39,11 @@ class CleanupStats:
     expired: int = 0
     no_show: int = 0
     orphaned: int = 0
+    warned: int = 0
+    completed: int = 0
     refunded: int = 0
     refunds_failed: int = 0
+    payouts: int = 0
 
     def total(self) -> int:
         return sum(getattr(self, f.name) for f in fields(self))
@@ -50,7 +56,13 @@ async def run_sweeps(runtime: Runtime, now: datetime | None = None) -> CleanupSt
     for sweep in (_unattended, _expired, _no_show, _orphaned):
         async with runtime.transaction() as uow:
             await sweep(uow, runtime, now, stats)
+    for minutes in timers.WARNINGS:
+        async with runtime.transaction() as uow:
+            stats.warned += await timers.warn(uow, runtime, now, minutes)
+    async with runtime.transaction() as uow:
+        stats.completed += await timers.time_up(uow, runtime, now)
     stats.refunded, stats.refunds_failed = await refund_due(runtime, now)
+    stats.payouts = await payouts_due(runtime, now)
     if stats.total():
         log.info("sweep %s", stats)
     return stats
@@ -155,19 +167,27 @@ async def _orphaned(uow: UnitOfWork, runtime: Runtime, now: datetime,
     stats.orphaned += len(changed)
 
 
+REFUNDED_CLOSES = ("unmatched", "customer_cancelled", "emergency")
+
+
 async def refund_due(runtime: Runtime, now: datetime) -> tuple[int, int]:
-    """Refund every paid checkout whose request closed unserved; retried on each sweep."""
+    """Refund every paid checkout whose request closed unserved, and every extension paid
+    after its session ended; retried on each sweep."""
     if runtime.refund is None:
         return 0, 0
+    unrefunded = ~exists().where(and_(Refund.checkout_id == Checkout.id,
+                                      Refund.status == "succeeded"))
     async with runtime.sessions() as session:
-        due = (await session.execute(
+        due: list[tuple[str, str | None]] = [(ref, reason) for ref, reason in (
+            await session.execute(
             select(Checkout.ref, SessionRequest.close_reason)
             .join(SessionRequest, SessionRequest.checkout_id == Checkout.id)
             .where(Checkout.status == "paid",
                    SessionRequest.status.in_(("expired", "cancelled")),
-                   SessionRequest.close_reason.in_(("unmatched", "customer_cancelled")),
-                   ~exists().where(and_(Refund.checkout_id == Checkout.id,
-                                        Refund.status == "succeeded"))))).all()
+                   SessionRequest.close_reason.in_(REFUNDED_CLOSES), unrefunded)))]
+        due += [(ref, "extension_after_end") for ref in (await session.scalars(
+            select(Checkout.ref).join(Extension, Extension.checkout_id == Checkout.id)
+            .where(Checkout.status == "paid", Extension.status == "late", unrefunded)))]
     done = failed = 0
     for ref, reason in due:
         try:
@@ -179,3 +199,23 @@ async def refund_due(runtime: Runtime, now: datetime) -> tuple[int, int]:
             log.exception("checkout=%s refund failed; will retry", ref)
             failed += 1
     return done, failed
+
+
+async def payouts_due(runtime: Runtime, now: datetime) -> int:
+    """Send the payouts of completed sessions not tried yet (a mechanic not onboarded keeps
+    theirs pending with the reason; billing sends it when Stripe reports them ready)."""
+    if runtime.payout is None:
+        return 0
+    async with runtime.sessions() as session:
+        due = (await session.scalars(select(Payout.id).where(
+            Payout.status == "pending", Payout.failure.is_(None)))).all()
+    sent = 0
+    for payout_id in due:
+        try:
+            async with runtime.sessions.begin() as session:
+                await runtime.payout(session, payout_id, now)
+            sent += 1
+        except Exception:
+            # Left as it is: the next sweep tries again with the same idempotency key.
+            log.exception("payout=%s could not be sent; will retry", payout_id)
+    return sent

@@ -14,7 +14,9 @@ from aiohttp.test_utils import TestClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from billing import refunds_for
 from billing.offline import OfflinePayments
+from billing.payouts import payouts_for
 from bot.texts import text as render_text
 from core.clock import ManualClock
 from core.config import Config, load_config, normalize_database_url
@@ -117,7 +119,9 @@ def clock() -> ManualClock:
 
 @pytest.fixture
 def runtime(config: Config, engine: AsyncEngine, clock: ManualClock) -> Runtime:
-    return Runtime.build(config, engine, OfflinePayments(config), render_text, clock)
+    payments = OfflinePayments(config)
+    return Runtime.build(config, engine, payments, render_text, clock,
+                         refund=refunds_for(payments), payout=payouts_for(payments))
 
 
 @pytest.fixture

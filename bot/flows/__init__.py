@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from bot.flows import customer, mechanic
+from bot.flows import consultation, customer, mechanic
 from core.context import Context
 
 
 async def route(ctx: Context) -> None:
-    if ctx.identity.mechanic_id is not None:
+    if ctx.person.consultation is not None:
+        await consultation.handle(ctx)
+    elif ctx.identity.mechanic_id is not None:
         await mechanic.handle(ctx)
     else:
         await customer.handle(ctx)

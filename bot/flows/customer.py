@@ -7,7 +7,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 
-from bot.flows import paid
+from bot.flows import aftercare, paid
 from bot.flows.intake_steps import STEPS, ask_again, attach, begin, show_status
 from bot.texts import text
 from core.context import Context
@@ -26,6 +26,7 @@ COMMANDS = {
     "cancel": "cancel", "stop": "cancel",
     "start over": "restart", "restart": "restart", "start": "restart", "new": "restart",
     "reset": "restart",
+    "history": "history", "my sessions": "history",
 }
 _JOIN = re.compile(r"^\s*join\s+([A-Za-z0-9]{6,12})\s*$", re.IGNORECASE)
 
@@ -56,6 +57,11 @@ async def handle(ctx: Context) -> None:
         return
     intake = await _current_intake(ctx)
     command = _command(ctx)
+    if command == "history":
+        await aftercare.history(ctx)
+        return
+    if command is None and await aftercare.handle(ctx, session_ended=False):
+        return
     if intake is not None and intake.status == "paid":
         if await paid.handle(ctx, intake, command):
             return

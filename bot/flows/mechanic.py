@@ -8,6 +8,7 @@ from billing.connect import start_onboarding
 from billing.errors import BillingError
 from bot.texts import text
 from core import dispatch
+from core.aftercare import awaiting_notes, earnings, mechanic_history, take_notes
 from core.availability import (
     AvailabilityError,
     parse_schedule,
@@ -66,9 +67,33 @@ async def handle(ctx: Context) -> None:
         released = await dispatch.release(ctx.uow, ctx.runtime, mechanic.id, ctx.now)
         await ctx.say(text("released", ref=released.ref) if released
                       else text("nothing_to_release"))
+    elif said == "history":
+        await _history(ctx, mechanic)
+    elif said in ("earnings", "money"):
+        await ctx.say(text("earnings", e=await earnings(ctx.session, mechanic.id)))
+    elif not action and ctx.text.strip() and await _notes(ctx, mechanic):
+        return
     else:
         await ctx.say(text("mechanic_help", name=mechanic.name) + "\n"
                       + text("mechanic_commands"))
+
+
+async def _notes(ctx: Context, mechanic: Mechanic) -> bool:
+    """Free text after a session that still needs notes: they are the notes (or the next part
+    of a Full Diagnostic report). False if no session waits for them."""
+    consultation = await awaiting_notes(ctx.session, mechanic.id, ctx.now)
+    if consultation is None:
+        return False
+    missing = await take_notes(ctx.uow, ctx.runtime, consultation, ctx.text, ctx.now)
+    await ctx.say(text("report_ask", part=missing) if missing else text("notes_sent"))
+    return True
+
+
+async def _history(ctx: Context, mechanic: Mechanic) -> None:
+    sessions = [{"consultation": s.consultation, "ref": s.ref,
+                 "plan": ctx.config.plan(s.consultation.plan).name}
+                for s in await mechanic_history(ctx.session, mechanic.id)]
+    await ctx.say(text("mechanic_history", sessions=sessions))
 
 
 async def _accept(ctx: Context, mechanic: Mechanic, ref: str) -> None:

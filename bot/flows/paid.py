@@ -6,6 +6,7 @@ import logging
 
 from sqlalchemy import select, update
 
+from bot.flows import aftercare
 from bot.texts import text
 from core import dispatch
 from core.context import Context
@@ -45,6 +46,12 @@ async def handle(ctx: Context, intake: IntakeRecord, command: str | None) -> boo
     elif request.status == "cancelled" and request.close_reason == "no_show":
         await ctx.say(text("customer_no_show", plan=plan),
                       [Button(text("label", key="rematch"), f"rematch:{request.ref}")])
+    elif request.status == "completed" and await aftercare.handle(ctx, session_ended=True):
+        pass
+    elif request.status == "completed":
+        await ctx.say(text("session_over", plan=plan))
+    elif request.status == "cancelled" and request.close_reason == "emergency":
+        await ctx.say(text("emergency_customer", plan=plan, amount_cents=request.price_cents))
     elif request.status == "accepted":
         await ctx.say(text("matched_status", plan=plan))
     else:

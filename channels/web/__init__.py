@@ -7,6 +7,7 @@ from pathlib import Path
 import jinja2
 from aiohttp import web
 
+from channels.web.records import Records
 from channels.web.upload import WidgetUpload
 from channels.web.ws import WidgetSocket
 from core.engine import Engine
@@ -41,6 +42,9 @@ def setup(app: web.Application, runtime: Runtime, engine: Engine) -> None:
     app.router.add_post("/widget/upload", upload.handle, name="widget_upload")
     app.router.add_route("OPTIONS", "/widget/upload", upload.preflight)
     app.router.add_get("/m/{invite}", mechanic_console, name="mechanic_console")
+    records = Records(runtime)
+    app.router.add_get("/f/{token}", records.file, name="file_link")
+    app.router.add_get("/s/{token}", records.record, name="session_record")
 
 
 def _page(name: str, **context: str) -> web.Response:

@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import logging
 import secrets
-from collections import deque
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -22,6 +21,7 @@ import orjson
 from aiohttp import WSMsgType, web
 from sqlalchemy import select
 
+from channels.web.sent import RecentIds
 from core.engine import Engine
 from core.hub import Mailbox
 from core.mechanics import redeem_invite
@@ -126,7 +126,7 @@ class _Connection:
         self.address: str | None = None
         self.identity_id: int | None = None
         self.last_sent = 0
-        self.sent = _Recent()
+        self.sent = RecentIds()
         self.mailbox: Mailbox | None = None
         self.pusher: asyncio.Task[None] | None = None
         self.send_lock = asyncio.Lock()
@@ -348,8 +348,12 @@ class _Connection:
     async def _send_row(self, row: Message | MessageRow) -> None:
         assert row.id is not None  # committed
         body = row.body or {}
-        await self.send_json({"type": "message", "id": row.id, "text": row.text,
-                              "buttons": body.get("buttons", []), "link": body.get("link")})
+        frame: dict[str, Any] = {"type": "message", "id": row.id, "text": row.text,
+                                 "buttons": body.get("buttons", []), "link": body.get("link")}
+        if body.get("files"):
+            frame["files"] = [{"name": f["name"], "content_type": f["content_type"],
+                               "url": f["url"]} for f in body["files"]]
+        await self.send_json(frame)
         self.sent.remember(row.id)
         self.last_sent = max(self.last_sent, row.id)
 
@@ -381,20 +385,3 @@ class _Connection:
             raise ProtocolError("bad_frame", '"payload" must be a non-empty string.')
         assert self.address is not None
         return Inbound(channel=CHANNEL, address=self.address, action=payload)
-
-
-class _Recent:
-    """The ids sent lately on one connection (a bounded set)."""
-
-    def __init__(self, size: int = 1000) -> None:
-        self._order: deque[int] = deque(maxlen=size)
-        self._ids: set[int] = set()
-
-    def remember(self, message_id: int) -> None:
-        if len(self._order) == self._order.maxlen:
-            self._ids.discard(self._order[0])
-        self._order.append(message_id)
-        self._ids.add(message_id)
-
-    def __contains__(self, message_id: object) -> bool:
-        return message_id in self._ids

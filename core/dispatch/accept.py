@@ -16,6 +16,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.consultations import open_consultation
 from core.dispatch.offers import (
     OPEN_STATUSES,
     customer_identity,
@@ -26,9 +27,8 @@ from core.dispatch.offers import (
 from core.messages import Outbound
 from core.models import (
     AuditLog,
-    Customer,
+    Consultation,
     Identity,
-    Intake,
     Mechanic,
     Offer,
     OutboxItem,
@@ -160,7 +160,8 @@ async def accept(uow: UnitOfWork, runtime: Runtime, ref: str, mechanic_id: int,
         if request.status == "accepted":
             return await _taken(session, taps, request, identity_id)
         return AcceptResult(Outcome.CLOSED, request)
-    await _after_accept(uow, runtime, request, mechanic_id, now, admin=admin, taps=taps)
+    await _after_accept(uow, runtime, request, mechanic_id, now, admin=admin, taps=taps,
+                        chat_id=identity_id)
     return AcceptResult(Outcome.ACCEPTED, request)
 
 
@@ -193,13 +194,11 @@ async def assign(uow: UnitOfWork, runtime: Runtime, ref: str, mechanic_id: int,
 
 async def _after_accept(uow: UnitOfWork, runtime: Runtime, request: SessionRequest,
                         mechanic_id: int, now: datetime, *, admin: str | None,
-                        taps: Taps) -> None:
+                        taps: Taps, chat_id: int | None) -> None:
+    """The winner's consultation opens; the other offers close."""
     session = uow.session
     mechanic = await session.get(Mechanic, mechanic_id)
-    intake = await session.get(Intake, request.intake_id)
-    customer = await session.get(Customer, request.customer_id)
-    assert mechanic is not None and intake is not None and customer is not None
-    plan = runtime.config.plan(request.plan)
+    assert mechanic is not None
     stamp = f"{now.timestamp():.0f}"
     # The open offers, closed in two UPDATEs, and their messages edited in one batch: the
     # winner's answer should not wait on N objects.
@@ -224,13 +223,13 @@ async def _after_accept(uow: UnitOfWork, runtime: Runtime, request: SessionReque
             dedupe_key=f"{_closing_key(request)}{offer_mechanic}:{stamp}")))
     await enqueue_many(uow, closing, now)
     taps.closing[request.ref] = {identity_id for identity_id, out in closing}
-    await tell(uow, await mechanic_identity(session, mechanic_id),
-               runtime.texts("accepted_details", request=request, plan=plan, intake=intake,
-                             customer_name=customer.display_name),
-               now, key=f"accepted:{request.id}:{mechanic_id}:{stamp}")
-    await tell(uow, await customer_identity(session, request),
-               runtime.texts("customer_matched", mechanic_name=mechanic.name, plan=plan),
-               now, key=f"matched:{request.id}:{mechanic_id}:{stamp}")
+    # The session is relayed with the chat the tap came from (an admin's assignment: the
+    # mechanic's preferred chat).
+    tapped = await session.get(Identity, chat_id) if chat_id is not None else None
+    mechanic_chat = tapped if tapped is not None and tapped.mechanic_id == mechanic_id \
+        else await mechanic_identity(session, mechanic_id)
+    await open_consultation(uow, runtime, request, mechanic, mechanic_chat,
+                            await customer_identity(session, request), now)
     session.add(AuditLog(actor=admin or f"mechanic:{mechanic_id}",
                          action="assign" if admin else "accept", subject=request.ref,
                          details={"mechanic_id": mechanic_id}, created_at=now))
@@ -246,6 +245,10 @@ async def release(uow: UnitOfWork, runtime: Runtime, mechanic_id: int,
         SessionRequest.mechanic_id == mechanic_id, SessionRequest.status == "accepted"))
     if request is None:
         return None
+    live = await session.scalar(select(Consultation.id).where(
+        Consultation.request_id == request.id, Consultation.status == "live"))
+    if live is not None:
+        return None  # under way: the mechanic ends it, or cancels for an emergency
     released = (await session.execute(
         update(SessionRequest).where(SessionRequest.id == request.id,
                                      SessionRequest.status == "accepted",
@@ -255,6 +258,9 @@ async def release(uow: UnitOfWork, runtime: Runtime, mechanic_id: int,
     if released is None:
         return None
     await session.refresh(request)
+    await session.execute(update(Consultation).where(
+        Consultation.request_id == request.id, Consultation.status == "waiting")
+        .values(status="cancelled", ended_at=now, end_reason="released"))
     await session.execute(update(Offer).where(Offer.request_id == request.id,
                                               Offer.mechanic_id == mechanic_id)
                           .values(status="declined", answered_at=now))

@@ -7,6 +7,7 @@ from datetime import datetime
 from sqlalchemy import (
     CheckConstraint,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -44,6 +45,29 @@ class Checkout(Base):
     paid_at: Mapped[datetime | None]
 
 
+class Extension(Base):
+    """More time bought during a consultation, paid through its own checkout."""
+
+    __tablename__ = "extensions"
+    __table_args__ = (
+        CheckConstraint("minutes > 0 AND amount_cents > 0", name="positive"),
+        CheckConstraint("status IN ('open', 'paid', 'late')", name="status"),
+        # The refund sweep looks for extensions paid too late, every few seconds.
+        Index("ix_extensions_status", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    consultation_id: Mapped[int] = mapped_column(
+        ForeignKey("consultations.id", ondelete="CASCADE"), index=True)
+    checkout_id: Mapped[int] = mapped_column(ForeignKey("checkouts.id", ondelete="CASCADE"),
+                                             unique=True)
+    minutes: Mapped[int] = mapped_column(Integer)
+    amount_cents: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    created_at: Mapped[datetime] = created_column()
+    paid_at: Mapped[datetime | None]
+
+
 class Refund(Base):
     __tablename__ = "refunds"
     __table_args__ = (
@@ -72,6 +96,8 @@ class Payout(Base):
     __table_args__ = (
         CheckConstraint("amount_cents >= 0 AND fee_cents >= 0", name="amounts"),
         CheckConstraint("status IN ('pending', 'paid', 'failed')", name="status"),
+        # The payout sweep looks for pending payouts, every few seconds.
+        Index("ix_payouts_status", "status"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

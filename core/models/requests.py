@@ -79,6 +79,9 @@ class File(Base):
         ForeignKey("identities.id", ondelete="SET NULL"))
     intake_id: Mapped[int | None] = mapped_column(ForeignKey("intakes.id", ondelete="SET NULL"),
                                                   index=True)
+    # Sent during a consultation: its two participants may open it.
+    consultation_id: Mapped[int | None] = mapped_column(
+        ForeignKey("consultations.id", ondelete="SET NULL"), index=True)
     created_at: Mapped[datetime] = created_column()
 
 
@@ -159,16 +162,27 @@ class Consultation(Base):
         Index("uq_consultations_one_active_per_mechanic", "mechanic_id", unique=True,
               sqlite_where=text("status IN ('waiting', 'live')"),
               postgresql_where=text("status IN ('waiting', 'live')")),
+        Index("uq_consultations_one_active_per_request", "request_id", unique=True,
+              sqlite_where=text("status IN ('waiting', 'live')"),
+              postgresql_where=text("status IN ('waiting', 'live')")),
         # The sweep for sessions left waiting reads them by status, every few seconds.
         Index("ix_consultations_status", "status"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
+    # Indexed; one consultation under way per request (uq_..._one_active_per_request): a
+    # request released or left by a no-show is matched again with a new consultation.
     request_id: Mapped[int] = mapped_column(
-        ForeignKey("session_requests.id", ondelete="CASCADE"), unique=True)
+        ForeignKey("session_requests.id", ondelete="CASCADE"), index=True)
     customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"),
                                              index=True)
     mechanic_id: Mapped[int] = mapped_column(ForeignKey("mechanics.id", ondelete="CASCADE"))
+    # The two chats the session is relayed between, chosen at the match. Indexed: the engine
+    # finds a sender's session under way through them, for every message.
+    customer_identity_id: Mapped[int | None] = mapped_column(
+        ForeignKey("identities.id", ondelete="SET NULL"), index=True)
+    mechanic_identity_id: Mapped[int | None] = mapped_column(
+        ForeignKey("identities.id", ondelete="SET NULL"), index=True)
     plan: Mapped[str] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(String(16), default="waiting")
     room_name: Mapped[str | None] = mapped_column(String(100), unique=True)
@@ -177,7 +191,12 @@ class Consultation(Base):
     ended_at: Mapped[datetime | None]
     end_reason: Mapped[str | None] = mapped_column(String(64))
     warned_minutes: Mapped[int | None] = mapped_column(Integer)
+    # Time bought on top of the plan's (core.models.Extension: what it cost).
+    extra_minutes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     mechanic_notes: Mapped[str | None] = mapped_column(Text)
+    # Full Diagnostic's written report: findings, repairs (in priority order), cost range.
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     rating: Mapped[int | None] = mapped_column(Integer)
     review: Mapped[str | None] = mapped_column(Text)
+    rated_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = created_column()

@@ -15,12 +15,13 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, String, bindparam, func, select, tuple_
+from sqlalchemy import ColumnElement, Select, String, and_, bindparam, func, select, tuple_
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.orm import aliased
 
 from core.errors import RaceLost
 from core.messages import storable_text
-from core.models import Conversation, Customer, Identity, Intake, Mechanic, table
+from core.models import Consultation, Conversation, Customer, Identity, Intake, Mechanic, table
 from core.store.records import (
     IDENTITY_COLUMNS,
     ConversationState,
@@ -36,6 +37,7 @@ Key = tuple[str, str]  # (channel, address)
 _NAME_CHARS = 200  # customers.display_name and identities.display_name
 _CONVERSATION = table(Conversation)
 _CONVERSATION_READ = ("id", "identity_id", "flow", "step", "data", "intake_id")
+_UNDER_WAY = ("waiting", "live")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +64,8 @@ class Person:
     conversation: ConversationState
     intake: IntakeRecord | None
     mechanic: Mechanic | None
+    # The consultation under way that this chat is one side of (ORM: the cold paths change it).
+    consultation: Consultation | None = None
 
 
 @dataclass(slots=True)
@@ -70,6 +74,7 @@ class _Found:
     conversation: ConversationState | None
     intake: IntakeRecord | None
     mechanic: Mechanic | None
+    consultation: Consultation | None = None
 
 
 async def people_for(uow: UnitOfWork, contacts: Sequence[Contact], now: datetime
@@ -91,7 +96,8 @@ async def people_for(uow: UnitOfWork, contacts: Sequence[Contact], now: datetime
         uow.track(row.conversation)
         if row.intake is not None:
             uow.track(row.intake)
-        people[key] = Person(row.identity, row.conversation, row.intake, row.mechanic)
+        people[key] = Person(row.identity, row.conversation, row.intake, row.mechanic,
+                             row.consultation)
     return people
 
 
@@ -119,7 +125,7 @@ async def _find(uow: UnitOfWork, keys: list[Key]) -> dict[Key, _Found]:
             identity,
             ConversationState(*conversation) if conversation[0] is not None else None,
             IntakeRecord(*intake) if intake[0] is not None else None,
-            row[intake_end])
+            row[intake_end], row[intake_end + 1] or row[intake_end + 2])
     return found
 
 
@@ -152,16 +158,18 @@ async def _meet(uow: UnitOfWork, contacts: list[Contact], found: dict[Key, _Foun
 
 
 async def _start_conversations(uow: UnitOfWork, rows: list[_Found], now: datetime) -> None:
+    flows = {row.identity.id: "customer" if row.identity.mechanic_id is None else "mechanic"
+             for row in rows}
     made = await uow.insert_now(
         _CONVERSATION, ("identity_id", "flow", "step", "data", "created_at", "updated_at"),
-        [(row.identity.id, "customer" if row.identity.mechanic_id is None else "mechanic",
-          "start", {}, now, now) for row in rows],
-        returning=_CONVERSATION_READ, conflict=("identity_id",))
+        [(row.identity.id, flows[row.identity.id], "start", {}, now, now) for row in rows],
+        returning=("id", "identity_id"), conflict=("identity_id",))
     if len(made) < len(rows):
         raise RaceLost("a conversation was started by another process at the same moment")
-    by_identity = {values[1]: ConversationState(*values) for values in made}
+    ids = {identity_id: conversation_id for conversation_id, identity_id in made}
     for row in rows:
-        row.conversation = by_identity[row.identity.id]
+        row.conversation = ConversationState(ids[row.identity.id], row.identity.id,
+                                             flows[row.identity.id], "start", {}, None)
 
 
 def stored_name(raw: str | None) -> str | None:
@@ -175,10 +183,16 @@ def _people_query(dialect_name: str) -> Select[Any]:
     identity = [table(Identity).c[name] for name in IDENTITY_COLUMNS]
     conversation = [_CONVERSATION.c[name] for name in _CONVERSATION_READ]
     intake = [table(Intake).c[name] for name in IntakeRecord.columns()]
-    return (select(*identity, *conversation, *intake, Mechanic)
+    # The consultation under way this chat is the customer's or the mechanic's side of.
+    as_customer, as_mechanic = aliased(Consultation), aliased(Consultation)
+    return (select(*identity, *conversation, *intake, Mechanic, as_customer, as_mechanic)
             .outerjoin(_CONVERSATION, _CONVERSATION.c.identity_id == Identity.id)
             .outerjoin(Intake, Intake.id == _CONVERSATION.c.intake_id)
             .outerjoin(Mechanic, Mechanic.id == Identity.mechanic_id)
+            .outerjoin(as_customer, and_(as_customer.customer_identity_id == Identity.id,
+                                         as_customer.status.in_(_UNDER_WAY)))
+            .outerjoin(as_mechanic, and_(as_mechanic.mechanic_identity_id == Identity.id,
+                                         as_mechanic.status.in_(_UNDER_WAY)))
             .where(_identity_in(dialect_name)))
 
 

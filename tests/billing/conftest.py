@@ -11,6 +11,7 @@ from aiohttp.test_utils import TestClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import billing
+from billing.payouts import payouts_for
 from billing.stripe_provider import StripePayments
 from bot.texts import text as render_text
 from core.clock import ManualClock
@@ -46,7 +47,8 @@ async def stripe_payments(stripe_config: Config) -> AsyncIterator[StripePayments
 def stripe_runtime(stripe_config: Config, engine: AsyncEngine, clock: ManualClock,
                    stripe_payments: StripePayments) -> Runtime:
     return Runtime.build(stripe_config, engine, stripe_payments, render_text, clock,
-                         refund=billing.refunds_for(stripe_payments))
+                         refund=billing.refunds_for(stripe_payments),
+                         payout=payouts_for(stripe_payments))
 
 
 @pytest.fixture

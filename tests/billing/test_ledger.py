@@ -10,13 +10,12 @@ import sys
 from aiohttp.test_utils import TestClient
 from sqlalchemy import select, update
 
-from billing import complete_payout
 from billing.connect import start_onboarding
 from billing.ledger import reconcile
-from core import dispatch
+from core import consultations, dispatch
 from core.models import Consultation, Mechanic, Payout, SessionRequest
 from core.runtime import Runtime
-from core.sweeps import run_sweeps
+from core.sweeps import payouts_due, run_sweeps
 from tests.billing.conftest import WEBHOOK_SECRET
 from tests.billing.helpers import awaiting_payment
 from tests.standins.stripe_api import StripeStandin
@@ -58,19 +57,19 @@ async def complete(runtime: Runtime, request: SessionRequest, mechanic_id: int) 
     """What the session service will do at the end of a consultation."""
     now = runtime.clock.now()
     async with runtime.transaction() as uow:
-        s = uow.session
         result = await dispatch.assign(uow, runtime, request.ref, mechanic_id, "admin:test",
                                        now)
         assert result.outcome is dispatch.Outcome.ACCEPTED
-        consultation = Consultation(request_id=request.id, customer_id=request.customer_id,
-                                    mechanic_id=mechanic_id, plan=request.plan,
-                                    status="completed", started_at=now, ended_at=now,
-                                    created_at=now)
-        s.add(consultation)
-        await s.execute(update(SessionRequest).where(SessionRequest.id == request.id)
-                        .values(status="completed", closed_at=now))
-        await s.flush()
-        return await complete_payout(s, runtime, consultation, now)
+        consultation_id = await uow.session.scalar(select(Consultation.id).where(
+            Consultation.request_id == request.id, Consultation.status == "waiting"))
+        assert consultation_id is not None
+        assert await consultations.complete(uow, runtime, consultation_id, "mechanic_ended",
+                                            now) is not None
+    await payouts_due(runtime, now)
+    async with runtime.sessions() as s:
+        payout = await s.scalar(select(Payout).where(Payout.consultation_id == consultation_id))
+    assert payout is not None
+    return payout
 
 
 async def test_completion_pays_now_or_once_onboarding_finishes(

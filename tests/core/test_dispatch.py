@@ -17,6 +17,7 @@ from core.models import (
     Admin,
     AuditLog,
     Availability,
+    Consultation,
     Identity,
     Mechanic,
     Offer,
@@ -245,8 +246,10 @@ async def test_one_mechanic_tapping_two_offers_at_once_on_two_servers_wins_one(
         statuses = sorted([(await status_of(runtime, first))[0],
                            (await status_of(runtime, second))[0]])
         assert statuses == ["accepted", "pending"]
-        async with runtime.sessions.begin() as s:
+        async with runtime.sessions.begin() as s:  # the session done: Sam is free again
             await s.execute(update(SessionRequest).where(SessionRequest.status == "accepted")
+                            .values(status="completed"))
+            await s.execute(update(Consultation).where(Consultation.status == "waiting")
                             .values(status="completed"))
 
 

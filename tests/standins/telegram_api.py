@@ -207,6 +207,7 @@ class TelegramApi:
         return {"getme": self._get_me, "getupdates": self._get_updates,
                 "setwebhook": self._set_webhook, "deletewebhook": self._delete_webhook,
                 "sendmessage": self._send_message, "sendphoto": self._send_photo,
+                "senddocument": self._send_document,
                 "editmessagetext": self._edit_text,
                 "editmessagereplymarkup": self._edit_markup,
                 "answercallbackquery": self._answer, "getfile": self._get_file}
@@ -289,13 +290,28 @@ class TelegramApi:
         self._fail_if_told("sendphoto", user.id)
         if not params.get("photo"):
             raise bad_request("there is no photo in the request")
-        stored = self._store_file(b"\xff\xd8\xff" + b"\x00" * 32, "photos", "jpg")
+        uploaded = _uploaded(params, "photo")
+        stored = self._store_file(uploaded[1] if uploaded else b"\xff\xd8\xff" + b"\x00" * 32,
+                                  "photos", "jpg")
         photo = [{"file_id": stored.file_id, "file_unique_id": stored.unique_id,
                   "width": 800, "height": 600, "file_size": len(stored.data)}]
         extra: dict[str, Any] = {"photo": photo}
         if params.get("caption"):
             extra["caption"] = params["caption"]
         return self._bot_message(user, extra, _check_markup(params.get("reply_markup")))
+
+    async def _send_document(self, params: dict[str, Any]) -> dict[str, Any]:
+        user = self._chat(params)
+        self._fail_if_told("senddocument", user.id)
+        uploaded = _uploaded(params, "document")
+        if uploaded is None:
+            raise bad_request("there is no document in the request")
+        name, data = uploaded
+        stored = self._store_file(data, "documents", "bin")
+        document = {"file_id": stored.file_id, "file_unique_id": stored.unique_id,
+                    "file_name": name, "file_size": len(data)}
+        return self._bot_message(user, {"document": document},
+                                 _check_markup(params.get("reply_markup")))
 
     async def _edit_text(self, params: dict[str, Any]) -> dict[str, Any]:
         message = self._editable(params)
@@ -513,6 +529,16 @@ def _set_markup(message: dict[str, Any], markup: dict[str, Any] | None) -> None:
         message.pop("reply_markup", None)
 
 
+def _uploaded(params: dict[str, Any], field: str) -> tuple[str, bytes] | None:
+    """The file a method's field carries: uploaded with the request ("attach://name" or the
+    part itself), or None."""
+    uploads: dict[str, tuple[str, bytes]] = params.get("_uploads", {})
+    value = params.get(field)
+    if isinstance(value, str) and value.startswith("attach://"):
+        return uploads.get(value[len("attach://"):])
+    return uploads.get(field)
+
+
 async def _params(request: web.Request) -> dict[str, Any]:
     params: dict[str, Any] = dict(request.query)
     if request.content_type == "application/json":
@@ -521,6 +547,10 @@ async def _params(request: web.Request) -> dict[str, Any]:
     elif request.method == "POST" and request.can_read_body:
         form = await request.post()
         params.update({k: v for k, v in form.items() if isinstance(v, str)})
+        # Uploaded files (multipart parts), by field name: a method's field names one as
+        # "attach://<name>", as the Bot API has it.
+        params["_uploads"] = {k: (v.filename, v.file.read()) for k, v in form.items()
+                              if isinstance(v, web.FileField)}
     if isinstance(params.get("allowed_updates"), str):
         params["allowed_updates"] = json.loads(params["allowed_updates"])
     return params

@@ -237,7 +237,7 @@
     } catch (e) { return null; }
   }
 
-  // item: {kind: "bot"|"me", text, buttons?, link?}
+  // item: {kind: "bot"|"me", text, buttons?, link?, files?}
   function render(item, live) {
     var bubble = el("div", { class: "ad-msg " + (item.kind === "me" ? "ad-me" : "ad-bot"),
       text: item.text || "" });
@@ -260,6 +260,13 @@
         actions.appendChild(el("span", { class: "ad-link-text", text: label + ": " + item.link.url }));
       }
     }
+    (item.files || []).forEach(function (f) {
+      var fileHref = safeUrl(String(f.url || ""));
+      if (fileHref) {
+        actions.appendChild(el("a", { class: "ad-link ad-attachment", href: fileHref, target: "_blank",
+          rel: "noopener", text: "\uD83D\uDCCE " + String(f.name || "file") }));
+      }
+    });
     if (actions.childNodes.length) bubble.appendChild(actions);
     ui.log.appendChild(bubble);
     scrollDown();
@@ -322,7 +329,8 @@
       // can have a lower id than one already shown, and is shown when it comes.
       if (known && (seen[id] || (lastId !== null && id <= lastId && history.legacy))) return;
       var item = { kind: "bot", id: known ? id : null, text: String(frame.text || ""),
-        buttons: Array.isArray(frame.buttons) ? frame.buttons : [], link: frame.link || null };
+        buttons: Array.isArray(frame.buttons) ? frame.buttons : [], link: frame.link || null,
+        files: Array.isArray(frame.files) ? frame.files : [] };
       if (known) { seen[id] = true; if (lastId === null || id > lastId) lastId = id; }
       history.items.push(item);
       saveHistory();
