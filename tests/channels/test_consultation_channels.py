@@ -40,15 +40,15 @@ async def pay_as_widget_customer(client: TestClient, plan_label: str = "Quick Ch
     return customer
 
 
-async def delivered_to_sam(bot: Bot, text: str) -> list[str]:
+async def delivered_to_sam(service: Bot, text: str) -> list[str]:
     """Deliver Sam's messages until `text` has reached his chat (a widget frame is handled
     a moment after it is sent; nothing answers the sender for a relayed line)."""
     for _ in range(100):
-        await bot.deliver()
-        if text in bot.api.texts(SAM.id):
-            return bot.api.texts(SAM.id)
+        await service.deliver()
+        if text in service.api.texts(SAM.id):
+            return service.api.texts(SAM.id)
         await asyncio.sleep(0.05)
-    raise AssertionError(f"{text!r} never reached Sam: {bot.api.texts(SAM.id)}")
+    raise AssertionError(f"{text!r} never reached Sam: {service.api.texts(SAM.id)}")
 
 
 async def upload(client: TestClient, visitor: str | None, data: bytes, name: str) -> str:

@@ -282,3 +282,38 @@ async def test_a_stale_or_forged_session_button_changes_nothing(runtime: Runtime
     (refused,) = await session.sam.send(action=f"extend:{consultation.id}")
     assert "another session" in refused.text
     assert (await consultation_of(runtime, session.request)).status == "live"
+
+
+async def test_an_emergency_refunds_the_real_payment_and_the_rating_shows_next_time(
+        runtime: Runtime, clock: ManualClock) -> None:
+    from billing.payments import mark_paid
+    from tests.billing.helpers import awaiting_payment
+
+    sam = await linked_mechanic(runtime, "Sam Lee", channel="console", address="sam-console")
+    bought = await awaiting_payment(runtime, "chat10", channel="console", address="payer")
+    async with runtime.transaction() as uow:
+        request = await mark_paid(uow, runtime, bought.checkout.ref, clock.now())
+    assert request is not None
+    engine = Engine(runtime, route)
+    await tap_accept(engine, sam, request.ref)
+    await Chat(engine, "console", "payer").send("Hello?")
+    await Chat(engine, "console", "sam-console").send("emergency")  # refunded right after
+    assert (await run_sweeps(runtime)).refunded == 0  # ...so the sweep has nothing left
+    async with runtime.sessions() as s:
+        refund = await s.scalar(select(Refund))
+        checkout = await s.get(Checkout, bought.checkout.id)
+    assert refund is not None and refund.reason == "emergency"
+    assert refund.amount_cents == 999 and checkout is not None and checkout.status == "refunded"
+
+    # Sam's average rating shows to the next customer he is matched with.
+    session = await matched(runtime, name="Sam Lee")
+    await session.customer.send("Hi")
+    await session.sam.send("end")
+    consultation = await consultation_of(runtime, session.request)
+    await session.customer.send(action=f"rate:{consultation.id}:4")
+    nxt = await paid_request(runtime, address="third")
+    await offer(runtime, nxt)
+    await tap_accept(engine, session.mechanic, nxt.ref)
+    async with runtime.sessions() as s:
+        third = await s.scalar(select(Identity.id).where(Identity.address == "third"))
+    assert any("rated 4.0/5 by 1 customer)" in t for t in await received(runtime, third))
