@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 from datetime import datetime
 
@@ -14,6 +16,7 @@ from billing.payments import in_transaction, mark_paid, settle_from_provider
 from core.config import EXTENSION_PLAN
 from core.models import Checkout, Intake
 from core.runtime import Runtime
+from core.shapes import CHECKOUT_REF, fits
 from core.store.uow import UnitOfWork
 
 log = logging.getLogger("autodoctor.billing.pages")
@@ -28,7 +31,6 @@ _HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
-_MAX_REF = 64
 _SYMBOLS = {"usd": "$", "eur": "€", "gbp": "£", "cad": "CA$", "aud": "A$"}
 _BACK = "You can close this page and return to the chat."
 
@@ -104,7 +106,7 @@ def page(state: str, chat_link: str | None = None) -> web.Response:
 async def landing(runtime: Runtime, ref: str) -> tuple[bool, str | None]:
     """Whether a checkout has this ref, and a t.me link back to the bot when the customer
     came from Telegram."""
-    if len(ref) > _MAX_REF:
+    if not fits(CHECKOUT_REF, ref):
         return False, None
     async with runtime.readers() as session:
         found = (await session.execute(select(Intake.channel).join(
@@ -141,10 +143,22 @@ class OfflineCheckoutPages:
         vehicle = " ".join(str(part) for part in (intake.vehicle_year, intake.vehicle_make,
                                                   intake.vehicle_model) if part)
         return _render("pay.html", plan=plan, ref=checkout.ref, vehicle=vehicle,
-                       price=money(checkout.amount_cents, checkout.currency))
+                       price=money(checkout.amount_cents, checkout.currency),
+                       csrf=self._csrf(checkout.ref))
+
+    def _csrf(self, ref: str) -> str:
+        """The form's token: only a page we served for this checkout has it (test mode only,
+        but the habit is kept)."""
+        key = self.runtime.config.secrets.secret_key.encode()
+        return hmac.new(key, f"offline-pay:{ref}".encode(), hashlib.sha256).hexdigest()
 
     async def pay(self, request: web.Request) -> web.Response:
         ref = request.match_info["ref"]
+        if not fits(CHECKOUT_REF, ref):
+            return page("not_found")
+        form = await request.post()
+        token = form.get("csrf")
+        genuine = isinstance(token, str) and hmac.compare_digest(token, self._csrf(ref))
 
         async def work(uow: UnitOfWork) -> str:
             # Not locked here: mark_paid takes its locks in the engine's order.
@@ -154,6 +168,9 @@ class OfflineCheckoutPages:
             checkout, intake = found
             now = self.runtime.clock.now()
             state = checkout_state(checkout, intake, now)
+            if state == "payable" and not genuine:
+                log.warning("offline pay checkout=%s refused: no or wrong form token", ref)
+                return "forbidden"
             if state == "payable":
                 await mark_paid(uow, self.runtime, checkout.ref, now)
                 log.info("checkout=%s paid on the offline page", checkout.ref)
@@ -161,6 +178,9 @@ class OfflineCheckoutPages:
             return state
 
         state = await in_transaction(self.runtime, work)
+        if state == "forbidden":
+            raise web.HTTPForbidden(text="This payment form has expired; open the payment "
+                                         "link from the chat again.")
         if state == "paid":
             # Post/redirect/get: reloading the result page does not post again.
             raise web.HTTPSeeOther(request.app.router["offline_pay"].url_for(ref=ref))
@@ -168,7 +188,7 @@ class OfflineCheckoutPages:
 
 
 async def _offline_checkout(session: AsyncSession, ref: str) -> tuple[Checkout, Intake] | None:
-    if len(ref) > _MAX_REF:
+    if not fits(CHECKOUT_REF, ref):
         return None
     checkout = await session.scalar(select(Checkout).where(Checkout.ref == ref))
     # A Stripe checkout is paid on Stripe only, never here.

@@ -5,22 +5,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from functools import partial
 from typing import Any
 
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import billing
 import channels.web
 from billing.payouts import payouts_for
+from bot import http
 from bot.flows import route
+from bot.flows.intake_steps import greeting
+from bot.http import RUNTIME
 from bot.texts import text
 from core.clock import Clock
 from core.config import Config
-from core.db import WalCheckpointer, create_engine, ping, sqlite_file
+from core.db import WalCheckpointer, create_engine, sqlite_file
 from core.delivery import OutboxDispatcher, Sender
 from core.engine import Engine
 from core.hub import PgBridge
@@ -31,19 +34,18 @@ from core.sweeps import run_sweeps
 
 log = logging.getLogger("autodoctor.app")
 
-RUNTIME = web.AppKey("runtime", Runtime)
 ENGINE = web.AppKey("engine", Engine)
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def build_runtime(config: Config, engine: AsyncEngine, *, clock: Clock | None = None,
                   payments: PaymentPort | None = None) -> Runtime:
     """The services every entry point shares (serve, sweep, console, assign)."""
     payments = payments or billing.payments_for(config)
-    return Runtime.build(config, engine, payments, text, clock,
-                         refund=billing.refunds_for(payments),  # type: ignore[arg-type]
-                         payout=payouts_for(payments))  # type: ignore[arg-type]
+    runtime = Runtime.build(config, engine, payments, text, clock,
+                            refund=billing.refunds_for(payments),  # type: ignore[arg-type]
+                            payout=payouts_for(payments))  # type: ignore[arg-type]
+    runtime.greeting = partial(greeting, config)
+    return runtime
 
 
 def create_app(config: Config, *, engine: AsyncEngine | None = None,
@@ -66,12 +68,13 @@ def create_app(config: Config, *, engine: AsyncEngine | None = None,
     runtime = build_runtime(config, engine, clock=clock, payments=payments)
     conversation_engine = Engine(runtime, route)
 
-    app = web.Application(middlewares=[_metrics_middleware],
+    app = web.Application(middlewares=[http.count_requests, http.database_down],
                           client_max_size=config.uploads.max_bytes + 256 * 1024)
     app[RUNTIME] = runtime
     app[ENGINE] = conversation_engine
-    app.router.add_get("/healthz", healthz, name="healthz")
-    app.router.add_get("/metrics", metrics, name="metrics")
+    app.on_response_prepare.append(http.plain_server_header)
+    app.router.add_get("/healthz", http.healthz, name="healthz")
+    app.router.add_get("/metrics", http.metrics, name="metrics")
     channels.web.setup(app, runtime, conversation_engine)
     billing.setup(app, runtime)
 
@@ -177,34 +180,3 @@ _SECRETS_NEEDED = {
 
 def _off_reason(channel: str) -> str:
     return f"off (set {_SECRETS_NEEDED.get(channel, 'its secrets')} to enable)"
-
-
-@web.middleware
-async def _metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    finally:
-        info = request.match_info.route.resource
-        route = info.canonical if info is not None else "unmatched"
-        request.app[RUNTIME].metrics.http_requests.labels(
-            request.method, route, str(status)).inc()
-
-
-async def healthz(request: web.Request) -> web.Response:
-    runtime = request.app[RUNTIME]
-    up = await ping(runtime.engine)
-    runtime.metrics.db_up.set(1 if up else 0)
-    if up:
-        return web.json_response({"status": "ok", "db": "ok"})
-    return web.json_response({"status": "degraded", "db": "down"}, status=503)
-
-
-async def metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[RUNTIME].metrics.registry)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

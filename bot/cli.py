@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiohttp import web
+from sqlalchemy.exc import DBAPIError
 
 from core.config import Config, load_config
 from core.db import create_engine
@@ -52,8 +53,22 @@ async def _schema_revision(config: Config) -> tuple[str | None, str | None]:
         await engine.dispose()
 
 
+def _unreachable(config: Config, exc: Exception) -> int:
+    """One line, not a traceback, when the database cannot be reached at start."""
+    from sqlalchemy import make_url
+
+    where = make_url(config.database_url).render_as_string(hide_password=True)
+    reason = str(getattr(exc, "orig", None) or exc).splitlines()[0][:200]
+    print(f"error: cannot reach the database at {where} ({reason}); is it running? Set "
+          "AUTODOCTOR_DATABASE_URL or [database] url", file=sys.stderr)
+    return 2
+
+
 def cmd_migrate(args: argparse.Namespace, config: Config) -> int:
-    revision = asyncio.run(_migrate(config))
+    try:
+        revision = asyncio.run(_migrate(config))
+    except (OSError, DBAPIError) as exc:
+        return _unreachable(config, exc)
     print(f"database at revision {revision}")
     return 0
 
@@ -78,7 +93,10 @@ def settle_heap() -> int:
 def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     from bot.app import create_app
 
-    current, head = asyncio.run(_schema_revision(config))
+    try:
+        current, head = asyncio.run(_schema_revision(config))
+    except (OSError, DBAPIError) as exc:
+        return _unreachable(config, exc)
     if current != head:
         print(f"error: the database is at revision {current}, the code needs {head}; "
               "run `autodoctor migrate` first", file=sys.stderr)
@@ -129,7 +147,8 @@ def cmd_mechanic_invite(args: argparse.Namespace, config: Config) -> int:
         print(f"Invited {args.name} (mechanic {info['mechanic_id']}). Send them one of:\n"
               f"  Telegram: {info['telegram_link']}\n"
               f"  SMS:      text \"{info['sms_join']}\" to the service number\n"
-              f"  Web:      {info['web_link']}")
+              f"  Web:      {info['web_link']}\n"
+              f"The invite works once, until {info['expires_at']} UTC.")
     return 0
 
 

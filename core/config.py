@@ -30,6 +30,8 @@ EXTENSION_PLAN = "extension"
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = field(default=8080, metadata=_rule(min=1, max=65535))
+    # Proxies whose X-Forwarded-For names the client (nginx in front); empty: none.
+    trusted_proxies: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,12 @@ class ExtensionsConfig:
 
 
 @dataclass(frozen=True)
+class InvitesConfig:
+    # A mechanic's invite not used within this many days is refused.
+    ttl_days: int = field(default=7, metadata=_rule(min=1))
+
+
+@dataclass(frozen=True)
 class LinksConfig:
     """How long signed links stay good: files sent in a session, and session records."""
 
@@ -91,6 +99,10 @@ class StripeConfig:
 class UploadsConfig:
     max_bytes: int = field(default=10 * 1024 * 1024, metadata=_rule(min=1))
     max_files_per_intake: int = field(default=10, metadata=_rule(min=0))
+    # Uploads one visitor may hold that are attached to nothing yet, and how long those are
+    # kept before the sweep deletes them.
+    max_unattached_per_visitor: int = field(default=20, metadata=_rule(min=1))
+    unattached_ttl_hours: int = field(default=24, metadata=_rule(min=1))
     allowed_types: list[str] = field(default_factory=lambda: [
         "image/jpeg", "image/png", "image/webp", "image/gif", "image/heic",
         "application/pdf", "video/mp4", "video/quicktime", "video/webm",
@@ -103,6 +115,9 @@ class RateLimitsConfig:
     telegram_per_chat_per_second: float = field(default=1.0, metadata=_rule(min=0.01))
     sms_per_second: float = field(default=1.0, metadata=_rule(min=0.01))
     widget_messages_per_minute: int = field(default=60, metadata=_rule(min=1))
+    new_visitors_per_hour: int = field(default=120, metadata=_rule(min=1))
+    uploads_per_hour: int = field(default=120, metadata=_rule(min=1))
+    invite_failures_per_hour: int = field(default=10, metadata=_rule(min=1))
 
 
 @dataclass(frozen=True)
@@ -138,6 +153,7 @@ class Secrets:
     livekit_api_key: str = ""
     livekit_api_secret: str = ""
     secret_key: str = ""
+    metrics_token: str = ""
 
     def __repr__(self) -> str:
         present = [f.name for f in dataclasses.fields(self) if getattr(self, f.name)]
@@ -156,6 +172,7 @@ class Config:
     billing: BillingConfig = field(default_factory=BillingConfig)
     extensions: ExtensionsConfig = field(default_factory=ExtensionsConfig)
     links: LinksConfig = field(default_factory=LinksConfig)
+    invites: InvitesConfig = field(default_factory=InvitesConfig)
     stripe: StripeConfig = field(default_factory=StripeConfig)
     uploads: UploadsConfig = field(default_factory=UploadsConfig)
     rate_limits: RateLimitsConfig = field(default_factory=RateLimitsConfig)
@@ -223,6 +240,7 @@ _ENV_SECRETS = {
     "livekit_api_key": "LIVEKIT_API_KEY",
     "livekit_api_secret": "LIVEKIT_API_SECRET",
     "secret_key": "AUTODOCTOR_SECRET_KEY",
+    "metrics_token": "AUTODOCTOR_METRICS_TOKEN",
 }
 
 

@@ -101,3 +101,5 @@ class Handled:
     identity_id: int | None = None
     # The replies' stored transcript rows (committed), in order.
     reply_rows: list[MessageRow] = field(default_factory=list)
+    # The sender was met with this message: nothing was written to them before it.
+    first_contact: bool = False

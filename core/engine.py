@@ -25,6 +25,7 @@ from core.errors import RaceLost
 from core.messages import Inbound, Outbound, storable_text
 from core.models import InboundEvent, table
 from core.runtime import Runtime
+from core.shapes import FILE_ID, fits
 from core.store.people import Contact, Key, Person, people_for
 from core.store.records import MessageRow
 from core.store.uow import UnitOfWork
@@ -105,8 +106,14 @@ class Engine:
         """Like receive(), with the short answer for a button tap (a Telegram toast)."""
         text = clean_text(inbound.text)
         action = clean_text(inbound.action)[:255] if inbound.action else None
-        if text != inbound.text or action != inbound.action:
-            inbound = replace(inbound, text=text, action=action)
+        attachments = tuple(a for a in inbound.attachments if fits(FILE_ID, a))
+        provider_id = clean_text(inbound.provider_id)[:255] if inbound.provider_id else None
+        if (text, action, attachments, provider_id) != (inbound.text, inbound.action,
+                                                        inbound.attachments,
+                                                        inbound.provider_id):
+            # Nothing reaches a query that a column could not hold (PostgreSQL refuses a NUL).
+            inbound = replace(inbound, text=text, action=action, attachments=attachments,
+                              provider_id=provider_id)
         started = time.perf_counter()
         key = (inbound.channel, inbound.address)
         if not self._turns.take_now(key):
@@ -126,7 +133,7 @@ class Engine:
         counted.inc()
         timed.observe(time.perf_counter() - started)
         return Handled(ctx.replies, ctx.toast, identity_id=ctx.identity.id,
-                       reply_rows=ctx.reply_rows)
+                       reply_rows=ctx.reply_rows, first_contact=ctx.person.new)
 
     def _submit(self, inbound: Inbound) -> asyncio.Future[Context | None]:
         """Queue the message for a transaction; the future is its Context when committed."""
@@ -188,28 +195,44 @@ class Engine:
     async def _run(self, batch: list[_Waiting]) -> None:
         self.runtime.metrics.batch_messages.observe(len(batch))
         try:
-            if len(batch) > 1:
-                try:
-                    contexts = await self._receive_batch([w.inbound for w in batch])
-                except Exception as exc:  # noqa: BLE001 - each is tried again on its own
-                    log.info("batch of %s rolled back (%s); handling them one by one",
-                             len(batch), _describe(exc))
-                else:
-                    for waiting, ctx in zip(batch, contexts, strict=True):
-                        _settle(waiting.done, ctx)
-                    return
-            for waiting in batch:
-                try:
-                    ctx = await self._receive_one(waiting.inbound)
-                except Exception as exc:  # noqa: BLE001 - it is the caller's to report
-                    if not waiting.done.done():
-                        waiting.done.set_exception(exc)
-                else:
-                    _settle(waiting.done, ctx)
+            await self._run_batch(batch)
         except BaseException:
             for waiting in batch:
                 waiting.done.cancel()
             raise
+
+    async def _run_batch(self, batch: list[_Waiting]) -> None:
+        """The batch in one transaction. A message whose own handling fails is handled
+        alone (its error goes to its sender) and the others together again; a failure that
+        belongs to no one message (at the commit) has them handled one by one."""
+        remaining = batch
+        while len(remaining) > 1:
+            try:
+                contexts = await self._receive_batch([w.inbound for w in remaining])
+            except _MessageFailed as failed:
+                log.info("batch of %s rolled back: message %s failed (%s); the others again",
+                         len(remaining), failed.index, _describe(failed.cause))
+                await self._alone(remaining[failed.index])
+                remaining = remaining[:failed.index] + remaining[failed.index + 1:]
+                continue
+            except Exception as exc:  # noqa: BLE001 - each is tried again on its own
+                log.info("batch of %s rolled back (%s); handling them one by one",
+                         len(remaining), _describe(exc))
+                break
+            for waiting, ctx in zip(remaining, contexts, strict=True):
+                _settle(waiting.done, ctx)
+            return
+        for waiting in remaining:
+            await self._alone(waiting)
+
+    async def _alone(self, waiting: _Waiting) -> None:
+        try:
+            ctx = await self._receive_one(waiting.inbound)
+        except Exception as exc:  # noqa: BLE001 - it is the caller's to report
+            if not waiting.done.done():
+                waiting.done.set_exception(exc)
+        else:
+            _settle(waiting.done, ctx)
 
     async def _receive_one(self, inbound: Inbound) -> Context | None:
         """One message in its own transaction, tried again after a race with another process
@@ -232,15 +255,26 @@ class Engine:
             people = await people_for(uow, [
                 Contact(i.channel, i.address, i.display_name, i.received_at) for i in inbounds],
                 now)
-            return [await self._receive_in(uow, inbound, people, taps) for inbound in inbounds]
+            first = await _first_deliveries(uow, inbounds, now)
+            contexts: list[Context | None] = []
+            for index, inbound in enumerate(inbounds):
+                if inbound.provider_id is not None and \
+                        (inbound.channel, inbound.provider_id) not in first:
+                    log.info("duplicate channel=%s provider_id=%s ignored", inbound.channel,
+                             inbound.provider_id)
+                    contexts.append(None)
+                    continue
+                try:
+                    contexts.append(await self._receive_in(uow, inbound, people, taps))
+                except Exception as exc:
+                    if len(inbounds) == 1:
+                        raise
+                    raise _MessageFailed(index, exc) from exc
+            return contexts
 
     async def _receive_in(self, uow: UnitOfWork, inbound: Inbound, people: dict[Key, Person],
                           taps: Taps) -> Context | None:
         now = inbound.received_at or self.runtime.clock.now()
-        if inbound.provider_id is not None and not await _first_delivery(uow, inbound, now):
-            log.info("duplicate channel=%s provider_id=%s ignored", inbound.channel,
-                     inbound.provider_id)
-            return None
         person = people[(inbound.channel, inbound.address)]
         row = MessageRow(
             identity_id=person.identity.id, conversation_id=person.conversation.id,
@@ -255,12 +289,25 @@ class Engine:
         return ctx
 
 
-async def _first_delivery(uow: UnitOfWork, inbound: Inbound, now: datetime) -> bool:
-    """Records the provider's id of this message; False if it came before (a redelivery)."""
-    return bool(await uow.insert_now(
-        table(InboundEvent), ("provider", "event_id", "received_at"),
-        [(inbound.channel, inbound.provider_id, now)], returning=("id",),
-        conflict=("provider", "event_id")))
+async def _first_deliveries(uow: UnitOfWork, inbounds: Sequence[Inbound],
+                            now: datetime) -> set[tuple[str, str]]:
+    """Records the providers' ids of these messages, in one statement; the (channel, id)
+    pairs seen for the first time (the others are redeliveries)."""
+    rows = [(i.channel, i.provider_id, i.received_at or now) for i in inbounds
+            if i.provider_id is not None]
+    if not rows:
+        return set()
+    return {(channel, event_id) for channel, event_id in await uow.insert_now(
+        table(InboundEvent), ("provider", "event_id", "received_at"), rows,
+        returning=("provider", "event_id"), conflict=("provider", "event_id"))}
+
+
+class _MessageFailed(Exception):
+    """The handling of one message of a batch failed (the batch is rolled back)."""
+
+    def __init__(self, index: int, cause: Exception) -> None:
+        super().__init__(f"message {index}: {cause!r}")
+        self.index, self.cause = index, cause
 
 
 def _settle(done: asyncio.Future[Context | None], ctx: Context | None) -> None:

@@ -6,9 +6,10 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.config import Config
@@ -67,6 +68,33 @@ def check_upload(config: Config, data: bytes) -> str:
                              "Only photos (JPEG, PNG, WebP, GIF, HEIC), PDF files and short "
                              "videos (MP4, MOV, WebM) can be attached.")
     return content_type
+
+
+async def check_quota(session: AsyncSession, config: Config, identity_id: int) -> None:
+    """UploadRejected when this person already holds as many files attached to nothing as
+    [uploads] max_unattached_per_visitor allows."""
+    waiting = int(await session.scalar(
+        select(func.count()).select_from(File).where(
+            File.uploaded_by_identity_id == identity_id, File.intake_id.is_(None),
+            File.consultation_id.is_(None))) or 0)
+    if waiting >= config.uploads.max_unattached_per_visitor:
+        raise UploadRejected("quota", "You have uploaded many files that aren't in a message "
+                                      "yet; send them first, or wait a day.")
+
+
+async def delete_unattached(session: AsyncSession, config: Config, now: datetime) -> int:
+    """Uploads attached to nothing after [uploads] unattached_ttl_hours: their rows go, and
+    their bytes on disk when no other upload has the same content. Returns how many."""
+    cutoff = now - timedelta(hours=config.uploads.unattached_ttl_hours)
+    gone = (await session.execute(
+        delete(File).where(File.intake_id.is_(None), File.consultation_id.is_(None),
+                           File.created_at < cutoff)
+        .returning(File.sha256))).scalars().all()
+    for sha256 in set(gone):
+        still = await session.scalar(select(File.id).where(File.sha256 == sha256).limit(1))
+        if still is None:
+            blob_path(config, sha256).unlink(missing_ok=True)
+    return len(gone)
 
 
 async def store_upload(session: AsyncSession, config: Config, identity_id: int, data: bytes,

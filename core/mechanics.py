@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -14,6 +14,7 @@ from core.config import Config
 from core.models import Identity, Mechanic, MechanicInvite
 from core.outbox import tell
 from core.runtime import Runtime
+from core.shapes import INVITE_CODE, fits
 from core.store.uow import UnitOfWork
 
 # No 0/O/1/I/L: codes are typed from SMS by hand.
@@ -27,14 +28,18 @@ class Invitation:
     telegram_link: str
     sms_join: str
     web_link: str
+    expires_at: str  # ISO 8601, UTC
 
 
-def invitation(config: Config, mechanic_id: int, code: str) -> Invitation:
+def invitation(config: Config, mechanic_id: int, code: str, created_at: datetime
+               ) -> Invitation:
+    expires = created_at + timedelta(days=config.invites.ttl_days)
     return Invitation(
         mechanic_id=mechanic_id, invite_code=code,
         telegram_link=f"https://t.me/{config.telegram.bot_username}?start=m_{code}",
         sms_join=f"JOIN {code}",
-        web_link=f"{config.public_url.rstrip('/')}/m/{code}")
+        web_link=f"{config.public_url.rstrip('/')}/m/{code}",
+        expires_at=expires.isoformat(timespec="minutes"))
 
 
 async def invite_mechanic(session: AsyncSession, config: Config, name: str, now: datetime,
@@ -47,24 +52,29 @@ async def invite_mechanic(session: AsyncSession, config: Config, name: str, now:
     session.add(MechanicInvite(code=code, mechanic_id=mechanic.id, created_at=now))
     await session.flush()
     log.info("mechanic=%s invited", mechanic.id)
-    return invitation(config, mechanic.id, code)
+    return invitation(config, mechanic.id, code, now)
 
 log = logging.getLogger("autodoctor.mechanics")
 
 
 async def redeem_invite(uow: UnitOfWork, runtime: Runtime, code: str, channel: str,
                         address: str, now: datetime) -> Mechanic | None:
-    """Bind (channel, address) to the invited mechanic; None if the code is unknown or used.
+    """Bind (channel, address) to the invited mechanic; None if the code is unknown, used or
+    expired ([invites] ttl_days).
 
     Single use: the conditional UPDATE claims the invite, so two redemptions cannot both win.
     Redeeming again from the address it was first used on is fine (a reloaded console).
     """
     session = uow.session
     code = code.strip().upper()
-    if not (code.isascii() and code.isalnum() and len(code) <= 32):
-        return None  # no invite has such a code (and a lone surrogate could not be looked up)
+    if not fits(INVITE_CODE, code):
+        return None  # no invite has such a code (a NUL or a lone surrogate could not be looked up)
     invite = await session.scalar(select(MechanicInvite).where(MechanicInvite.code == code))
     if invite is None:
+        return None
+    if invite.used_at is None and \
+            invite.created_at + timedelta(days=runtime.config.invites.ttl_days) <= now:
+        log.info("mechanic=%s invite expired unused", invite.mechanic_id)
         return None
     identity = await session.scalar(select(Identity).where(Identity.channel == channel,
                                                            Identity.address == address))

@@ -25,5 +25,8 @@ class Metrics:
         self.batch_messages = Histogram(
             "autodoctor_engine_batch_messages", "Messages handled per engine transaction",
             registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+        self.invite_failures = Counter(
+            "autodoctor_invite_failures", "Mechanic invite codes refused (typos or guessing)",
+            registry=self.registry)
         self.db_up = Gauge("autodoctor_db_up", "1 when the database answered the last check",
                            registry=self.registry)

@@ -27,6 +27,19 @@ class TokenBucket:
         """Hold everything back (a provider's retry_after)."""
         self.blocked_until = max(self.blocked_until, time.monotonic() + seconds)
 
+    def restart(self) -> None:
+        """Count the next token from now (the one taken is being used only now)."""
+        self.tokens = min(self.tokens, 0.0)
+        self.updated = time.monotonic()
+
+    def available(self) -> bool:
+        """Whether a token is there now (none is taken)."""
+        now = time.monotonic()
+        if now < self.blocked_until:
+            return False
+        self._refill(now)
+        return self.tokens >= 1
+
     def try_acquire(self) -> bool:
         """Take a token if one is there now, without waiting."""
         now = time.monotonic()
@@ -76,12 +89,17 @@ class KeyedBuckets:
 class ChannelLimiter:
     """One bucket for the channel, one per chat (the least recently used are forgotten)."""
 
+    # Sends are paced this much under the provider's published limits: the provider counts
+    # by its own clock when requests arrive, and the network moves them by milliseconds, so
+    # sends spaced exactly at the limit are refused now and then.
+    HEADROOM = 0.9
+
     def __init__(self, per_second: float, per_chat_per_second: float | None,
                  max_chats: int = 10_000) -> None:
         # Burst 1: evenly spaced sends. A full-rate burst meets a provider counting "per any
         # second" (Telegram) with 429s right after a pause.
-        self.channel = TokenBucket(per_second, 1.0)
-        self.chats = (KeyedBuckets(per_chat_per_second, 1.0, max_chats)
+        self.channel = TokenBucket(per_second * self.HEADROOM, 1.0)
+        self.chats = (KeyedBuckets(per_chat_per_second * self.HEADROOM, 1.0, max_chats)
                       if per_chat_per_second is not None else None)
 
     def chat(self, address: str) -> TokenBucket | None:
@@ -99,3 +117,7 @@ class ChannelLimiter:
         if chat is not None:
             await chat.acquire()
         await self.channel.acquire()
+        if chat is not None:
+            # The send happens now, maybe long after the chat's token was taken (the channel
+            # had others queued): the chat's next send waits a full interval from now.
+            chat.restart()

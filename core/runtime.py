@@ -12,6 +12,7 @@ from core.clock import Clock, SystemClock
 from core.config import Config
 from core.db import Sessionmaker, create_readonly_sessionmaker, create_sessionmaker
 from core.hub import Hub
+from core.messages import Button
 from core.metrics import Metrics
 from core.payments import PaymentPort, PayoutPort, RefundPort
 from core.store.uow import IdPool, UnitOfWork
@@ -35,6 +36,9 @@ class Runtime:
     metrics: Metrics = field(default_factory=Metrics)
     hub: Hub = field(default_factory=Hub)
     ids: IdPool = field(default_factory=IdPool)
+    # The first words to a new person and the choices offered (bot.flows), for a channel that
+    # greets a visitor before they have a record (the widget).
+    greeting: Callable[[], tuple[str, tuple[Button, ...]]] | None = None
 
     @classmethod
     def build(cls, config: Config, engine: AsyncEngine, payments: PaymentPort,

@@ -14,6 +14,7 @@ from sqlalchemy import and_, exists, select, update
 
 from core import timers
 from core.dispatch import customer_identity, mechanic_identity, notify_unattended
+from core.files import delete_unattached
 from core.messages import Button
 from core.models import (
     Checkout,
@@ -44,6 +45,7 @@ class CleanupStats:
     refunded: int = 0
     refunds_failed: int = 0
     payouts: int = 0
+    uploads_deleted: int = 0
 
     def total(self) -> int:
         return sum(getattr(self, f.name) for f in fields(self))
@@ -63,6 +65,8 @@ async def run_sweeps(runtime: Runtime, now: datetime | None = None) -> CleanupSt
         stats.completed += await timers.time_up(uow, runtime, now)
     stats.refunded, stats.refunds_failed = await refund_due(runtime, now)
     stats.payouts = await payouts_due(runtime, now)
+    async with runtime.transaction() as uow:
+        stats.uploads_deleted = await delete_unattached(uow.session, runtime.config, now)
     if stats.total():
         log.info("sweep %s", stats)
     return stats

@@ -100,3 +100,13 @@ async def scans(engine: AsyncEngine, runs: list[tuple[str, Any]]) -> list[tuple[
                         and "VIRTUAL TABLE" not in line:
                     found.append((" ".join(sql.split())[:2000], line))
     return found
+
+
+async def pay_offline(client: Any, path: str) -> Any:
+    """Pay on the offline test-mode page as a browser does: open it, post its form (with the
+    form's token)."""
+    import re
+
+    page = await client.get(path)
+    found = re.search(r'name="csrf" value="([0-9a-f]+)"', await page.text())
+    return await client.post(path, data={"csrf": found.group(1) if found else ""})

@@ -10,7 +10,7 @@ from typing import Any
 
 from bot.choices import match_choice
 from bot.texts import text
-from core.config import Plan
+from core.config import Config, Plan
 from core.context import Context
 from core.intake import (
     MIN_PROBLEM_WORDS,
@@ -82,6 +82,12 @@ def _buttons_for_plans(plans: tuple[tuple[str, Plan], ...]) -> tuple[Button, ...
     return tuple(Button(text("plan_label", plan=plan), f"plan:{code}") for code, plan in plans)
 
 
+def greeting(config: Config) -> tuple[str, tuple[Button, ...]]:
+    """The first words to a new person, with the tiers to choose from."""
+    return (text("greeting") + "\n" + text("plan_choice", plans=config.plans),
+            _buttons_for_plans(tuple(config.plans.items())))
+
+
 async def begin(ctx: Context) -> None:
     intake = await start_intake(ctx.uow, ctx.identity.customer_id or 0, ctx.identity.channel,
                                 ctx.now)
@@ -89,8 +95,12 @@ async def begin(ctx: Context) -> None:
     # "files": how many are attached to this intake, kept as they are attached (a new intake
     # has none), so the summary needs no count query.
     ctx.conversation.update(intake_id=intake.id, data={"files": 0}, step="plan")
-    await ctx.say(text("greeting") + "\n" + text("plan_choice", plans=ctx.config.plans),
-                  _plan_buttons(ctx))
+    if match_choice(what_was_said(ctx), _plan_buttons(ctx)) is not None:
+        # A tier chosen from the greeting a new widget visitor saw before they had a record.
+        await _step_plan(ctx, intake)
+        return
+    words, choices = greeting(ctx.config)
+    await ctx.say(words, choices)
 
 
 async def _step_plan(ctx: Context, intake: IntakeRecord) -> None:

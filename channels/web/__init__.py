@@ -7,6 +7,7 @@ from pathlib import Path
 import jinja2
 from aiohttp import web
 
+from channels.web.guards import Guards
 from channels.web.records import Records
 from channels.web.upload import WidgetUpload
 from channels.web.ws import WidgetSocket
@@ -20,8 +21,9 @@ _pages = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
 
 def setup(app: web.Application, runtime: Runtime, engine: Engine) -> None:
     """Add the widget's routes to the app."""
-    socket = WidgetSocket(runtime, engine)
-    upload = WidgetUpload(runtime)
+    guards = Guards(runtime)
+    socket = WidgetSocket(runtime, engine, guards)
+    upload = WidgetUpload(runtime, guards)
     widget_js = (HERE / "static" / "widget.js")
 
     async def script(request: web.Request) -> web.StreamResponse:

@@ -8,14 +8,19 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from sqlalchemy import select
 
-from channels.web.ws import CHANNEL, Origins, visitor_address, widget_limiter
-from core.files import UploadRejected, store_upload
+from channels.web.frames import CHANNEL, issued_by_us, visitor_address
+from channels.web.guards import Guards
+from channels.web.ws import Origins
+from core.errors import RaceLost
+from core.files import UploadRejected, check_quota, store_upload
 from core.models import Identity
 from core.runtime import Runtime
+from core.shapes import VISITOR_TOKEN, fits
+from core.store.people import Contact, people_for
 
 log = logging.getLogger("autodoctor.channels.web")
 
-_STATUS = {"too_large": 413, "unsupported_type": 415, "empty": 400}
+_STATUS = {"too_large": 413, "unsupported_type": 415, "empty": 400, "quota": 429}
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
@@ -23,9 +28,9 @@ def _error(status: int, code: str, message: str) -> web.Response:
 
 
 class WidgetUpload:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, guards: Guards) -> None:
         self.runtime = runtime
-        self.limiter = widget_limiter(runtime)
+        self.guards = guards
         self.origins = Origins(runtime)
 
     def _cors(self, request: web.Request, response: web.Response) -> web.Response:
@@ -52,16 +57,20 @@ class WidgetUpload:
     async def _upload(self, request: web.Request) -> web.Response:
         limit = self.runtime.config.uploads.max_bytes
         token = request.headers.get("X-Visitor-Token", "")
-        if not 16 <= len(token) <= 128:
+        if not fits(VISITOR_TOKEN, token):
             return _error(401, "no_visitor", "Open the chat first, then attach the file.")
         address = visitor_address(token)
+        client = self.guards.address_of(request)
+        if not self.guards.uploads.allow(client):
+            return _error(429, "rate_limited", "Too many uploads; please wait a while.")
         async with self.runtime.readers() as session:
-            identity = await session.scalar(select(Identity).where(
+            known = await session.scalar(select(Identity.id).where(
                 Identity.channel == CHANNEL, Identity.address == address))
-        if identity is None:
+        if known is None and not issued_by_us(token, self.runtime.config.secrets.secret_key):
             return _error(401, "no_visitor", "Open the chat first, then attach the file.")
-        if not self.limiter.allow(address):
-            return _error(429, "rate_limited", "Too many uploads; please wait a minute.")
+        if known is None and not self.guards.new_visitors.allow(client):
+            return _error(429, "rate_limited", "Too many new chats from your network; please "
+                                               "try again in a while.")
         if request.content_length is not None and request.content_length > limit + 64 * 1024:
             return _error(413, "too_large", f"Files can be up to {limit / 1e6:.0f} MB.")
         if not request.content_type.startswith("multipart/"):
@@ -69,13 +78,19 @@ class WidgetUpload:
         try:
             data, filename = await _read_file(request, limit)
             now = self.runtime.clock.now()
-            async with self.runtime.sessions.begin() as session:
-                record = await store_upload(session, self.runtime.config, identity.id, data,
-                                            filename, now)
+            async with self.runtime.transaction() as uow:
+                # A visitor's first upload (before any message) makes their records too.
+                contact = Contact(CHANNEL, address)
+                person = (await people_for(uow, [contact], now))[contact.key]
+                await check_quota(uow.session, self.runtime.config, person.identity.id)
+                record = await store_upload(uow.session, self.runtime.config,
+                                            person.identity.id, data, filename, now)
         except UploadRejected as exc:
             return _error(_STATUS.get(exc.code, 400), exc.code, str(exc))
-        log.info("upload file=%s identity=%s type=%s bytes=%s", record.public_id, identity.id,
-                 record.content_type, record.size_bytes)
+        except RaceLost:
+            return _error(409, "try_again", "Please send the file again.")
+        log.info("upload file=%s identity=%s type=%s bytes=%s", record.public_id,
+                 person.identity.id, record.content_type, record.size_bytes)
         return web.json_response({"file": record.public_id, "content_type": record.content_type,
                                   "size": record.size_bytes, "name": record.original_name},
                                  status=201)

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
-import secrets
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -21,40 +19,31 @@ import orjson
 from aiohttp import WSMsgType, web
 from sqlalchemy import select
 
+from channels.web import frames
+from channels.web.frames import (
+    CHANNEL,
+    ProtocolError,
+    issued_by_us,
+    new_visitor_token,
+    visitor_address,
+)
+from channels.web.guards import INVITE_TRIES_PER_SOCKET, Guards
 from channels.web.sent import RecentIds
 from core.engine import Engine
 from core.hub import Mailbox
 from core.mechanics import redeem_invite
 from core.messages import Inbound
 from core.models import Identity, Message
-from core.ratelimit import KeyedBuckets
 from core.runtime import Runtime
 from core.store.records import MessageRow
 
 log = logging.getLogger("autodoctor.channels.web")
 
-CHANNEL = "web"
-MAX_ATTACHMENTS_PER_MESSAGE = 10
 REPLAY_BATCH = 200
 # How late a transaction may commit a message with a lower id than one already sent (ids are
 # taken at insert, not at commit) and still reach an open or reconnecting widget. The widget
 # tells messages apart by id, so reading this far back shows nothing twice.
 LATE_COMMIT_GRACE = timedelta(seconds=30)
-
-
-def visitor_address(token: str) -> str:
-    """The identity address for a visitor token: a hash, so the database holds no bearer token."""
-    return "v_" + hashlib.sha256(token.encode()).hexdigest()[:40]
-
-
-def new_visitor_token() -> str:
-    return secrets.token_urlsafe(24)
-
-
-def widget_limiter(runtime: Runtime) -> KeyedBuckets:
-    """Messages (or uploads) a visitor may send: a minute's allowance, refilled evenly."""
-    per_minute = runtime.config.rate_limits.widget_messages_per_minute
-    return KeyedBuckets(per_minute / 60, per_minute, max_keys=100_000)
 
 
 class Origins:
@@ -68,25 +57,20 @@ class Origins:
         origin = request.headers.get("Origin")
         if origin is None:
             return True  # not a browser: the Origin check guards browsers against other sites
-        return _origin(origin) in self.allowed | {f"{request.scheme}://{request.host}"}
-
-
-class ProtocolError(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+        # Not the request's own Host header: a page on another site can name any Host.
+        return _origin(origin) in self.allowed
 
 
 class WidgetSocket:
     """Serves GET /ws/widget."""
 
-    def __init__(self, runtime: Runtime, engine: Engine) -> None:
+    def __init__(self, runtime: Runtime, engine: Engine, guards: Guards) -> None:
         self.runtime = runtime
         self.engine = engine
         cfg = runtime.config.widget
         self.max_frame = cfg.max_frame_bytes
         self.max_text = cfg.max_text_chars
-        self.limiter = widget_limiter(runtime)
+        self.guards = guards
         self.origins = Origins(runtime)
         self.open: set[web.WebSocketResponse] = set()
 
@@ -104,7 +88,7 @@ class WidgetSocket:
         ws = web.WebSocketResponse(heartbeat=30, max_msg_size=max(4 * self.max_frame, 1 << 20))
         await ws.prepare(request)
         self.open.add(ws)
-        connection = _Connection(self, ws)
+        connection = _Connection(self, ws, self.guards.address_of(request))
         try:
             await connection.run()
         finally:
@@ -119,10 +103,14 @@ def _origin(url: str) -> str:
 
 
 class _Connection:
-    def __init__(self, server: WidgetSocket, ws: web.WebSocketResponse) -> None:
+    def __init__(self, server: WidgetSocket, ws: web.WebSocketResponse, client: str) -> None:
         self.server = server
         self.runtime = server.runtime
         self.ws = ws
+        self.client = client  # the client's IP address
+        self.invite_tries = 0
+        # The visitor's address once a hello went through; their identity and mailbox once
+        # they have one (a new visitor's first message makes it).
         self.address: str | None = None
         self.identity_id: int | None = None
         self.last_sent = 0
@@ -164,8 +152,14 @@ class _Connection:
                 self.pusher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self.pusher
+        self._stop_pushing()
+
+    def _stop_pushing(self) -> None:
+        if self.pusher is not None and not self.pusher.done():
+            self.pusher.cancel()
         if self.identity_id is not None and self.mailbox is not None:
             self.runtime.hub.unsubscribe(self.identity_id, self.mailbox)
+        self.identity_id, self.mailbox, self.pusher = None, None, None
 
     async def send_json(self, frame: dict[str, Any]) -> None:
         async with self.send_lock:
@@ -196,54 +190,72 @@ class _Connection:
         if kind not in ("message", "action"):
             raise ProtocolError("unknown_type", f"Unknown frame type {kind[:40]!r}; expected "
                                                 "hello, message or action.")
-        if self.address is None or self.mailbox is None:
-            # Until a hello has gone through (a refused invite, a greeting that failed: the
+        if self.address is None:
+            # Until a hello has gone through (a refused invite, a hello that failed: the
             # client may say hello again).
             raise ProtocolError("hello_required", 'Send {"type": "hello"} first.')
-        if not self.server.limiter.allow(self.address):
+        if not self.server.guards.messages.allow(self.address):
             raise ProtocolError("rate_limited", "You're sending messages very quickly; please "
                                                 "wait a few seconds and try again.")
-        await self._hand_in(self.message(frame) if kind == "message" else self.action(frame))
+        inbound = (frames.message(frame, self.address, self.server.max_text) if kind == "message"
+                   else frames.action(frame, self.address))
+        await self._hand_in(inbound)
+        acknowledged = frames.client_id(frame)
+        if acknowledged is not None:
+            await self.send_json({"type": "ack", "client_id": acknowledged})
 
     async def on_hello(self, frame: dict[str, Any]) -> None:
-        if self.mailbox is not None:
+        if self.address is not None:
             raise ProtocolError("already_started", "This connection already said hello.")
-        token, resume_after, invite = (frame.get("visitor"), frame.get("resume_after"),
-                                       frame.get("mechanic_invite"))
-        if token is not None and (not isinstance(token, str) or not 16 <= len(token) <= 128):
-            raise ProtocolError("bad_visitor", "The visitor token is not valid.")
-        if resume_after is not None and (not isinstance(resume_after, int)
-                                         or isinstance(resume_after, bool) or resume_after < 0):
-            raise ProtocolError("bad_resume_after", "resume_after must be a message id or null.")
-        if invite is not None and (not isinstance(invite, str) or len(invite) > 64):
-            raise ProtocolError("invalid_invite", "That mechanic invite is not valid.")
+        hello = frames.hello(frame)
+        token, resume_after = hello.token, hello.resume_after
         identity = await self._identity(visitor_address(token)) if token else None
-        if identity is None:
-            token, resume_after = new_visitor_token(), None
+        secret = self.runtime.config.secrets.secret_key
+        if identity is None and not (token and issued_by_us(token, secret)):
+            # Unknown: a new visitor (a token of ours without a record yet is kept: its
+            # visitor was greeted and has written nothing since).
+            token, resume_after = new_visitor_token(secret), None
         assert token is not None
         address = visitor_address(token)
-        if invite is not None:
+        if hello.invite is not None:
             # An invite refused leaves the connection as it was: hello may be sent again.
-            identity = await self._link_mechanic(invite, address)
+            identity = await self._link_mechanic(hello.invite, address)
         self.address = address
         await self.send_json({"type": "welcome", "visitor": token})
-        if identity is not None:
-            await self._start_pushing(identity.id, resume_after or 0)
+        try:
+            if identity is not None:
+                await self._start_pushing(identity.id, resume_after or 0)
+        except BaseException:
+            self._stop_pushing()
+            self.address = None  # ready for another hello
+            raise
+        if identity is None:
+            # A first visit: greeted without a record yet; the first real message makes the
+            # customer (anonymous visits cost nothing to keep).
+            await self._greet()
+
+    async def _greet(self) -> None:
+        greeting = self.runtime.greeting
+        if greeting is None:
             return
-        # A first visit: the engine creates the customer and greets them.
-        handled = await self.server.engine.handle(Inbound(channel=CHANNEL, address=self.address,
-                                                          action="cmd:start"))
-        assert handled.identity_id is not None
-        # A new visitor has no messages but the greeting, which is in hand: nothing to read.
-        await self._start_pushing(handled.identity_id, 0, handled.reply_rows)
+        text, buttons = greeting()
+        await self.send_json({"type": "message", "id": None, "text": text,
+                              "buttons": [{"label": b.label, "payload": b.payload}
+                                          for b in buttons], "link": None})
 
     async def _link_mechanic(self, code: str, address: str) -> Identity:
+        guards = self.server.guards
+        if self.invite_tries >= INVITE_TRIES_PER_SOCKET or not guards.may_try_invite(self.client):
+            raise ProtocolError("too_many_attempts", "Too many invite codes tried; please wait "
+                                                     "and use the link you were sent.")
         async with self.runtime.transaction() as uow:
             mechanic = await redeem_invite(uow, self.runtime, code, CHANNEL, address,
                                            self.runtime.clock.now())
         if mechanic is None:
-            raise ProtocolError("invalid_invite", "That mechanic invite is unknown or was "
-                                                  "already used on another device.")
+            self.invite_tries += 1
+            guards.invite_failed(self.client, code)
+            raise ProtocolError("invalid_invite", "That mechanic invite is unknown, expired or "
+                                                  "was already used on another device.")
         identity = await self._identity(address)
         assert identity is not None
         return identity
@@ -301,7 +313,9 @@ class _Connection:
         person (the replies, and whatever else came meanwhile) from here, not by waking the
         pusher for it."""
         mailbox = self.mailbox
-        assert mailbox is not None
+        if mailbox is None:
+            await self._first_message(inbound)
+            return
         mailbox.hold()
         try:
             await self.server.engine.handle(inbound)
@@ -314,6 +328,20 @@ class _Connection:
                     log.warning("widget push failed identity=%s; the pusher tries again",
                                 self.identity_id, exc_info=True)
                     mailbox.deliver(None)
+
+    async def _first_message(self, inbound: Inbound) -> None:
+        """A new visitor's first message: it makes their records (limited per client
+        address), and from then on their messages are pushed."""
+        if not self.server.guards.new_visitors.allow(self.client):
+            raise ProtocolError("rate_limited", "Too many new chats from your network; please "
+                                                "try again in a while.")
+        handled = await self.server.engine.handle(inbound)
+        if handled.identity_id is None:
+            return  # a repeated frame
+        # Nothing else can be there for a person met with this message: their replies are in
+        # hand. Someone known already (another tab wrote first) may have more: read.
+        await self._start_pushing(handled.identity_id, 0,
+                                  handled.reply_rows if handled.first_contact else None)
 
     async def push_rows(self, rows: Sequence[Message | MessageRow]) -> None:
         """Send rows this process has just committed, skipping any already sent (a database
@@ -356,32 +384,3 @@ class _Connection:
         await self.send_json(frame)
         self.sent.remember(row.id)
         self.last_sent = max(self.last_sent, row.id)
-
-
-    def message(self, frame: dict[str, Any]) -> Inbound:
-        """The message a "message" frame carries, checked."""
-        text = frame.get("text", "")
-        attachments = frame.get("attachments", [])
-        if not isinstance(text, str):
-            raise ProtocolError("bad_frame", '"text" must be a string.')
-        if len(text) > self.server.max_text:
-            raise ProtocolError("text_too_long", f"Messages can be up to {self.server.max_text} "
-                                                 "characters; please send a shorter one.")
-        if (not isinstance(attachments, list) or len(attachments) > MAX_ATTACHMENTS_PER_MESSAGE
-                or not all(isinstance(a, str) and len(a) <= 64 for a in attachments)):
-            raise ProtocolError("bad_attachments",
-                                f'"attachments" must be a list of up to '
-                                f"{MAX_ATTACHMENTS_PER_MESSAGE} file ids.")
-        if not text.strip() and not attachments:
-            raise ProtocolError("empty_message", "That message was empty.")
-        assert self.address is not None
-        return Inbound(channel=CHANNEL, address=self.address, text=text,
-                       attachments=tuple(attachments))
-
-    def action(self, frame: dict[str, Any]) -> Inbound:
-        """The button tap an "action" frame carries, checked."""
-        payload = frame.get("payload")
-        if not isinstance(payload, str) or not payload or len(payload) > 255:
-            raise ProtocolError("bad_frame", '"payload" must be a non-empty string.')
-        assert self.address is not None
-        return Inbound(channel=CHANNEL, address=self.address, action=payload)

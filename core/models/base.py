@@ -6,7 +6,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Dialect, MetaData, Table
+from sqlalchemy import JSON, BigInteger, DateTime, Dialect, Integer, MetaData, Table
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -87,6 +87,17 @@ def table(model: type[Base]) -> Table:
     mapped = model.__table__
     assert isinstance(mapped, Table)
     return mapped
+
+
+# Ids of tables that grow without bound (the transcript, the outbox, provider events, the
+# audit log): 64-bit. On SQLite an INTEGER primary key is 64-bit already, and only that type
+# makes it the rowid (numbered by SQLite).
+BIG_ID = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def big_id() -> Mapped[int]:
+    """A 64-bit primary key."""
+    return mapped_column(BIG_ID, primary_key=True)
 
 
 def created_column() -> Mapped[datetime]:

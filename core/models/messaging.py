@@ -18,7 +18,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from core.models.base import Base, UTCDateTime, created_column, utc_now
+from core.models.base import BIG_ID, Base, UTCDateTime, big_id, created_column, utc_now
 
 
 class Message(Base):
@@ -30,7 +30,7 @@ class Message(Base):
         Index("ix_messages_identity_id_id", "identity_id", "id"),
     )
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = big_id()
     identity_id: Mapped[int] = mapped_column(ForeignKey("identities.id", ondelete="CASCADE"))
     conversation_id: Mapped[int | None] = mapped_column(
         ForeignKey("conversations.id", ondelete="SET NULL"))
@@ -59,7 +59,7 @@ class OutboxItem(Base):
               postgresql_where=text("status = 'pending'")),
     )
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = big_id()
     dedupe_key: Mapped[str] = mapped_column(String(255), unique=True)
     channel: Mapped[str] = mapped_column(String(16))
     address: Mapped[str] = mapped_column(String(255))
@@ -68,7 +68,7 @@ class OutboxItem(Base):
     # Indexed: a message deleted (a keyed notice already queued, core.transcript) sets this
     # to NULL, which without it read the whole outbox, once per message.
     message_id: Mapped[int | None] = mapped_column(
-        ForeignKey("messages.id", ondelete="SET NULL"), index=True)
+        BIG_ID, ForeignKey("messages.id", ondelete="SET NULL"), index=True)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(16), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -87,7 +87,7 @@ class InboundEvent(Base):
     __tablename__ = "inbound_events"
     __table_args__ = (UniqueConstraint("provider", "event_id"),)
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = big_id()
     provider: Mapped[str] = mapped_column(String(16))
     event_id: Mapped[str] = mapped_column(String(255))
     received_at: Mapped[datetime] = created_column()
@@ -96,7 +96,7 @@ class InboundEvent(Base):
 class AuditLog(Base):
     __tablename__ = "audit_log"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = big_id()
     actor: Mapped[str] = mapped_column(String(64))
     action: Mapped[str] = mapped_column(String(64))
     subject: Mapped[str | None] = mapped_column(String(64))

@@ -19,7 +19,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from core.models.base import Base, created_column
+from core.models.base import BIG_ID, Base, created_column
 
 
 class Conversation(Base):
@@ -143,8 +143,8 @@ class Offer(Base):
     status: Mapped[str] = mapped_column(String(16), default="offered")
     # Indexed: a sent offer's message id is recorded by its outbox row (and the row's
     # deletion sets this to NULL), which without it read every offer ever made.
-    outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox.id", ondelete="SET NULL"),
-                                                  index=True)
+    outbox_id: Mapped[int | None] = mapped_column(
+        BIG_ID, ForeignKey("outbox.id", ondelete="SET NULL"), index=True)
     provider_message_id: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = created_column()
     answered_at: Mapped[datetime | None]

@@ -66,6 +66,8 @@ class Person:
     mechanic: Mechanic | None
     # The consultation under way that this chat is one side of (ORM: the cold paths change it).
     consultation: Consultation | None = None
+    # Met in this transaction: nobody wrote to them before.
+    new: bool = False
 
 
 @dataclass(slots=True)
@@ -75,6 +77,7 @@ class _Found:
     intake: IntakeRecord | None
     mechanic: Mechanic | None
     consultation: Consultation | None = None
+    new: bool = False
 
 
 async def people_for(uow: UnitOfWork, contacts: Sequence[Contact], now: datetime
@@ -97,7 +100,7 @@ async def people_for(uow: UnitOfWork, contacts: Sequence[Contact], now: datetime
         if row.intake is not None:
             uow.track(row.intake)
         people[key] = Person(row.identity, row.conversation, row.intake, row.mechanic,
-                             row.consultation)
+                             row.consultation, row.new)
     return people
 
 
@@ -152,7 +155,7 @@ async def _meet(uow: UnitOfWork, contacts: list[Contact], found: dict[Key, _Foun
     for contact, customer_id, name in zip(contacts, customer_ids, names, strict=True):
         identity = IdentityRow(ids[contact.key], contact.channel, contact.address, customer_id,
                                None, name)
-        found[contact.key] = _Found(identity, None, None, None)
+        found[contact.key] = _Found(identity, None, None, None, new=True)
     log.info("new customers=%s channels=%s", ",".join(map(str, customer_ids)),
              ",".join(sorted({s.channel for s in contacts})))
 

@@ -25,6 +25,7 @@ from tests.billing.helpers import (
     step_of,
     texts_to,
 )
+from tests.helpers import pay_offline
 
 PAID_TEXT = "Payment received, thank you!"
 
@@ -55,7 +56,7 @@ async def test_pressing_pay_makes_the_request_and_says_paid(offline_client: Test
                                                             runtime: Runtime) -> None:
     bought = await awaiting_payment(runtime, "video15")
 
-    resp = await offline_client.post(f"/pay/{bought.checkout.ref}")
+    resp = await pay_offline(offline_client, f"/pay/{bought.checkout.ref}")
 
     assert resp.status == 200
     assert resp.url.path == f"/pay/{bought.checkout.ref}"  # redirected: reload won't re-post
@@ -67,7 +68,7 @@ async def test_pressing_pay_makes_the_request_and_says_paid(offline_client: Test
     assert await intake_status(runtime, bought.intake.id) == "paid"
     assert (await reload(runtime, bought.checkout)).status == "paid"
 
-    again = await offline_client.post(f"/pay/{bought.checkout.ref}")
+    again = await pay_offline(offline_client, f"/pay/{bought.checkout.ref}")
     assert "Paid — return to the chat" in await again.text()
     assert len(await requests(runtime)) == 1
     assert paid_once(await texts_to(runtime, bought.identity))
@@ -76,7 +77,7 @@ async def test_pressing_pay_makes_the_request_and_says_paid(offline_client: Test
 async def test_an_unknown_link_is_a_404_page(offline_client: TestClient,
                                              runtime: Runtime) -> None:
     for resp in (await offline_client.get("/pay/co_nonexistent"),
-                 await offline_client.post("/pay/co_nonexistent")):
+                 await pay_offline(offline_client, "/pay/co_nonexistent")):
         assert resp.status == 404
         assert "Payment link not found" in await resp.text()
     assert await requests(runtime) == []
@@ -88,7 +89,7 @@ async def test_an_expired_link_says_so_and_cannot_be_paid(
     clock.advance(runtime.config.billing.checkout_ttl_seconds + 1)
 
     shown = await offline_client.get(f"/pay/{bought.checkout.ref}")
-    posted = await offline_client.post(f"/pay/{bought.checkout.ref}")
+    posted = await pay_offline(offline_client, f"/pay/{bought.checkout.ref}")
 
     for resp in (shown, posted):
         assert resp.status == 410
@@ -108,7 +109,7 @@ async def test_a_cancelled_request_cannot_be_paid(offline_client: TestClient,
         assert await cancel_unpaid(uow.session, uow.track(IntakeRecord.of(intake)),
                                    runtime.clock.now())
 
-    resp = await offline_client.post(f"/pay/{bought.checkout.ref}")
+    resp = await pay_offline(offline_client, f"/pay/{bought.checkout.ref}")
 
     assert resp.status == 410
     assert "This request was cancelled" in await resp.text()

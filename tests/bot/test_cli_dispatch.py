@@ -23,7 +23,8 @@ def test_invite_assign_and_sweep_from_the_command_line(tmp_path: Path) -> None:
     invited = _cli("mechanic", "invite", "Sam Lee", "--senior", "--json", env=env)
     assert invited.returncode == 0, invited.stderr
     info = json.loads(invited.stdout)
-    assert set(info) == {"mechanic_id", "invite_code", "telegram_link", "sms_join", "web_link"}
+    assert set(info) == {"mechanic_id", "invite_code", "telegram_link", "sms_join", "web_link",
+                         "expires_at"}
     assert info["telegram_link"].endswith(f"?start=m_{info['invite_code']}")
     assert info["sms_join"] == f"JOIN {info['invite_code']}"
     assert info["web_link"].endswith(f"/m/{info['invite_code']}")

@@ -19,6 +19,7 @@ from core.sweeps import run_sweeps
 from tests.channels.test_local_loop import invite
 from tests.channels.test_telegram import SAM, Bot, bot, telegram_api  # noqa: F401 - fixtures
 from tests.channels.test_widget_ws import GOOD_VIN, PNG, MakeClient, Widget
+from tests.helpers import pay_offline
 
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(256)) * 4
 
@@ -33,7 +34,7 @@ async def pay_as_widget_customer(client: TestClient, plan_label: str = "Quick Ch
     await customer.say("Grinding noise from the front left wheel when braking")
     await customer.tap("Skip")
     (pay,) = await customer.tap("Confirm and pay")
-    paid = await client.post("/" + pay["link"]["url"].split("/", 3)[3])
+    paid = await pay_offline(client, "/" + pay["link"]["url"].split("/", 3)[3])
     assert paid.status == 200
     (received,) = await customer.expect()
     assert received["text"].startswith("Payment received")

@@ -10,6 +10,7 @@ from core.mechanics import invite_mechanic
 from core.models import SessionRequest
 from core.runtime import Runtime
 from tests.channels.test_widget_ws import GOOD_VIN, MakeClient, Widget
+from tests.helpers import pay_offline
 
 
 async def invite(runtime: Runtime, name: str) -> str:
@@ -39,7 +40,7 @@ async def test_widget_customer_pays_and_the_first_web_mechanic_wins(
 
     page = await client.get(pay_path)
     assert page.status == 200 and "$9.99" in await page.text()
-    paid = await client.post(pay_path)
+    paid = await pay_offline(client, pay_path)
     assert paid.status == 200 and "Paid" in await paid.text()
 
     (received,) = await customer.expect()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,7 +15,7 @@ from playwright.async_api import Browser, Locator, Page, async_playwright, expec
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.app import create_app
-from core.config import Config
+from core.config import Config, with_changes
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -28,7 +29,13 @@ expect.set_options(timeout=TIMEOUT_MS)
 
 @asynccontextmanager
 async def serve(config: Config, engine: AsyncEngine, port: int = 0) -> AsyncIterator[str]:
-    """Run the whole app on 127.0.0.1 (a free port unless one is given); yield its base URL."""
+    """Run the whole app on 127.0.0.1 (a free port unless one is given) with that address as
+    its public URL, as `serve` has it; yield its base URL."""
+    if port == 0:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+    config = with_changes(config, public_url=f"http://127.0.0.1:{port}")
     runner = web.AppRunner(create_app(config, engine=engine))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)

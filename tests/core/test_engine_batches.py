@@ -101,8 +101,9 @@ async def test_a_failing_message_costs_the_others_in_its_batch_nothing(
     assert isinstance(results[5], RuntimeError)
     assert all(isinstance(r, list) and "AutoDoctor assistant" in joined(r)
                for i, r in enumerate(results) if i != 5), results
-    # The batch was rolled back and its messages handled one by one.
-    assert len(commits) == 11
+    # The batch was rolled back, the failing message handled alone (and rolled back), and
+    # the others together again in one transaction, not one each.
+    assert len(commits) <= 2, len(commits)
     async with runtime.sessions() as s:
         senders = set((await s.scalars(
             select(Identity.address).join(Message, Message.identity_id == Identity.id)

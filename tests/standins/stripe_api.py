@@ -11,6 +11,7 @@ Stripe's signature scheme (the stripe library's own signing helper).
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import re
@@ -155,7 +156,10 @@ class StripeStandin:
 
     def __post_init__(self) -> None:
         self._idempotent: dict[str, _Stored] = {}
-        self._failures: list[int] = []
+        self._failures: list[tuple[int, bool]] = []
+        # Idempotency keys of requests under way, and how long the next POST takes.
+        self._in_flight: set[str] = set()
+        self._next_delay = 0.0
         self._runner: web.AppRunner | None = None
         self._routes: list[tuple[str, re.Pattern[str], Callable[..., dict[str, Any]]]] = [
             ("POST", re.compile(r"/v1/checkout/sessions"), self._create_session),
@@ -196,9 +200,16 @@ class StripeStandin:
 
     # ------------------------------------------------------------------ test controls
 
-    def fail_next(self, count: int = 1, status: int = 500) -> None:
-        """Answer the next `count` API calls with `status` (an outage: nothing is saved)."""
-        self._failures.extend([status] * count)
+    def fail_next(self, count: int = 1, status: int = 500, *, saved: bool = False) -> None:
+        """Answer the next `count` API calls with `status`. An outage saves nothing; with
+        `saved`, the error came once the endpoint had begun executing, and Stripe saves it:
+        the same idempotency key replays it."""
+        self._failures.extend([(status, saved)] * count)
+
+    def slow_next(self, seconds: float) -> None:
+        """The next POST takes this long: one with the same idempotency key meanwhile is
+        answered 409, as Stripe does."""
+        self._next_delay = seconds
 
     def calls_to(self, method: str, path: str) -> list[Call]:
         """Calls with this method and exact path, in order (failed ones included)."""
@@ -295,6 +306,19 @@ class StripeStandin:
         resp = await target.post(path, data=payload.encode(), headers=headers)
         return int(resp.status), str(await resp.text())
 
+    async def deliver(self, target: _Poster | str, event: dict[str, Any], secret: str, *,
+                      attempts: int = 3) -> list[int]:
+        """Deliver an event as Stripe does: again after any answer that is not 2xx (Stripe
+        retries for days with backoff; here at once), until one is or `attempts` run out.
+        Returns each attempt's status."""
+        statuses: list[int] = []
+        for _ in range(attempts):
+            status, _body = await self.send_event(target, event, secret)
+            statuses.append(status)
+            if 200 <= status < 300:
+                break
+        return statuses
+
     # ------------------------------------------------------------------ HTTP
 
     def _id(self, prefix: str) -> str:
@@ -311,7 +335,23 @@ class StripeStandin:
                     params=parse_form(pairs), idempotency_key=key,
                     headers=dict(request.headers))
         self.calls.append(call)
-        status, body, replayed = self._answer(request, call)
+        if key and request.method == "POST":
+            if key in self._in_flight:
+                call.status = 409
+                return web.json_response(StripeApiError(
+                    409, "There is currently another in-progress request using this "
+                    "Idempotent Key (that probably means you submitted twice, and the other "
+                    "request is still going through): " + key + ". Please try again later.",
+                    type="idempotency_error").body, status=409)
+            delay, self._next_delay = self._next_delay, 0.0
+            self._in_flight.add(key)
+            try:
+                await asyncio.sleep(delay)
+                status, body, replayed = self._answer(request, call)
+            finally:
+                self._in_flight.discard(key)
+        else:
+            status, body, replayed = self._answer(request, call)
         call.status, call.replayed = status, replayed
         headers = {"Request-Id": self._id("req"),
                    "Stripe-Version": request.headers.get("Stripe-Version", stripe.api_version)}
@@ -325,11 +365,14 @@ class StripeStandin:
                 call: Call) -> tuple[int, dict[str, Any], bool]:
         if request.headers.get("Authorization") != f"Bearer {self.api_key}":
             return 401, StripeApiError(401, "Invalid API Key provided: sk_test_****").body, False
-        if self._failures:
-            status = self._failures.pop(0)
-            return status, {"error": {"type": "api_error",
-                                      "message": "An unknown error occurred"}}, False
         key = call.idempotency_key if call.method == "POST" else None
+        if self._failures and (key is None or key not in self._idempotent):
+            status, saved = self._failures.pop(0)
+            body = {"error": {"type": "api_error", "message": "An unknown error occurred"}}
+            if saved and key is not None:
+                self._idempotent[key] = _Stored(call.method, call.path, call.form, status,
+                                                copy.deepcopy(body))
+            return status, body, False
         if key is not None and key in self._idempotent:
             stored = self._idempotent[key]
             if (stored.method, stored.path, stored.form) != (call.method, call.path, call.form):

@@ -12,6 +12,7 @@ for a webhook), and can be told to fail the next send to a chat with a 429, 403 
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import json
 import time
@@ -28,6 +29,9 @@ CALLBACK_DATA_LIMIT = 64
 DOWNLOAD_LIMIT = 20 * 1024 * 1024  # the Bot API's getFile limit
 BOT_ID = 7000000001
 
+
+# Telegram's limits on one bot (flood_limits): messages per second, overall.
+BOT_MESSAGES_PER_SECOND = 30
 
 class ApiError(Exception):
     """An error answer in the Bot API's envelope."""
@@ -127,8 +131,15 @@ class TelegramApi:
     """The Bot API for one bot token, plus the people who talk to it."""
 
     def __init__(self, token: str, *, username: str = "AutoDoctorBot",
-                 clock: Callable[[], datetime] | None = None) -> None:
+                 clock: Callable[[], datetime] | None = None,
+                 flood_limits: bool = False) -> None:
         self.token = token
+        # Telegram's flood control, by the wall clock: more than 30 messages in any second
+        # from the bot, or more than one a second to one chat, is answered 429 retry_after.
+        self.flood_limits = flood_limits
+        self.flood_refusals = 0
+        self._sent_at: collections.deque[float] = collections.deque()
+        self._chat_sent_at: dict[int, float] = {}
         self.username = username
         self.clock = clock or (lambda: datetime.now(UTC))
         self.calls: list[Call] = []
@@ -260,9 +271,23 @@ class TelegramApi:
         return True
 
     def _fail_if_told(self, method: str, chat_id: int) -> None:
+        if self.flood_limits:
+            self._flood_control(chat_id)
         pending = self._failures.get(chat_id)
         if pending and method in pending[0].methods:
             raise pending.pop(0).error
+
+    def _flood_control(self, chat_id: int) -> None:
+        now = time.monotonic()
+        while self._sent_at and self._sent_at[0] <= now - 1.0:
+            self._sent_at.popleft()
+        last = self._chat_sent_at.get(chat_id)
+        if len(self._sent_at) >= BOT_MESSAGES_PER_SECOND or (
+                last is not None and now - last < 1.0):
+            self.flood_refusals += 1
+            raise too_many_requests(1)
+        self._sent_at.append(now)
+        self._chat_sent_at[chat_id] = now
 
     def _chat(self, params: dict[str, Any]) -> TgUser:
         try:

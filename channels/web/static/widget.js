@@ -51,8 +51,12 @@
   var history = token ? loadHistory(token) : { last: null, items: [] };
   var lastId = history.last; // highest message id seen for this visitor
   var seen = seenIds(history);  // every bot message id shown (a late one may be lower)
-  var queue = [];            // visitor items whose frame is not sent yet: {item, el}
+  // The visitor's items whose frame the server has not acknowledged yet (it acknowledges
+  // after storing; a repeated client_id is handled once): {item, el, sentOn}. They stay in
+  // the saved history with their frame, so a reload or a reconnect sends them again.
+  var queue = [];
   var ws = null, ready = false, started = false, backoff = 1000, retryTimer = null;
+  var generation = 0;        // one per socket that said hello
   var isOpen = false, wantOpen = OPEN_AT_LOAD, unread = 0;
   var ui = null;
 
@@ -213,9 +217,10 @@
 
     history.items.forEach(function (item) {
       var bubble = render(item, false);
-      if (item.frame) { // typed while offline before a reload: still to be sent
+      if (item.frame) { // not acknowledged before a reload: sent again (handled once)
+        if (!item.frame.client_id) item.frame.client_id = newClientId();
         bubble.classList.add("ad-pending");
-        queue.push({ item: item, el: bubble });
+        queue.push({ item: item, el: bubble, sentOn: null });
       }
     });
     if (wantOpen) open();
@@ -319,6 +324,7 @@
     if (frame.type === "welcome") {
       adopt(frame.visitor);
       ready = true;
+      generation += 1;
       backoff = 1000;
       setStatus("");
       flush();
@@ -335,6 +341,16 @@
       history.items.push(item);
       saveHistory();
       render(item, true);
+    } else if (frame.type === "ack") {
+      for (var i = 0; i < queue.length; i++) {
+        if (queue[i].item.frame && queue[i].item.frame.client_id === frame.client_id) {
+          delete queue[i].item.frame;
+          queue[i].el.classList.remove("ad-pending");
+          queue.splice(i, 1);
+          saveHistory();
+          break;
+        }
+      }
     } else if (frame.type === "error") {
       notice(String(frame.message || frame.code || "Something went wrong."));
       if (!ready && (frame.code === "bad_visitor" || frame.code === "bad_resume_after")) {
@@ -366,23 +382,31 @@
   }
 
   function flush() {
-    while (ready && ws && ws.readyState === WebSocket.OPEN && queue.length) {
-      var next = queue.shift();
-      ws.send(JSON.stringify(next.item.frame));
-      delete next.item.frame;
-      next.el.classList.remove("ad-pending");
-      saveHistory();
-    }
+    if (!ready || !ws || ws.readyState !== WebSocket.OPEN) return;
+    queue.forEach(function (q) {
+      if (q.sentOn === generation || !q.item.frame) return;
+      q.sentOn = generation;
+      ws.send(JSON.stringify(q.item.frame));
+    });
+  }
+
+  function newClientId() {
+    var bytes = new Uint8Array(12);
+    (window.crypto || window.msCrypto).getRandomValues(bytes);
+    return Array.prototype.map.call(bytes, function (b) {
+      return ("0" + b.toString(16)).slice(-2);
+    }).join("");
   }
 
   // Show the visitor's own bubble now; send the frame now or after reconnecting.
   function say(frame, shownText) {
+    frame.client_id = newClientId();
     var item = { kind: "me", text: shownText, frame: frame };
     history.items.push(item);
     saveHistory();
     var bubble = render(item, false);
-    if (!ready) bubble.classList.add("ad-pending");
-    queue.push({ item: item, el: bubble });
+    bubble.classList.add("ad-pending"); // until the server acknowledges it
+    queue.push({ item: item, el: bubble, sentOn: null });
     connect();
     flush();
   }

@@ -1,0 +1,91 @@
+"""What every HTTP answer of the service goes through: request counts, a friendly 503 while the
+database is down, no server version in the headers; /healthz and /metrics."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.exc import DBAPIError
+
+from core.db import ping
+from core.runtime import Runtime
+
+log = logging.getLogger("autodoctor.http")
+
+RUNTIME = web.AppKey("runtime", Runtime)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_LOOPBACK = frozenset({"127.0.0.1", "::1"})
+
+_DOWN_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Back in a moment · AutoDoctor</title></head>
+<body style="font:16px/1.5 system-ui,sans-serif;max-width:32rem;margin:3rem auto;padding:0 1rem">
+<h1>Back in a moment</h1><p>We can't reach our records right now. Nothing you sent is lost:
+please try again in a minute.</p></body></html>"""
+
+
+@web.middleware
+async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        info = request.match_info.route.resource
+        route = info.canonical if info is not None else "unmatched"
+        request.app[RUNTIME].metrics.http_requests.labels(
+            request.method, route, str(status)).inc()
+
+
+@web.middleware
+async def database_down(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A page that failed because the database is unreachable answers 503 with a friendly
+    page (the widget reconnects; webhooks are redelivered), not a 500 and a traceback."""
+    try:
+        return await handler(request)
+    except (DBAPIError, OSError) as exc:
+        runtime = request.app[RUNTIME]
+        if await ping(runtime.engine):
+            raise
+        runtime.metrics.db_up.set(0)
+        log.warning("%s %s: database unreachable (%s)", request.method, request.path,
+                    type(exc).__name__)
+        return web.Response(text=_DOWN_PAGE, status=503, content_type="text/html",
+                            headers={"Retry-After": "30"})
+
+
+async def plain_server_header(request: web.Request, response: web.StreamResponse) -> None:
+    """No framework or Python version in the answers (aiohttp names both by default)."""
+    response.headers["Server"] = "AutoDoctor"
+
+
+async def healthz(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    up = await ping(runtime.engine)
+    runtime.metrics.db_up.set(1 if up else 0)
+    if up:
+        return web.json_response({"status": "ok", "db": "ok"})
+    return web.json_response({"status": "degraded", "db": "down"}, status=503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text. With AUTODOCTOR_METRICS_TOKEN set it takes `Authorization: Bearer
+    <token>`; without it, it answers only this machine (and never in production)."""
+    runtime = request.app[RUNTIME]
+    token = runtime.config.secrets.metrics_token
+    if token:
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise web.HTTPUnauthorized(headers={"WWW-Authenticate": "Bearer"})
+    elif runtime.config.environment == "production" or request.remote not in _LOOPBACK:
+        raise web.HTTPNotFound()
+    body = generate_latest(runtime.metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
