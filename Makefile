@@ -19,7 +19,7 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/activate
 
 run: $(VENV)/.installed
 	$(BIN)/autodoctor migrate
-	$(BIN)/autodoctor serve
+	$(BIN)/autodoctor serve $(if $(PORT),--port $(PORT),) $(if $(HOST),--host $(HOST),)
 
 migrate: $(VENV)/.installed
 	$(BIN)/autodoctor migrate

@@ -90,6 +90,18 @@ def settle_heap() -> int:
     return gc.get_freeze_count()
 
 
+def _port_taken(host: str, port: int) -> str | None:
+    """Why host:port cannot be listened on, or None if it can (checked before start-up, so
+    a taken port is one line, not a traceback after the start-up log)."""
+    import socket
+
+    try:
+        with socket.create_server((host, port), reuse_port=False):
+            return None
+    except OSError as exc:
+        return exc.strerror or str(exc)
+
+
 def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     from bot.app import create_app
 
@@ -103,11 +115,22 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
         return 2
     host = args.host or config.server.host
     port = args.port or config.server.port
+    config = config.served_at(host, port)
+    taken = _port_taken(host, port)
+    if taken is not None:
+        print(f"error: cannot listen on {host}:{port} ({taken}); is another service using "
+              "it? Try `serve --port N`", file=sys.stderr)
+        return 2
     app = create_app(config)
     log.info("start-up heap settled: %s objects frozen", settle_heap())
     log.info("serving on http://%s:%s", host, port)
-    web.run_app(app, host=host, port=port, print=None, handle_signals=True,
-                access_log=None, shutdown_timeout=10)
+    try:
+        web.run_app(app, host=host, port=port, print=None, handle_signals=True,
+                    access_log=None, shutdown_timeout=10)
+    except OSError as exc:
+        print(f"error: cannot listen on {host}:{port} ({exc.strerror or exc}); is another "
+              "service using it? Try `serve --port N`", file=sys.stderr)
+        return 2
     log.info("stopped")
     return 0
 
@@ -115,6 +138,8 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
 def cmd_console(args: argparse.Namespace, config: Config) -> int:
     from bot.console import run_console
 
+    # The terminal is the chat: the service's own log lines stay out of it (warnings only).
+    logging.getLogger().setLevel(logging.WARNING)
     asyncio.run(run_console(config, args.as_name or getpass.getuser()))
     return 0
 

@@ -6,12 +6,15 @@ import asyncio
 import sys
 from typing import TextIO
 
+from sqlalchemy import select
+
 from bot.app import build_runtime
 from bot.flows import route
 from core.config import Config
 from core.db import create_engine
 from core.engine import Engine
 from core.messages import Button, Inbound, Outbound
+from core.models import Identity
 
 CHANNEL = "console"
 
@@ -44,7 +47,16 @@ async def run_console(config: Config, address: str, stdin: TextIO = sys.stdin,
     print("Chatting as a customer. Type your messages; an empty line or Ctrl-D quits.",
           file=stdout, flush=True)
     try:
-        replies = await bot.receive(Inbound(channel=CHANNEL, address=address, action="cmd:status"))
+        async with runtime.readers() as session:
+            known = await session.scalar(select(Identity.id).where(
+                Identity.channel == CHANNEL, Identity.address == address))
+        if known is None and runtime.greeting is not None:
+            # Greeted as the widget greets: the first answer makes the records.
+            words, choices = runtime.greeting()
+            replies = [Outbound(CHANNEL, address, words, buttons=choices)]
+        else:  # back again: where the request stands
+            replies = await bot.receive(Inbound(channel=CHANNEL, address=address,
+                                                action="cmd:status"))
         while True:
             for out in replies:
                 print(render(out), file=stdout, flush=True)

@@ -164,7 +164,9 @@ class Secrets:
 class Config:
     environment: str = field(default="development",
                              metadata=_rule(choices=("development", "production")))
-    public_url: str = "http://127.0.0.1:8080"
+    # The base URL people reach the service on (links in chat). When config.toml leaves it
+    # out, it follows where `serve` listens (see served_at).
+    public_url: str = ""
     server: ServerConfig = field(default_factory=ServerConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
@@ -179,7 +181,8 @@ class Config:
     telegram: TelegramConfig = field(default_factory=TelegramConfig)
     twilio: TwilioConfig = field(default_factory=TwilioConfig)
     widget: WidgetConfig = field(default_factory=WidgetConfig)
-    # Not from the file: resolved from the environment.
+    # Not from the file: whether public_url was given, and what the environment resolves.
+    public_url_given: bool = field(default=False, metadata={"env_only": True})
     data_dir: Path = field(default=Path("data"), metadata={"env_only": True})
     secrets: Secrets = field(default_factory=Secrets, metadata={"env_only": True})
 
@@ -193,6 +196,16 @@ class Config:
     @property
     def uploads_dir(self) -> Path:
         return self.data_dir / "uploads"
+
+    def served_at(self, host: str, port: int) -> Config:
+        """This configuration for a service listening on host:port: links follow that
+        address unless public_url was set."""
+        if self.public_url_given:
+            return self
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        if ":" in shown:
+            shown = f"[{shown}]"
+        return dataclasses.replace(self, public_url=f"http://{shown}:{port}")
 
     def plan(self, code: str) -> Plan:
         try:
@@ -341,6 +354,10 @@ def load_config(path: Path | str | None = None,
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
     config = _build(Config, raw, "")
+    given = bool(config.public_url)
+    config = dataclasses.replace(config, public_url_given=given).served_at(
+        config.server.host, config.server.port) if not given else \
+        dataclasses.replace(config, public_url_given=True)
     if not config.plans:
         raise ConfigError("plans must define at least one tier, e.g. [plans.chat10]")
     if env.get("AUTODOCTOR_DATABASE_URL"):

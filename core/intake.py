@@ -13,8 +13,10 @@ from core.models import Checkout, File, Intake, table
 from core.store.records import IdentityRow, IntakeRecord
 from core.store.uow import UnitOfWork
 
-MIN_PROBLEM_WORDS = 4
-MIN_PROBLEM_LETTERS = 15
+# A problem told in a few clear words ("Battery dies overnight") is enough to start with; a
+# single word ("brakes") or a vague pair ("car broken") is asked about.
+MIN_PROBLEM_WORDS = 2
+MIN_PROBLEM_LETTERS = 10
 
 
 @dataclass(frozen=True)
@@ -104,13 +106,18 @@ def parse_vehicle(text: str, *, max_year: int) -> Vehicle | None:
     return Vehicle(year=int(match.group()), make=make[0].upper() + make[1:], model=model)
 
 
-_ODOMETER = re.compile(r"^\s*(\d{1,3}(?:[,. ]\d{3})+|\d+(?:\.\d+)?)\s*(k)?\s*"
+_ODOMETER = re.compile(r"^\s*(\d{1,3}(?:[,. ]\d{3})+|\d+(?:\.\d+)?)\s*(k|thousand)?\s*"
                        r"(km|kms|kilometers|kilometres|mi|miles?)?\s*$", re.I)
+# What people say around a reading: "about 120,000 km", "~90k", "roughly 85k on the clock".
+_ODOMETER_HEDGE = re.compile(r"^\s*(?:about|around|approx(?:\.|imately)?|roughly|nearly|almost|"
+                             r"just (?:under|over)|over|under|circa|ca\.?|~)\s*", re.I)
+_ODOMETER_TAIL = re.compile(r"\s*(?:on (?:the|it|the clock|the odometer)|odometer|or so)\s*[.!]?"
+                            r"\s*$", re.I)
 
 
 def parse_odometer(text: str) -> tuple[int, str] | None:
     """'84000', '84,000 miles', '130k km' → (value, 'mi' | 'km'); None if unreadable."""
-    match = _ODOMETER.match(text)
+    match = _ODOMETER.match(_ODOMETER_TAIL.sub("", _ODOMETER_HEDGE.sub("", text)))
     if match is None:
         return None
     number, thousands, unit = match.groups()

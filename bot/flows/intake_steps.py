@@ -84,7 +84,8 @@ def _buttons_for_plans(plans: tuple[tuple[str, Plan], ...]) -> tuple[Button, ...
 
 def greeting(config: Config) -> tuple[str, tuple[Button, ...]]:
     """The first words to a new person, with the tiers to choose from."""
-    return (text("greeting") + "\n" + text("plan_choice", plans=config.plans),
+    # The tiers are the buttons (a numbered list where a channel has none): not listed twice.
+    return (text("greeting"),
             _buttons_for_plans(tuple(config.plans.items())))
 
 
@@ -262,7 +263,7 @@ async def _step_summary(ctx: Context, intake: IntakeRecord) -> None:
 
 async def _edit_plan(ctx: Context, intake: IntakeRecord) -> None:
     go(ctx, "plan")
-    await ctx.say(text("plan_choice", plans=ctx.config.plans), _plan_buttons(ctx))
+    await ctx.say(text("plan_ask"), _plan_buttons(ctx))
 
 
 async def _edit_odometer(ctx: Context, intake: IntakeRecord) -> None:

@@ -100,7 +100,8 @@ async def test_full_intake_over_websocket_ends_with_payment_link(client: TestCli
     (greeting,) = await w.expect()
     assert "Which kind of help" in greeting["text"]
     assert [b["label"] for b in greeting["buttons"]] == [
-        "Quick Chat · $9.99", "Standard Video · $29.99", "Full Diagnostic · $49.99"]
+        "Quick Chat · 30 min · $9.99", "Standard Video · 45 min · $29.99",
+        "Full Diagnostic · 60 min · $49.99"]
     assert greeting["link"] is None
     await w.tap("Standard Video")
     assert "odometer" in await w.say(GOOD_VIN, replies=2)
