@@ -21,7 +21,13 @@ from twilio.rest import Client
 from twilio.twiml.messaging_response import MessagingResponse
 
 from channels.sms_inbound import CHANNEL, MediaFetcher, action_for, e164, keyword, media_of
-from channels.sms_send import UNREACHABLE_CODES, ApiBaseHttpClient, SendingNumbers, SmsSender
+from channels.sms_send import (
+    UNREACHABLE_CODES,
+    ApiBaseHttpClient,
+    SendingNumbers,
+    SmsSender,
+    basic_auth,
+)
 from core.db import insert_ignore
 from core.delivery import Sender
 from core.engine import Engine
@@ -68,8 +74,7 @@ class SmsChannel:
             raise ConfigError("TWILIO_FROM_NUMBER must name a number (+15551234567), several "
                               "separated by commas, or a Messaging Service SID (MG...)") from None
         self.sender = SmsSender(runtime, self.client, numbers)
-        self.credentials = aiohttp.BasicAuth(secrets.twilio_account_sid,
-                                             secrets.twilio_auth_token)
+        self.credentials = basic_auth(secrets.twilio_account_sid, secrets.twilio_auth_token)
         self.media: MediaFetcher | None = None
 
     async def start(self) -> None:

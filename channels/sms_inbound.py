@@ -130,16 +130,16 @@ class MediaFetcher:
     redirect elsewhere drops them) and stores it as an upload, as the widget's are."""
 
     def __init__(self, runtime: Runtime, session: aiohttp.ClientSession,
-                 credentials: aiohttp.BasicAuth, api_base: str) -> None:
+                 credentials: str, api_base: str) -> None:
         self.runtime = runtime
         self.session = session
         self.credentials = credentials
         self.api_host = urlsplit(api_base).hostname or ""
 
-    def _auth_for(self, url: str) -> aiohttp.BasicAuth | None:
+    def _auth_for(self, url: str) -> dict[str, str]:
         host = urlsplit(url).hostname or ""
         twilio = host == self.api_host or host == "twilio.com" or host.endswith(".twilio.com")
-        return self.credentials if twilio else None
+        return {"Authorization": self.credentials} if twilio else {}
 
     async def fetch_all(self, address: str, sid: str, media: list[Media]) -> tuple[str, ...]:
         """The stored files' ids; a file refused or not fetched is said so to the sender."""
@@ -161,7 +161,7 @@ class MediaFetcher:
         limit = self.runtime.config.uploads.max_bytes
         too_large = UploadRejected("too_large", f"That file is larger than {limit / 1e6:.0f} "
                                                 "MB; please send a smaller one.")
-        async with self.session.get(url, auth=self._auth_for(url),
+        async with self.session.get(url, headers=self._auth_for(url),
                                     timeout=aiohttp.ClientTimeout(total=20)) as response:
             response.raise_for_status()
             if (response.content_length or 0) > limit:

@@ -7,6 +7,7 @@ seam (twilio.http.AsyncHttpClient): it sends the SDK's requests over one aiohttp
 
 from __future__ import annotations
 
+import base64
 import logging
 import zlib
 from collections.abc import Mapping
@@ -42,6 +43,11 @@ MMS_TYPES = frozenset({"image/jpeg", "image/png", "image/gif"})
 MMS_REGIONS = frozenset({"US", "CA"})
 
 
+def basic_auth(login: str, password: str) -> str:
+    """An Authorization header's value for HTTP basic auth (the account SID and token)."""
+    return "Basic " + base64.b64encode(f"{login}:{password}".encode()).decode()
+
+
 class ApiBaseHttpClient(AsyncHttpClient):
     """The twilio SDK's requests, sent over an aiohttp session to `api_base`."""
 
@@ -68,11 +74,12 @@ class ApiBaseHttpClient(AsyncHttpClient):
         # Lists (MediaUrl) go as repeated fields, as Twilio reads them.
         form = [(key, str(item)) for key, value in (data or {}).items()
                 for item in (value if isinstance(value, list) else [value])]
+        sent_headers = dict(headers or {})
+        if auth:
+            sent_headers["Authorization"] = basic_auth(*auth)
         async with self.session.request(
                 method, self.rebase(uri), params={k: str(v) for k, v in (params or {}).items()},
-                data=form or None,
-                headers=dict(headers or {}),
-                auth=aiohttp.BasicAuth(*auth) if auth else None,
+                data=form or None, headers=sent_headers,
                 timeout=aiohttp.ClientTimeout(total=timeout or self.timeout),
                 allow_redirects=allow_redirects) as response:
             return Response(response.status, await response.text(), response.headers)
