@@ -27,8 +27,8 @@ from twilio.request_validator import RequestValidator
 ACCOUNT_SID = "AC" + "0" * 30 + "a1b2"
 AUTH_TOKEN = "stand-in-auth-token-0123456789ab"
 API_VERSION = "2010-04-01"
-_GSM = set("@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUV"
-           "WXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà^{}\\[~]|€\f")
+_GSM = set("@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡"
+           "ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà^{}\\[~]|€\f")
 _GSM_EXT = set("^{}\\[~]|€\f")
 
 
@@ -207,9 +207,9 @@ class TwilioApi:
     def texts(self, number: str) -> list[str]:
         return [m.body for m in self.to(number)]
 
-    async def wait_for(self, count: int, timeout: float = 10.0) -> None:
+    async def wait_for(self, count: int, seconds: float = 10.0) -> None:
         """Until `count` messages were sent in all."""
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(seconds):
             while len(self.sent) < count:
                 self._changed.clear()
                 await self._changed.wait()
