@@ -131,7 +131,10 @@ def can_take_mms(address: str) -> bool:
         number = phonenumbers.parse(address, None)
     except phonenumbers.NumberParseException:
         return False
-    return phonenumbers.region_code_for_number(number) in MMS_REGIONS
+    # A number no carrier has given out yet still has its country's region (+1: US).
+    region = phonenumbers.region_code_for_number(number) or \
+        phonenumbers.region_code_for_country_code(number.country_code)
+    return region in MMS_REGIONS
 
 
 class SmsSender:
