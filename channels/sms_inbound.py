@@ -36,12 +36,15 @@ MAX_MEDIA = 10
 # Only short answers can be a choice: longer texts are not looked up.
 _CHOICE_MAX_CHARS = 40
 _WORDS = re.compile(r"[a-z0-9$.]+")
+_PHONE = re.compile(r"^\s*\+?[\d\s().-]{3,30}$")
 DOWNLOAD_FAILED = "I couldn't fetch your photo; please send it again."
 
 
 def e164(raw: str, default_region: str) -> str | None:
     """A phone number in E.164 ("+15551234567"), or None for what is no phone number (a
     short code, an alphanumeric sender, a WhatsApp address)."""
+    if not _PHONE.match(raw):
+        return None
     try:
         number = phonenumbers.parse(raw.strip(), default_region)
     except phonenumbers.NumberParseException:
@@ -72,7 +75,7 @@ def _norm(text: str) -> str:
 
 def pick(text: str, buttons: Sequence[Button]) -> Button | None:
     """The button a typed answer names: its number in the list, or its label."""
-    said = _norm(text)
+    said = _norm(text).strip(".")
     if not said:
         return None
     if said.isdigit():

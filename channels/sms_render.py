@@ -1,5 +1,10 @@
 """Outbound → SMS text: numbered choices, reply codes, plain links, GSM-7/UCS-2 segments.
 
+Buttons become a numbered list ("1 Confirm and pay ... Reply 1, 2 or 3."), or just the
+"Reply ..." line where the text numbers its options itself (the tiers), or nothing where one
+button's label is quoted in the text ('reply "Skip"': typing the label picks it); 'tap "X"'
+reads 'reply "X"'. A mechanic's Accept button is a reply code ("Reply A4821 to accept").
+
 A text of GSM-7 characters only goes in one segment up to 160 characters (an extension
 character such as "{" or "€" counts two), else in parts of 153; any other character makes
 the whole message UCS-2: 70 UTF-16 units in one segment, else parts of 67 (GSM 03.38, 3GPP TS
@@ -38,6 +43,8 @@ _LOOK_ALIKES = str.maketrans({
 _ACCEPT = re.compile(r"^accept:R-(\d{4,6})$")
 _REPLY_CODE = re.compile(r"^\s*A-?(\d{4,6})\s*[.!]?\s*$", re.IGNORECASE)
 _NUMBERED_LINE = re.compile(r"^(\d+)\. ", re.MULTILINE)
+# 'Tap "Skip"' in a chat app is 'reply "Skip"' by SMS: a button's label typed picks it.
+_TAP = re.compile(r'\b([Tt])ap (?=")')
 
 
 @dataclass(frozen=True)
@@ -131,14 +138,22 @@ def accept_payload(text: str) -> str | None:
     return f"accept:R-{match.group(1)}" if match else None
 
 
+def as_sms(text: str) -> str:
+    """Our wording for buttons as it reads by SMS: 'tap "Skip"' → 'reply "Skip"'."""
+    return _TAP.sub(lambda m: "Reply " if m.group(1) == "T" else "reply ", text)
+
+
 def choices(text: str, buttons: Sequence[Button]) -> str:
-    """The lines that offer `buttons` by number ("Reply 1, 2 or 3.")."""
+    """The lines that offer `buttons` by number ("Reply 1, 2 or 3."); nothing for one
+    button the text already names in quotes (its label, typed, picks it)."""
     numbers = [str(n) for n in range(1, len(buttons) + 1)]
     ask = "Reply " + (numbers[0] if len(numbers) == 1
                       else ", ".join(numbers[:-1]) + " or " + numbers[-1])
     labels = [button.label for button in buttons]
     if labels == numbers or _numbered_already(text, len(buttons)):
         return ask + "."
+    if len(buttons) == 1 and f'"{labels[0]}"' in text:
+        return ""
     if len(buttons) == 1:
         return f'{ask} for "{labels[0]}".'
     lines = [f"{number} {label}" for number, label in zip(numbers, labels, strict=True)]
@@ -159,10 +174,11 @@ def render(outbound: Outbound, max_segments: int,
            as_mms: Callable[[Attachment], bool] = lambda _file: False) -> Rendered:
     """The text with its choices, link and file links, in message bodies; files that can go
     as MMS are sent as media instead of a link."""
-    lines = [outbound.text] if outbound.text else []
+    text = as_sms(outbound.text)
+    lines = [text] if text else []
     offered = numbered(outbound.buttons)
-    if offered:
-        lines.append(choices(outbound.text, offered))
+    if offered and (offer := choices(text, offered)):
+        lines.append(offer)
     for button in outbound.buttons:
         code = reply_code(button.payload)
         if code is not None:
@@ -175,7 +191,7 @@ def render(outbound: Outbound, max_segments: int,
             media.append(attached.url)
         else:
             lines.append(f"{attached.name}: {attached.url}")
-    text = smart_encode("\n".join(lines))
-    if not text:
+    body = smart_encode("\n".join(lines))
+    if not body:
         return Rendered([], media)
-    return Rendered(split_message(text, max_segments), media)
+    return Rendered(split_message(body, max_segments), media)
