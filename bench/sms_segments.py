@@ -70,7 +70,8 @@ async def main() -> None:
         offer = Outbound("sms", "+15552220001", runtime.texts(
             "offer", request=_Ref("R-4821"), plan=config.plan("chat10"), intake=_Intake(),
             files=0, payout_cents=799), buttons=(Button("Accept", "accept:R-4821"),))
-        print("mechanic's offer: %s segments (%s)" % describe(offer, config.sms.max_segments))
+        count, kinds = describe(offer, config.sms.max_segments)
+        print(f"mechanic's offer: {count} segments ({kinds})")
 
 
 class _Ref:

@@ -133,7 +133,7 @@ def can_take_mms(address: str) -> bool:
         return False
     # A number no carrier has given out yet still has its country's region (+1: US).
     region = phonenumbers.region_code_for_number(number) or \
-        phonenumbers.region_code_for_country_code(number.country_code)
+        phonenumbers.region_code_for_country_code(number.country_code or 0)
     return region in MMS_REGIONS
 
 

@@ -29,9 +29,9 @@ from tests.standins.twilio_api import SentMessage
 SAM, ANN, BOB = "+15552220001", "+15552220002", "+15552220003"
 
 
-async def join(phones: Phones, runtime: Runtime, number: str, name: str) -> None:
+async def join(service: Phones, runtime: Runtime, number: str, name: str) -> None:
     code = await invite(runtime, name)
-    (welcome,) = await phones.text(number, f"JOIN {code}")
+    (welcome,) = await service.text(number, f"JOIN {code}")
     assert welcome.startswith(f"Welcome, {name}!")
 
 
@@ -67,19 +67,19 @@ async def test_mechanics_accept_by_reply_code_and_a_stale_or_foreign_code_is_ref
     assert (await phones.text(BOB, "status"))[0] == "Bob: available."
 
 
-async def pay_by_sms(phones: Phones, number: str = ALICE) -> None:
-    await phones.text(number, "Hi")
-    await phones.text(number, "1")
-    await phones.text(number, GOOD_VIN)
-    await phones.text(number, "84000")
-    await phones.text(number, PROBLEM)
-    await phones.text(number, "skip")
-    (pay,) = await phones.text(number, "1")
+async def pay_by_sms(service: Phones, number: str = ALICE) -> None:
+    await service.text(number, "Hi")
+    await service.text(number, "1")
+    await service.text(number, GOOD_VIN)
+    await service.text(number, "84000")
+    await service.text(number, PROBLEM)
+    await service.text(number, "skip")
+    (pay,) = await service.text(number, "1")
     url = pay.rsplit(": ", 1)[1]
-    paid = await phones.client.post("/" + url.split("/", 3)[3])
+    paid = await service.client.post("/" + url.split("/", 3)[3])
     assert paid.status == 200
-    await phones.deliver()
-    assert phones.api.texts(number)[-1].startswith("Payment received")
+    await service.deliver()
+    assert service.api.texts(number)[-1].startswith("Payment received")
 
 
 async def test_sms_customer_and_web_mechanic_talk_share_photos_end_and_rate(
@@ -129,13 +129,13 @@ async def test_sms_customer_and_web_mechanic_talk_share_photos_end_and_rate(
     await sam.close()
 
 
-async def delivered(phones: Phones, number: str, text: str) -> SentMessage:
+async def delivered(service: Phones, number: str, text: str) -> SentMessage:
     """Deliver until `text` reached the phone (a widget frame is handled a moment after it
     is sent; nothing answers the sender of a relayed line)."""
     for _ in range(100):
-        await phones.deliver()
-        found = [m for m in phones.api.to(number) if m.body == text]
+        await service.deliver()
+        found = [m for m in service.api.to(number) if m.body == text]
         if found:
             return found[-1]
         await asyncio.sleep(0.05)
-    raise AssertionError(f"{text!r} never reached {number}: {phones.api.texts(number)}")
+    raise AssertionError(f"{text!r} never reached {number}: {service.api.texts(number)}")
