@@ -7,8 +7,10 @@ seam (twilio.http.AsyncHttpClient): it sends the SDK's requests over one aiohttp
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
+import time
 import zlib
 from collections.abc import Mapping
 from typing import Any
@@ -28,7 +30,6 @@ from core.db import insert_ignore
 from core.errors import DeliveryError, PermanentFailure, RetryLater
 from core.messages import Attachment, Outbound
 from core.models import Identity, SmsDelivery
-from core.ratelimit import KeyedBuckets
 from core.runtime import Runtime
 
 log = logging.getLogger("autodoctor.channels.sms")
@@ -39,6 +40,9 @@ TWILIO_API = "https://api.twilio.com"
 # replied STOP, 21211 not a valid number, 21614 not a mobile number; and, in a status
 # callback, 30004 blocked, 30005 unknown number, 30006 a landline.
 UNREACHABLE_CODES = frozenset({21610, 21211, 21614, 30004, 30005, 30006})
+# Seconds added between one number's requests: evenly spaced as they leave, they arrive a few
+# milliseconds unevenly, and whoever counts arrivals per second must never see one too many.
+PACE_MARGIN = 0.03
 MMS_TYPES = frozenset({"image/jpeg", "image/png", "image/gif"})
 MMS_REGIONS = frozenset({"US", "CA"})
 
@@ -91,14 +95,15 @@ class ApiBaseHttpClient(AsyncHttpClient):
 
 
 class SendingNumbers:
-    """The numbers we send from (or one Messaging Service SID), each with its own rate: a
+    """The numbers we send from (or one Messaging Service SID), each paced on its own: a
     person always hears from the same number, so their replies come back to it."""
 
     def __init__(self, setting: str, per_second: float) -> None:
         self.numbers = [n.strip() for n in setting.split(",") if n.strip()]
         if not self.numbers:
             raise ValueError("no sending number")
-        self.buckets = KeyedBuckets(per_second, 1.0, max_keys=max(1000, len(self.numbers)))
+        self.per_second = per_second
+        self._paces: dict[str, _Pace] = {}
 
     def for_address(self, address: str) -> str:
         return self.numbers[zlib.crc32(address.encode()) % len(self.numbers)]
@@ -109,11 +114,46 @@ class SendingNumbers:
             return {"messaging_service_sid": sender}
         return {"from_": sender}
 
-    async def acquire(self, sender: str, segments: int) -> None:
-        """Wait for the sending number's turn: its rate counts segments, as carriers do."""
-        bucket = self.buckets.get(sender)
-        for _ in range(max(1, segments)):
-            await bucket.acquire()
+    def turn(self, sender: str, segments: int) -> _Turn:
+        """`async with numbers.turn(sender, n):` send one message of n segments from sender.
+
+        A number's requests go one at a time, each started no sooner than its rate allows
+        after the start of the one before (its segments counted, as carriers count them).
+        Timed from when each request really starts, a late start cannot bring the next one
+        too close to it."""
+        pace = self._paces.get(sender)
+        if pace is None:
+            pace = self._paces[sender] = _Pace()
+        return _Turn(pace, max(1, segments) / self.per_second + PACE_MARGIN)
+
+    def pause(self, sender: str, seconds: float) -> None:
+        """Nothing from this number for `seconds` (after a 429)."""
+        pace = self._paces.get(sender)
+        if pace is not None:
+            pace.next_start = max(pace.next_start, time.monotonic() + seconds)
+
+
+class _Pace:
+    """One sending number's pace: its lock, and when its next request may start."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.next_start = 0.0
+
+
+class _Turn:
+    def __init__(self, pace: _Pace, seconds: float) -> None:
+        self.pace, self.seconds = pace, seconds
+
+    async def __aenter__(self) -> None:
+        await self.pace.lock.acquire()
+        wait = self.pace.next_start - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        self.pace.next_start = time.monotonic() + self.seconds
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.pace.lock.release()
 
 
 def delivery_error(exc: TwilioRestException) -> DeliveryError:
@@ -143,6 +183,9 @@ class SmsSender:
     def __init__(self, runtime: Runtime, client: Client, numbers: SendingNumbers) -> None:
         self.runtime = runtime
         self.client = client
+        # The SDK loads its Messages API on first use: now, not in the first send's turn
+        # (a late first request would arrive too close to the next one from its number).
+        self.messages = client.messages
         self.numbers = numbers
         config = runtime.config
         self.status_callback = f"{config.public_url.rstrip('/')}/webhooks/twilio/status"
@@ -171,22 +214,22 @@ class SmsSender:
         for index, body in enumerate(bodies[done:], start=done):
             media = rendered.media if index == 0 else []
             segments = 1 if media else segment_count(body)
-            await self.numbers.acquire(sender, segments)
-            sid = await self._create(outbound, sender, body, media)
+            async with self.numbers.turn(sender, segments):
+                sid = await self._create(outbound, sender, body, media)
             await self._record(sid, outbound, segments)
         return sid
 
     async def _create(self, outbound: Outbound, sender: str, body: str,
                       media: list[str]) -> str:
         try:
-            message = await self.client.messages.create_async(
+            message = await self.messages.create_async(
                 to=outbound.address, body=body or values.unset,
                 media_url=media or values.unset, status_callback=self.status_callback,
                 **self.numbers.params(sender))
         except TwilioRestException as exc:
             error = delivery_error(exc)
             if exc.status == 429:
-                self.numbers.buckets.get(sender).pause(1.0)
+                self.numbers.pause(sender, 1.0)
             raise error from exc
         except (TwilioException, aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise RetryLater(f"Twilio: {type(exc).__name__}: {exc}") from exc

@@ -109,13 +109,14 @@ class TwilioApi:
 
     # ------------------------------------------------------------------ server
 
-    async def start(self) -> str:
+    async def start(self, port: int = 0) -> str:
         app = web.Application()
         app.router.add_post(f"/{API_VERSION}/Accounts/{{account}}/Messages.json", self._create)
         app.router.add_get("/media/{media_id}", self._media)
+        app.router.add_get("/stand-in/sent.json", self._sent)
         self._runner = web.AppRunner(app, shutdown_timeout=1)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
         await site.start()
         host, port = self._runner.addresses[0][:2]
         self.base_url = f"http://{host}:{port}"
@@ -187,6 +188,12 @@ class TwilioApi:
                 "price": None, "price_unit": "USD", "sid": m.sid, "status": "queued",
                 "subresource_uris": {"media": f"{uri}/Media.json"}, "to": m.to,
                 "uri": f"{uri}.json"}
+
+    async def _sent(self, request: web.Request) -> web.Response:
+        """What was sent and refused, for a benchmark running the stand-in elsewhere."""
+        return web.json_response({
+            "sent": [{"sender": m.sender, "to": m.to, "at": m.at} for m in self.sent],
+            "rejected": [code for _to, code in self.rejected]})
 
     async def _media(self, request: web.Request) -> web.Response:
         authorized = self._authorized(request)
