@@ -33,8 +33,9 @@ HELP = frozenset({"help", "info"})
 # Twilio's OptOutType parameter (Advanced Opt-Out on) names the keyword's kind itself.
 _OPT_OUT_TYPES = {"STOP": "stop", "START": "start", "HELP": "help"}
 MAX_MEDIA = 10
-# Only short answers can be a choice: longer texts are not looked up.
-_CHOICE_MAX_CHARS = 40
+# What can be a choice, and so is looked up: a one- or two-digit number, or up to four
+# words without digits ("skip", "keep talking"; "Add 15 minutes" is picked by its number).
+_MAYBE_CHOICE = re.compile(r"^\s*(?:\d{1,2}|[^\W\d]+(?:[\s,'-]+[^\W\d]+){0,3})\s*[.!]?\s*$")
 _WORDS = re.compile(r"[a-z0-9$.]+")
 _PHONE = re.compile(r"^\s*\+?[\d\s().-]{3,30}$")
 DOWNLOAD_FAILED = "I couldn't fetch your photo; please send it again."
@@ -106,8 +107,8 @@ async def action_for(runtime: Runtime, address: str, text: str) -> str | None:
     code = accept_payload(text)
     if code is not None:
         return code
-    if not text.strip() or len(text) > _CHOICE_MAX_CHARS:
-        return None
+    if not _MAYBE_CHOICE.match(text):
+        return None  # a VIN, a mileage, a sentence: no read of the last message
     choice = pick(text, await last_choices(runtime, address))
     return choice.payload if choice is not None else None
 
