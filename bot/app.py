@@ -114,6 +114,13 @@ def create_app(config: Config, *, engine: AsyncEngine | None = None,
         telegram_sender = setup_telegram(app, runtime, conversation_engine)
         if telegram_sender is not None:
             built["telegram"] = telegram_sender
+    if config.channel_status()["sms"]:
+        # twilio and phonenumbers are loaded only when the channel is on.
+        from channels.sms import setup as setup_sms
+
+        sms_sender = setup_sms(app, runtime, conversation_engine)
+        if sms_sender is not None:
+            built["sms"] = sms_sender
     dispatcher = OutboxDispatcher(runtime, {**built, **(senders or {})}, _limiters(config))
     if background:
         app.cleanup_ctx.append(_sweeps(runtime))
@@ -123,10 +130,10 @@ def create_app(config: Config, *, engine: AsyncEngine | None = None,
 
 
 def _limiters(config: Config) -> dict[str, ChannelLimiter]:
+    # SMS is limited per sending number (and per segment) by its sender (channels/sms_send).
     limits = config.rate_limits
     return {"telegram": ChannelLimiter(limits.telegram_per_second,
-                                       limits.telegram_per_chat_per_second),
-            "sms": ChannelLimiter(limits.sms_per_second, None)}
+                                       limits.telegram_per_chat_per_second)}
 
 
 def _sweeps(runtime: Runtime) -> Callable[[web.Application], AsyncIterator[None]]:

@@ -133,6 +133,16 @@ class TwilioConfig:
 
 
 @dataclass(frozen=True)
+class SmsConfig:
+    # Numbers people type without a country code are read as this region's (ISO 3166 code).
+    default_region: str = "US"
+    # Segments one Twilio message may take; a longer text goes as several messages.
+    max_segments: int = field(default=10, metadata=_rule(min=1, max=10))
+    # Photos go as MMS to numbers that can take them (US and Canada); else as links.
+    mms: bool = True
+
+
+@dataclass(frozen=True)
 class WidgetConfig:
     allowed_origins: list[str] = field(default_factory=list)
     max_frame_bytes: int = field(default=65536, metadata=_rule(min=256))
@@ -180,6 +190,7 @@ class Config:
     rate_limits: RateLimitsConfig = field(default_factory=RateLimitsConfig)
     telegram: TelegramConfig = field(default_factory=TelegramConfig)
     twilio: TwilioConfig = field(default_factory=TwilioConfig)
+    sms: SmsConfig = field(default_factory=SmsConfig)
     widget: WidgetConfig = field(default_factory=WidgetConfig)
     # Not from the file: whether public_url was given, and what the environment resolves.
     public_url_given: bool = field(default=False, metadata={"env_only": True})

@@ -42,7 +42,7 @@ async def handle(ctx: Context) -> None:
     said = _said(ctx)
     if action:
         await _button(ctx, consultation, is_customer, action)
-    elif said in ("help", "?", "menu"):
+    elif said in ("help", "?", "menu", "help me"):
         await ctx.say(text("session_help", is_customer=is_customer))
     elif said == "status":
         await ctx.say(text("session_status", consultation=consultation,

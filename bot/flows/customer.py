@@ -21,9 +21,10 @@ log = logging.getLogger("autodoctor.flows.customer")
 
 # What people type for the commands that work at any step.
 COMMANDS = {
-    "help": "help", "?": "help", "menu": "help",
+    "help": "help", "?": "help", "menu": "help", "help me": "help",
     "status": "status",
-    "cancel": "cancel", "stop": "cancel",
+    # On SMS "cancel" and "stop" are the carrier's opt-out keywords: "cancel request" there.
+    "cancel": "cancel", "stop": "cancel", "cancel request": "cancel",
     "start over": "restart", "restart": "restart", "start": "restart", "new": "restart",
     "reset": "restart",
     "history": "history", "my sessions": "history",

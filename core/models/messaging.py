@@ -102,3 +102,22 @@ class AuditLog(Base):
     subject: Mapped[str | None] = mapped_column(String(64))
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now, index=True)
+
+
+class SmsDelivery(Base):
+    """One message handed to the SMS provider (an outbox row may need several), and what the
+    provider last said of it (queued, sent, delivered, undelivered, failed)."""
+
+    __tablename__ = "sms_deliveries"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # The provider's message id (Twilio's MessageSid).
+    sid: Mapped[str] = mapped_column(String(64), unique=True)
+    # The outbox row it was sent for (its dedupe_key); NULL when a status came first.
+    outbox_key: Mapped[str | None] = mapped_column(String(255), index=True)
+    address: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))
+    error_code: Mapped[int | None] = mapped_column(Integer)
+    segments: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = created_column()
+    updated_at: Mapped[datetime] = created_column()

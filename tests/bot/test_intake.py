@@ -167,7 +167,7 @@ async def test_help_and_status_at_any_step(chat: Chat) -> None:
     await chat.send("hi")
     await chat.send("1")
     help_reply = joined(await chat.send("help"))
-    assert '"cancel"' in help_reply and "VIN" in help_reply  # and the question again
+    assert '"cancel request"' in help_reply and "VIN" in help_reply  # and the question again
     assert "we're at: your vehicle" in joined(await chat.send("status"))
 
 
