@@ -34,10 +34,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from benchdb import cpu_seconds, pg_database
@@ -60,6 +60,7 @@ INTAKE: list[tuple[dict[str, Any], int]] = [
 REPLY_TIMEOUT = 30.0  # one frame's replies
 PHASE_TIMEOUT = 600.0  # a whole phase (all customers, or opening the idle connections)
 START_TIMEOUT = 60.0  # a subprocess answering on its port
+T = TypeVar("T")
 SECRETS = ("TELEGRAM_BOT_TOKEN", "TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_FROM_NUMBER",
            "STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET", "LIVEKIT_URL", "LIVEKIT_API_KEY",
            "LIVEKIT_API_SECRET", "AUTODOCTOR_DATABASE_URL", "AUTODOCTOR_CONFIG")
@@ -214,11 +215,13 @@ async def engine_transactions(http: aiohttp.ClientSession, metrics_url: str) -> 
                if line.startswith("autodoctor_engine_batch_messages_count"))
 
 
-async def load(http: aiohttp.ClientSession, url: str, server: Proc, customers: int,
-               think: float, echo: bool, intakes: int = 1, metrics_url: str | None = None
-               ) -> Run:
-    script = [(frame, 1) for frame, _ in INTAKE] if echo else INTAKE
-    latencies: list[float] = []
+@contextlib.asynccontextmanager
+async def metered(http: aiohttp.ClientSession, server: Proc,
+                  metrics_url: str | None = None) -> AsyncIterator[Run]:
+    """Measure the block: the Run yielded gets the block's seconds, the server's CPU (and
+    time queued for a core), this process's CPU and the engine's transactions (with
+    metrics_url) when it ends; its latencies, completed and failures are the caller's."""
+    run = Run([], 0.0, 0, [])
     # This client's cyclic garbage collector is off while it measures: its full collections
     # held the echo figure to about half of what the echo server does (the client, not the
     # server, was the limit), and by how much depended on how big this process had grown.
@@ -228,30 +231,37 @@ async def load(http: aiohttp.ClientSession, url: str, server: Proc, customers: i
     try:
         cpu, queued, start = server.cpu_seconds(), server.queued_seconds(), time.perf_counter()
         client_cpu = time.process_time()
-        async with asyncio.timeout(PHASE_TIMEOUT):
-            per_customer = await asyncio.gather(*(
-                customer(http, url, script, latencies, think, intakes)
-                for _ in range(customers)), return_exceptions=True)
-        client_cpu = time.process_time() - client_cpu
+        yield run
+        run.client_cpu = time.process_time() - client_cpu
     finally:
         gc.enable()
+    run.seconds, run.cpu = time.perf_counter() - start, server.cpu_seconds() - cpu
+    queued_after = server.queued_seconds()
+    run.queued = None if queued is None or queued_after is None else queued_after - queued
+    if transactions is not None and metrics_url:
+        run.transactions = await engine_transactions(http, metrics_url) - transactions
+
+
+async def load(http: aiohttp.ClientSession, url: str, server: Proc, customers: int,
+               think: float, echo: bool, intakes: int = 1, metrics_url: str | None = None
+               ) -> Run:
+    script = [(frame, 1) for frame, _ in INTAKE] if echo else INTAKE
+    async with metered(http, server, metrics_url) as run, asyncio.timeout(PHASE_TIMEOUT):
+        per_customer = await asyncio.gather(*(
+            customer(http, url, script, run.latencies, think, intakes)
+            for _ in range(customers)), return_exceptions=True)
     results: list[dict[str, Any] | BaseException] = []
     for outcome in per_customer:
         results.extend([outcome] if isinstance(outcome, BaseException) else outcome)
-    seconds, cpu = time.perf_counter() - start, server.cpu_seconds() - cpu
-    queued_after = server.queued_seconds()
-    queued = None if queued is None or queued_after is None else queued_after - queued
-    if transactions is not None:
-        transactions = await engine_transactions(http, metrics_url) - transactions
-    failures = [f"{type(r).__name__}: {r}" for r in results if isinstance(r, BaseException)]
+    run.failures = [f"{type(r).__name__}: {r}" for r in results if isinstance(r, BaseException)]
     done = [r for r in results if isinstance(r, dict)]
     if not echo:  # an intake is complete when its last reply carries the payment link
         bad = [r for r in done if "/pay/" not in str((r.get("link") or {}).get("url", ""))]
-        failures += [f"no payment link in last reply: {str(r)[:120]}" for r in bad]
-        completed = len(done) - len(bad)
+        run.failures += [f"no payment link in last reply: {str(r)[:120]}" for r in bad]
+        run.completed = len(done) - len(bad)
     else:
-        completed = len(done)
-    return Run(latencies, seconds, completed, failures, cpu, client_cpu, queued, transactions)
+        run.completed = len(done)
+    return run
 
 
 async def open_idle(http: aiohttp.ClientSession, url: str, count: int,
@@ -341,22 +351,37 @@ class Result:
     commits: list[float] = field(default_factory=list)
 
 
-async def bench_db(db: str, database_url: str | None, args: argparse.Namespace,
-                   procs: list[Proc], tmp: Path) -> Result:
+def service_env(db: str, database_url: str | None, tmp: Path) -> dict[str, str]:
+    """The service's environment: no provider secrets, its data in tmp/db, and the
+    PostgreSQL database if any (else SQLite in the data folder)."""
     env = {k: v for k, v in os.environ.items() if k not in SECRETS}
     env["AUTODOCTOR_DATA_DIR"] = str(tmp / db)
     if database_url:
         env["AUTODOCTOR_DATABASE_URL"] = database_url
-    log = tmp / f"{db}.log"
+    return env
+
+
+async def start_service(db: str, env: dict[str, str], procs: list[Proc],
+                        tmp: Path) -> tuple[Proc, int]:
+    """`migrate`, then `serve` on a free port (logging to tmp/db.log), added to procs; the
+    process and its port (not yet answering: see wait_healthy)."""
     migrate = await asyncio.to_thread(
         subprocess.run, [sys.executable, "-m", "bot.cli", "migrate"], cwd=ROOT, env=env,
         capture_output=True, text=True, timeout=120)
     if migrate.returncode != 0:
         raise RuntimeError(f"migrate failed on {db}:\n{migrate.stderr[-2000:]}")
-    port, echo_port = free_port(), free_port()
+    port = free_port()
     server = Proc(f"serve ({db})", [sys.executable, "-m", "bot.cli", "serve", "--port",
-                                    str(port)], env, log)
+                                    str(port)], env, tmp / f"{db}.log")
     procs.append(server)
+    return server, port
+
+
+async def bench_db(db: str, database_url: str | None, args: argparse.Namespace,
+                   procs: list[Proc], tmp: Path) -> Result:
+    env = service_env(db, database_url, tmp)
+    server, port = await start_service(db, env, procs, tmp)
+    echo_port = free_port()
     echo = Proc("echo", [sys.executable, str(SELF), "--echo-server",
                          str(echo_port)], env, tmp / f"echo-{db}.log")
     procs.append(echo)
@@ -470,24 +495,48 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
           "(target < 150), after the run.")
 
 
-async def main_async(args: argparse.Namespace) -> int:
+async def each_database(args: argparse.Namespace,
+                        bench: Callable[[str, str | None, argparse.Namespace, list[Proc], Path],
+                                        Awaitable[T]]) -> list[T]:
+    """bench(db, database_url, args, procs, tmp) for each of args.db: SQLite (url None: the
+    service's file in its data folder) or a throwaway PostgreSQL database (skipped when the
+    server is unreachable). The subprocesses it adds to procs are stopped and the temporary
+    folder removed whatever happens."""
     procs: list[Proc] = []
-    results: list[Result] = []
+    results: list[T] = []
     with tempfile.TemporaryDirectory(prefix="autodoctor-bench-") as tmpdir:
         tmp = Path(tmpdir)
         try:
             for db in args.db:
                 if db == "sqlite":
-                    results.append(await bench_db(db, None, args, procs, tmp))
+                    results.append(await bench(db, None, args, procs, tmp))
                     continue
                 async with pg_database(args.pg_url) as url:
                     if url is not None:
-                        results.append(await bench_db(db, url, args, procs, tmp))
+                        results.append(await bench(db, url, args, procs, tmp))
         finally:
             for proc in procs:
                 proc.stop()
+    return results
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    results = await each_database(args, bench_db)
     report(results, args)
     return 0 if all(not r.failed for r in results) else 1
+
+
+def database_arguments(parser: argparse.ArgumentParser) -> None:
+    """--db (a comma-separated list of sqlite, postgresql) and --pg-url."""
+    parser.add_argument("--db", default="sqlite,postgresql",
+                        type=lambda s: [d.strip() for d in s.split(",") if d.strip()])
+    parser.add_argument("--pg-url", default=os.environ.get("AUTODOCTOR_BENCH_PG_URL", PG_URL))
+
+
+def check_databases(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    unknown = set(args.db) - {"sqlite", "postgresql"}
+    if unknown:
+        parser.error(f"unknown --db {', '.join(sorted(unknown))}")
 
 
 def raise_nofile(needed: int) -> None:
@@ -513,17 +562,13 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3,
                         help="saturation runs of ours and of the echo server, alternating; the "
                              "median of each is reported (default 3)")
-    parser.add_argument("--db", default="sqlite,postgresql",
-                        type=lambda s: [d.strip() for d in s.split(",") if d.strip()])
-    parser.add_argument("--pg-url", default=os.environ.get("AUTODOCTOR_BENCH_PG_URL", PG_URL))
+    database_arguments(parser)
     parser.add_argument("--echo-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.echo_server:
         run_echo_server(args.echo_server)
         return 0
-    unknown = set(args.db) - {"sqlite", "postgresql"}
-    if unknown:
-        parser.error(f"unknown --db {', '.join(sorted(unknown))}")
+    check_databases(parser, args)
     if not 1 <= args.repeat <= 20:
         parser.error("--repeat takes 1..20")
     raise_nofile(2 * max(args.idle, args.customers) + 1024)
