@@ -13,6 +13,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+import admin_web
 import billing
 import channels.web
 from billing.payouts import payouts_for
@@ -74,6 +75,7 @@ def create_app(config: Config, *, engine: AsyncEngine | None = None,
     app.router.add_get("/metrics", metrics, name="metrics")
     channels.web.setup(app, runtime, conversation_engine)
     billing.setup(app, runtime)
+    admin_web.setup(app, runtime)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         for channel, enabled in config.channel_status().items():

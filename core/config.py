@@ -125,6 +125,16 @@ class WidgetConfig:
 
 
 @dataclass(frozen=True)
+class AdminConfig:
+    """The admin site (/admin): how long a login lasts, and the lockout after failures."""
+
+    session_idle_minutes: int = field(default=30, metadata=_rule(min=1, max=7 * 24 * 60))
+    login_max_failures: int = field(default=5, metadata=_rule(min=1))
+    lockout_minutes: int = field(default=15, metadata=_rule(min=1))
+    trust_forwarded_for: bool = False
+
+
+@dataclass(frozen=True)
 class Secrets:
     """Secrets read from the environment only; never written to config.toml or logs."""
 
@@ -162,6 +172,7 @@ class Config:
     telegram: TelegramConfig = field(default_factory=TelegramConfig)
     twilio: TwilioConfig = field(default_factory=TwilioConfig)
     widget: WidgetConfig = field(default_factory=WidgetConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
     # Not from the file: resolved from the environment.
     data_dir: Path = field(default=Path("data"), metadata={"env_only": True})
     secrets: Secrets = field(default_factory=Secrets, metadata={"env_only": True})
