@@ -70,8 +70,11 @@ class Site:
 
     async def act(self, path: str, data: dict[str, str] | None = None) -> str:
         """Send a form, follow the redirect, and return the notice the next page shows."""
-        response = await self.post(path, data)
-        assert response.status == 303, (path, response.status, (await response.text())[:500])
+        return await self.act_notice(await self.post(path, data))
+
+    async def act_notice(self, response: ClientResponse) -> str:
+        """The notice shown after a form's redirect."""
+        assert response.status == 303, (response.status, (await response.text())[:500])
         text = await self.page(response.headers["Location"])
         notice = re.search(r'<p class="notice[^"]*" role="status">(.*?)</p>', text, re.S)
         return html.unescape(notice.group(1)) if notice else ""
