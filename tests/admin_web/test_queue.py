@@ -7,11 +7,10 @@ import asyncio
 import re
 
 from aiohttp import ClientResponse
-
 from sqlalchemy import select, update
 
 from core.messages import Inbound
-from core.models import Availability, AuditLog, Identity, Mechanic, Offer, Refund, SessionRequest
+from core.models import AuditLog, Availability, Identity, Mechanic, Offer, Refund, SessionRequest
 from tests.admin_web.conftest import (
     MakeClient,
     Site,

@@ -14,7 +14,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from admin_web.auth import PUBLIC
 from core.config import Config, with_changes
 from core.models import AdminLogin, AuditLog, Base, Intake, Mechanic
-from core.runtime import Runtime
 from tests.admin_web.conftest import (
     PASSWORD,
     MakeClient,
