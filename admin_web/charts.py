@@ -57,25 +57,19 @@ class Chart:
         return any(b.height > 0 for b in self.bars) or bool(self.points)
 
 
-def _nice_max(value: float) -> float:
-    """A round top for the y axis (1, 2, 5 × 10^n) at or above value."""
-    if value <= 0:
-        return 1
-    power = 10 ** math.floor(math.log10(value))
-    for step in (1, 2, 5, 10):
-        if value <= step * power:
-            return float(step * power)
-    return float(10 * power)
+def _scale(value: float) -> tuple[int, int]:
+    """A round step (1, 2, 5 × 10^n, at least 1) and top for an axis up to `value`: at most
+    five steps, each labelled with a whole number."""
+    step = 1
+    while value / step > 5:
+        step = step * 5 // 2 if str(step).startswith("2") else step * 2
+    return step, max(1, math.ceil(value / step)) * step
 
 
-def _y_ticks(top: float, unit: str) -> list[Tick]:
+def _y_ticks(step: int, top: int, unit: str) -> list[Tick]:
     plot = HEIGHT - TOP - BOTTOM
-    ticks = []
-    for part in range(5):
-        value = top * part / 4
-        label = f"{value:g}{unit}" if value != int(value) else f"{int(value)}{unit}"
-        ticks.append(Tick(LEFT - 6, TOP + plot - plot * part / 4, label))
-    return ticks
+    return [Tick(LEFT - 6, TOP + plot - plot * value / top, f"{value}{unit}")
+            for value in range(0, top + 1, step)]
 
 
 def requests_per_hour(paid: Sequence[datetime], now: datetime, days: int = 7) -> Chart:
@@ -88,7 +82,7 @@ def requests_per_hour(paid: Sequence[datetime], now: datetime, days: int = 7) ->
         if start <= at < end:
             counts[int((at - start).total_seconds() // 3600)] += 1
     chart = Chart("Paid requests per hour, last 7 days (UTC)", "No paid requests in 7 days.")
-    top = _nice_max(max(counts, default=0))
+    step_y, top = _scale(max(counts, default=0))
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     step = plot_w / hours
     for index, count in enumerate(counts):
@@ -98,7 +92,7 @@ def requests_per_hour(paid: Sequence[datetime], now: datetime, days: int = 7) ->
                               height, f"{hour:%a %d %b %H}:00 — {count} paid"))
         if hour.hour == 0:
             chart.x_ticks.append(Tick(LEFT + index * step, HEIGHT - 8, f"{hour:%a %d}"))
-    chart.y_ticks = _y_ticks(top, "")
+    chart.y_ticks = _y_ticks(step_y, top, "")
     return chart
 
 
@@ -115,7 +109,7 @@ def time_to_accept(pairs: Sequence[tuple[datetime, datetime]], now: datetime,
     chart = Chart("Median minutes from payment to a mechanic, last 7 days",
                   "No request accepted in 7 days.")
     medians = [statistics.median(day) if day else None for day in per_day]
-    top = _nice_max(max((m for m in medians if m is not None), default=0))
+    step_y, top = _scale(max((m for m in medians if m is not None), default=0))
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     step = plot_w / days
     for index, median in enumerate(medians):
@@ -126,5 +120,5 @@ def time_to_accept(pairs: Sequence[tuple[datetime, datetime]], now: datetime,
             chart.points.append(Point(x, TOP + plot_h - plot_h * median / top,
                                       f"{day:%a %d %b}: median {median:.1f} min of "
                                       f"{len(per_day[index])} accepted"))
-    chart.y_ticks = _y_ticks(top, "m")
+    chart.y_ticks = _y_ticks(step_y, top, " min")
     return chart

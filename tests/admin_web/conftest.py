@@ -23,6 +23,7 @@ from core.models import SessionRequest
 from core.runtime import Runtime
 from core.sweeps import run_sweeps
 from tests.billing.helpers import awaiting_payment
+from tests.channels.test_widget_browser import browser, chromium  # noqa: F401  (fixtures)
 
 EMAIL = "ops@example.com"
 PASSWORD = "correct horse battery"
