@@ -134,7 +134,7 @@ async def live_session(runtime: Runtime, plan: str = "chat10", *, mechanic: str 
     from tests.factories import linked_mechanic
 
     sam = await linked_mechanic(runtime, mechanic, channel="console",
-                                address=f"mech-{customer}")
+                                address=f"mech-{customer}", senior=plan == "diagnostic")
     request = await paid_request(runtime, plan, channel="console", address=customer)
     engine = engine_of(runtime)
     await engine.receive(Inbound(channel="console", address=sam.address,

@@ -8,9 +8,16 @@ import re
 
 from sqlalchemy import select, update
 
+from core.messages import Inbound
 from core.models import AuditLog, Checkout, Consultation, Intake, Mechanic, Payout, Refund
 from core.sweeps import run_sweeps
-from tests.admin_web.conftest import Site, live_session, paid_request, unattended_request
+from tests.admin_web.conftest import (
+    Site,
+    engine_of,
+    live_session,
+    paid_request,
+    unattended_request,
+)
 from tests.billing.helpers import awaiting_payment
 from tests.factories import linked_mechanic
 
@@ -74,6 +81,9 @@ async def test_sessions_are_filtered_shown_with_their_transcript_and_ended(site:
         payout = await s.scalar(select(Payout))
         refund = await s.scalar(select(Refund))
     assert statuses == {live_id: "completed", other_id: "cancelled"}
+    replies = await engine_of(runtime).receive(Inbound(channel="console", address="cust-2",
+                                                       text="are you there?"))
+    assert "our coordinator had to cancel your Standard Video session" in replies[0].text
     assert payout is not None and payout.amount_cents == 800
     assert refund is not None and refund.amount_cents == 2999
     assert "no longer under way" in await site.act(f"/admin/sessions/{live_id}/end")
@@ -222,3 +232,26 @@ async def test_the_audit_log_lists_logins_and_actions_and_filters_them(site: Sit
     assert "mechanic_senior" in only and "login_failed</td>" not in only
     assert "login_failed" in await site.page("/admin/audit?actor=login:")
     assert "Nothing matches." in await site.page("/admin/audit?since=2027-01-01")
+
+
+async def test_detail_pages_show_hours_reports_ratings_and_payments(site: Site) -> None:
+    from core.models import Availability
+
+    runtime = site.runtime
+    request, live_id = await live_session(runtime, "diagnostic", mechanic="Sam Lee")
+    async with runtime.sessions.begin() as s:
+        mechanic = await s.scalar(select(Mechanic))
+        assert mechanic is not None
+        s.add(Availability(mechanic_id=mechanic.id, weekday=0, start_minute=540,
+                           end_minute=1020))
+        await s.execute(update(Consultation).values(
+            report={"findings": "Worn pads", "repairs": "Replace pads", "cost": "$150-$250"},
+            rating=5, review="Very helpful"))
+    page = await site.page(f"/admin/mechanics/{mechanic.id}")
+    assert "Mon 09:00–17:00" in page and "Sam Lee" in page
+    session = await site.page(f"/admin/sessions/{live_id}")
+    assert "Worn pads" in session and "$150-$250" in session
+    assert "5/5" in session and "Very helpful" in session
+    intake = await site.page(f"/admin/intakes/{request.intake_id}")
+    assert request.ref in intake and "$49.99, paid" in intake and f"Session #{live_id}" in intake
+    assert "A paid intake follows its request" in intake

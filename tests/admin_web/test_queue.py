@@ -216,3 +216,39 @@ async def test_two_admins_assigning_at_once_have_one_winner(
         f"and {loser} was not told anything."])
     async with runtime.sessions() as s:
         assert (await s.scalar(select(SessionRequest.status))) == "accepted"
+
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+
+
+async def test_the_queue_shows_the_intakes_photos_which_open_for_admins_only(
+        site: Site) -> None:
+    from core.files import store_upload
+    from core.models import File, Intake
+
+    runtime = site.runtime
+    request = await unattended_request(runtime, "chat10", channel="console", address="dana")
+    async with runtime.sessions.begin() as s:
+        intake = await s.get(Intake, request.intake_id)
+        assert intake is not None
+        chat = await s.scalar(select(Identity).where(Identity.address == "dana"))
+        assert chat is not None
+        photo = await store_upload(s, runtime.config, chat.id, PNG, "<b>wheel</b>.png",
+                                   runtime.clock.now())
+        photo.intake_id = intake.id
+    async with runtime.sessions() as s:
+        stored = await s.scalar(select(File))
+    assert stored is not None
+    for path in ("/admin/unattended", f"/admin/intakes/{request.intake_id}"):
+        page = await site.page(path)
+        assert f'<img src="/admin/files/{stored.public_id}" alt="&lt;b&gt;wheel&lt;/b&gt;.png">' \
+            in page, path
+    response = await site.client.get(f"/admin/files/{stored.public_id}")
+    assert response.status == 200 and await response.read() == PNG
+    assert response.headers["Content-Type"] == "image/png"
+    assert response.headers["Content-Security-Policy"].startswith("sandbox")
+    assert (await site.client.get("/admin/files/f_nothing")).status == 404
+    site.client.session.cookie_jar.clear()
+    outsider = await site.client.get(f"/admin/files/{stored.public_id}",
+                                     allow_redirects=False)
+    assert outsider.status == 303
