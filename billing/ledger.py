@@ -11,6 +11,7 @@ Each paid checkout falls in exactly one place, and its parts must add up to what
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -52,11 +53,17 @@ class Ledger:
                 "balanced": self.balanced}
 
 
-async def reconcile(session: AsyncSession, fee_bps: int) -> Ledger:
-    """Walk every paid checkout and place its money; list anything that does not add up."""
+async def reconcile(session: AsyncSession, fee_bps: int, *, paid_from: datetime | None = None,
+                    paid_before: datetime | None = None) -> Ledger:
+    """Walk every paid checkout (or those paid in [paid_from, paid_before)) and place its
+    money; list anything that does not add up."""
     ledger = Ledger()
-    checkouts = (await session.scalars(select(Checkout).where(
-        Checkout.status.in_(("paid", "refunded"))).order_by(Checkout.id))).all()
+    query = select(Checkout).where(Checkout.status.in_(("paid", "refunded")))
+    if paid_from is not None:
+        query = query.where(Checkout.paid_at >= paid_from)
+    if paid_before is not None:
+        query = query.where(Checkout.paid_at < paid_before)
+    checkouts = (await session.scalars(query.order_by(Checkout.id))).all()
     requests = {r.checkout_id: r for r in (await session.scalars(select(SessionRequest))).all()}
     refunds = {r.checkout_id: r for r in (await session.scalars(select(Refund))).all()}
     consultations = {c.request_id: c for c in (await session.scalars(

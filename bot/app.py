@@ -13,6 +13,7 @@ from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+import admin_web
 import billing
 import channels.web
 from billing.payouts import payouts_for
@@ -77,6 +78,7 @@ def create_app(config: Config, *, engine: AsyncEngine | None = None,
     app.router.add_get("/metrics", http.metrics, name="metrics")
     channels.web.setup(app, runtime, conversation_engine)
     billing.setup(app, runtime)
+    admin_web.setup(app, runtime)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         for channel, enabled in config.channel_status().items():

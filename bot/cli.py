@@ -297,6 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     ledger.add_argument("--json", action="store_true", help="print JSON")
     ledger.set_defaults(func=cmd_ledger)
 
+    from bot.admin_commands import add_commands
+
+    add_commands(sub)
+
     console = sub.add_parser("console", help="chat with the bot in the terminal as a customer")
     console.add_argument("--as", dest="as_name",
                          help="who you are (default: your login); the conversation is kept")

@@ -6,20 +6,15 @@ import dataclasses
 import os
 import secrets
 import tomllib
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from core.errors import ConfigError
+from core.typed_toml import build, rule
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.toml"
-
-
-def _rule(*, min: float | None = None, max: float | None = None,
-          choices: tuple[str, ...] | None = None) -> dict[str, Any]:
-    return {"min": min, "max": max, "choices": choices}
 
 
 # The plan code of a checkout that buys more time for a consultation under way.
@@ -29,7 +24,7 @@ EXTENSION_PLAN = "extension"
 @dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
-    port: int = field(default=8080, metadata=_rule(min=1, max=65535))
+    port: int = field(default=8080, metadata=rule(min=1, max=65535))
     # Proxies whose X-Forwarded-For names the client (nginx in front); empty: none.
     trusted_proxies: list[str] = field(default_factory=list)
 
@@ -37,23 +32,23 @@ class ServerConfig:
 @dataclass(frozen=True)
 class DatabaseConfig:
     url: str = ""
-    sqlite_busy_timeout_ms: int = field(default=5000, metadata=_rule(min=0))
+    sqlite_busy_timeout_ms: int = field(default=5000, metadata=rule(min=0))
     echo: bool = False
 
 
 @dataclass(frozen=True)
 class TimeoutsConfig:
-    unattended_after_seconds: int = field(default=300, metadata=_rule(min=1))
-    expire_after_seconds: int = field(default=7200, metadata=_rule(min=1))
-    no_show_after_seconds: int = field(default=1800, metadata=_rule(min=1))
-    sweep_interval_seconds: int = field(default=5, metadata=_rule(min=1))
+    unattended_after_seconds: int = field(default=300, metadata=rule(min=1))
+    expire_after_seconds: int = field(default=7200, metadata=rule(min=1))
+    no_show_after_seconds: int = field(default=1800, metadata=rule(min=1))
+    sweep_interval_seconds: int = field(default=5, metadata=rule(min=1))
 
 
 @dataclass(frozen=True)
 class Plan:
     name: str
-    price_cents: int = field(metadata=_rule(min=50))
-    minutes: int = field(metadata=_rule(min=1))
+    price_cents: int = field(metadata=rule(min=50))
+    minutes: int = field(metadata=rule(min=1))
     video: bool = False
     senior_only: bool = False
     stripe_price_id: str = ""
@@ -62,32 +57,32 @@ class Plan:
 @dataclass(frozen=True)
 class BillingConfig:
     currency: str = "usd"
-    fee_bps: int = field(default=2000, metadata=_rule(min=0, max=10000))
-    checkout_ttl_seconds: int = field(default=3600, metadata=_rule(min=1800, max=86400))
+    fee_bps: int = field(default=2000, metadata=rule(min=0, max=10000))
+    checkout_ttl_seconds: int = field(default=3600, metadata=rule(min=1800, max=86400))
 
 
 @dataclass(frozen=True)
 class ExtensionsConfig:
     """More time a customer may buy near the end of a consultation."""
 
-    minutes: int = field(default=15, metadata=_rule(min=1, max=120))
-    price_cents: int = field(default=999, metadata=_rule(min=50))
+    minutes: int = field(default=15, metadata=rule(min=1, max=120))
+    price_cents: int = field(default=999, metadata=rule(min=50))
 
 
 @dataclass(frozen=True)
 class InvitesConfig:
     # A mechanic's invite not used within this many days is refused.
-    ttl_days: int = field(default=7, metadata=_rule(min=1))
+    ttl_days: int = field(default=7, metadata=rule(min=1))
 
 
 @dataclass(frozen=True)
 class LinksConfig:
     """How long signed links stay good: files sent in a session, and session records."""
 
-    file_hours: int = field(default=72, metadata=_rule(min=1))
-    record_days: int = field(default=365, metadata=_rule(min=1))
+    file_hours: int = field(default=72, metadata=rule(min=1))
+    record_days: int = field(default=365, metadata=rule(min=1))
     # How long after the end a rating may still be changed.
-    rating_change_hours: int = field(default=24, metadata=_rule(min=0))
+    rating_change_hours: int = field(default=24, metadata=rule(min=0))
 
 
 @dataclass(frozen=True)
@@ -97,12 +92,12 @@ class StripeConfig:
 
 @dataclass(frozen=True)
 class UploadsConfig:
-    max_bytes: int = field(default=10 * 1024 * 1024, metadata=_rule(min=1))
-    max_files_per_intake: int = field(default=10, metadata=_rule(min=0))
+    max_bytes: int = field(default=10 * 1024 * 1024, metadata=rule(min=1))
+    max_files_per_intake: int = field(default=10, metadata=rule(min=0))
     # Uploads one visitor may hold that are attached to nothing yet, and how long those are
     # kept before the sweep deletes them.
-    max_unattached_per_visitor: int = field(default=20, metadata=_rule(min=1))
-    unattached_ttl_hours: int = field(default=24, metadata=_rule(min=1))
+    max_unattached_per_visitor: int = field(default=20, metadata=rule(min=1))
+    unattached_ttl_hours: int = field(default=24, metadata=rule(min=1))
     allowed_types: list[str] = field(default_factory=lambda: [
         "image/jpeg", "image/png", "image/webp", "image/gif", "image/heic",
         "application/pdf", "video/mp4", "video/quicktime", "video/webm",
@@ -111,18 +106,18 @@ class UploadsConfig:
 
 @dataclass(frozen=True)
 class RateLimitsConfig:
-    telegram_per_second: float = field(default=30.0, metadata=_rule(min=0.01))
-    telegram_per_chat_per_second: float = field(default=1.0, metadata=_rule(min=0.01))
-    sms_per_second: float = field(default=1.0, metadata=_rule(min=0.01))
-    widget_messages_per_minute: int = field(default=60, metadata=_rule(min=1))
-    new_visitors_per_hour: int = field(default=120, metadata=_rule(min=1))
-    uploads_per_hour: int = field(default=120, metadata=_rule(min=1))
-    invite_failures_per_hour: int = field(default=10, metadata=_rule(min=1))
+    telegram_per_second: float = field(default=30.0, metadata=rule(min=0.01))
+    telegram_per_chat_per_second: float = field(default=1.0, metadata=rule(min=0.01))
+    sms_per_second: float = field(default=1.0, metadata=rule(min=0.01))
+    widget_messages_per_minute: int = field(default=60, metadata=rule(min=1))
+    new_visitors_per_hour: int = field(default=120, metadata=rule(min=1))
+    uploads_per_hour: int = field(default=120, metadata=rule(min=1))
+    invite_failures_per_hour: int = field(default=10, metadata=rule(min=1))
 
 
 @dataclass(frozen=True)
 class TelegramConfig:
-    mode: str = field(default="polling", metadata=_rule(choices=("polling", "webhook")))
+    mode: str = field(default="polling", metadata=rule(choices=("polling", "webhook")))
     api_base: str = "https://api.telegram.org"
     bot_username: str = "AutoDoctorBot"
 
@@ -137,7 +132,7 @@ class SmsConfig:
     # Numbers people type without a country code are read as this region's (ISO 3166 code).
     default_region: str = "US"
     # Segments one Twilio message may take; a longer text goes as several messages.
-    max_segments: int = field(default=10, metadata=_rule(min=1, max=10))
+    max_segments: int = field(default=10, metadata=rule(min=1, max=10))
     # Photos go as MMS to numbers that can take them (US and Canada); else as links.
     mms: bool = True
 
@@ -145,8 +140,18 @@ class SmsConfig:
 @dataclass(frozen=True)
 class WidgetConfig:
     allowed_origins: list[str] = field(default_factory=list)
-    max_frame_bytes: int = field(default=65536, metadata=_rule(min=256))
-    max_text_chars: int = field(default=4000, metadata=_rule(min=1))
+    max_frame_bytes: int = field(default=65536, metadata=rule(min=256))
+    max_text_chars: int = field(default=4000, metadata=rule(min=1))
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    """The admin site (/admin): how long a login lasts, and the lockout after failures."""
+
+    session_idle_minutes: int = field(default=30, metadata=rule(min=1, max=7 * 24 * 60))
+    login_max_failures: int = field(default=5, metadata=rule(min=1))
+    lockout_minutes: int = field(default=15, metadata=rule(min=1))
+    trust_forwarded_for: bool = False
 
 
 @dataclass(frozen=True)
@@ -173,7 +178,7 @@ class Secrets:
 @dataclass(frozen=True)
 class Config:
     environment: str = field(default="development",
-                             metadata=_rule(choices=("development", "production")))
+                             metadata=rule(choices=("development", "production")))
     # The base URL people reach the service on (links in chat). When config.toml leaves it
     # out, it follows where `serve` listens (see served_at).
     public_url: str = ""
@@ -192,6 +197,7 @@ class Config:
     twilio: TwilioConfig = field(default_factory=TwilioConfig)
     sms: SmsConfig = field(default_factory=SmsConfig)
     widget: WidgetConfig = field(default_factory=WidgetConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
     # Not from the file: whether public_url was given, and what the environment resolves.
     public_url_given: bool = field(default=False, metadata={"env_only": True})
     data_dir: Path = field(default=Path("data"), metadata={"env_only": True})
@@ -268,73 +274,6 @@ _ENV_SECRETS = {
 }
 
 
-def _describe(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is list:
-        return f"a list of {_describe(typing.get_args(tp)[0])}s"
-    if origin is dict:
-        return "a table"
-    if dataclasses.is_dataclass(tp):
-        return "a table"
-    return {bool: "true or false", int: "an integer", float: "a number",
-            str: "a string"}.get(tp, str(tp))
-
-
-def _convert(value: Any, tp: Any, key: str, meta: Mapping[str, Any]) -> Any:
-    origin = typing.get_origin(tp)
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"[{key}] must be a table, got {value!r}")
-        return _build(tp, value, key)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a table, got {value!r}")
-        _, vtype = typing.get_args(tp)
-        return {k: _convert(v, vtype, f"{key}.{k}", {}) for k, v in value.items()}
-    if origin is list:
-        (itype,) = typing.get_args(tp)
-        if not isinstance(value, list) or not all(isinstance(v, itype) for v in value):
-            raise ConfigError(f"{key} must be {_describe(tp)}, got {value!r}")
-        return list(value)
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if tp is bool and not isinstance(value, bool):
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
-    if tp is not bool and (not isinstance(value, tp) or isinstance(value, bool)):
-        raise ConfigError(f"{key} must be {_describe(tp)}, got {value!r}")
-    if meta.get("choices") and value not in meta["choices"]:
-        raise ConfigError(f"{key} must be one of {', '.join(meta['choices'])}, got {value!r}")
-    if meta.get("min") is not None and value < meta["min"]:
-        raise ConfigError(f"{key} must be at least {meta['min']}, got {value!r}")
-    if meta.get("max") is not None and value > meta["max"]:
-        raise ConfigError(f"{key} must be at most {meta['max']}, got {value!r}")
-    return value
-
-
-if typing.TYPE_CHECKING:
-    from _typeshed import DataclassInstance
-
-T = TypeVar("T", bound="DataclassInstance")
-
-
-def _build(cls: type[T], raw: Mapping[str, Any], prefix: str) -> T:
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("env_only")}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        where = f"[{prefix}] " if prefix else ""
-        raise ConfigError(f"unknown setting {where}{unknown[0]!r}; "
-                          f"known settings: {', '.join(fields)}")
-    kwargs: dict[str, Any] = {}
-    for name, f in fields.items():
-        key = f"{prefix}.{name}" if prefix else name
-        if name in raw:
-            kwargs[name] = _convert(raw[name], hints[name], key, f.metadata)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{key} is required ({_describe(hints[name])})")
-    return cls(**kwargs)
-
-
 def _secret_key(environ: Mapping[str, str], data_dir: Path, environment: str) -> str:
     key = environ.get("AUTODOCTOR_SECRET_KEY", "")
     if key:
@@ -364,7 +303,7 @@ def load_config(path: Path | str | None = None,
         raise ConfigError(f"config file {path} not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    config = _build(Config, raw, "")
+    config = build(Config, raw, "")
     given = bool(config.public_url)
     config = dataclasses.replace(config, public_url_given=given).served_at(
         config.server.host, config.server.port) if not given else \

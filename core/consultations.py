@@ -222,14 +222,15 @@ async def queue_payout(session: AsyncSession, runtime: Runtime, consultation: Co
 
 
 async def cancel_for_emergency(uow: UnitOfWork, runtime: Runtime, consultation: Consultation,
-                               now: datetime) -> bool:
-    """The mechanic must stop: the session is cancelled, the request closed for a full refund
-    (core.sweeps.refund_due), both told. False if it was no longer under way."""
+                               now: datetime, *, reason: str = "emergency") -> bool:
+    """The session must stop (the mechanic's emergency, or "admin_cancelled_session": an
+    admin's call): cancelled, the request closed for a full refund (core.sweeps.refund_due),
+    both told. False if it was no longer under way."""
     session = uow.session
     cancelled = (await session.execute(
         update(Consultation).where(Consultation.id == consultation.id,
                                    Consultation.status.in_(ACTIVE))
-        .values(status="cancelled", ended_at=now, end_reason="emergency")
+        .values(status="cancelled", ended_at=now, end_reason=reason)
         .returning(Consultation.id))).scalar_one_or_none()
     if cancelled is None:
         return False
@@ -239,11 +240,12 @@ async def cancel_for_emergency(uow: UnitOfWork, runtime: Runtime, consultation: 
     await session.execute(
         update(SessionRequest).where(SessionRequest.id == request.id,
                                      SessionRequest.status == "accepted")
-        .values(status="cancelled", closed_at=now, close_reason="emergency"))
+        .values(status="cancelled", closed_at=now, close_reason=reason))
     plan = runtime.config.plan(consultation.plan)
-    await tell_both(uow, consultation, now, f"emergency:{consultation.id}",
-                    runtime.texts("emergency_customer", plan=plan,
-                                  amount_cents=request.price_cents),
-                    runtime.texts("emergency_mechanic", ref=request.ref))
-    log.info("consultation=%s cancelled: mechanic's emergency", consultation.id)
+    texts = ("emergency_customer", "emergency_mechanic") if reason == "emergency" else \
+        ("session_cancelled_customer", "session_cancelled_mechanic")
+    await tell_both(uow, consultation, now, f"{reason}:{consultation.id}",
+                    runtime.texts(texts[0], plan=plan, amount_cents=request.price_cents),
+                    runtime.texts(texts[1], ref=request.ref))
+    log.info("consultation=%s cancelled: %s", consultation.id, reason)
     return True

@@ -48,11 +48,17 @@ async def invite_mechanic(session: AsyncSession, config: Config, name: str, now:
     mechanic = Mechanic(name=name.strip()[:200], is_senior=senior, phone=phone, created_at=now)
     session.add(mechanic)
     await session.flush()
+    return await new_invite(session, config, mechanic.id, now)
+
+
+async def new_invite(session: AsyncSession, config: Config, mechanic_id: int,
+                     now: datetime) -> Invitation:
+    """Another single-use invite for a mechanic (a new phone, a lost link)."""
     code = "".join(secrets.choice(_CODE_ALPHABET) for _ in range(8))
-    session.add(MechanicInvite(code=code, mechanic_id=mechanic.id, created_at=now))
+    session.add(MechanicInvite(code=code, mechanic_id=mechanic_id, created_at=now))
     await session.flush()
-    log.info("mechanic=%s invited", mechanic.id)
-    return invitation(config, mechanic.id, code, now)
+    log.info("mechanic=%s invited", mechanic_id)
+    return invitation(config, mechanic_id, code, now)
 
 log = logging.getLogger("autodoctor.mechanics")
 

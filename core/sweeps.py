@@ -171,7 +171,8 @@ async def _orphaned(uow: UnitOfWork, runtime: Runtime, now: datetime,
     stats.orphaned += len(changed)
 
 
-REFUNDED_CLOSES = ("unmatched", "customer_cancelled", "emergency")
+REFUNDED_CLOSES = ("unmatched", "customer_cancelled", "emergency", "admin_cancelled",
+                   "admin_cancelled_session")
 
 
 async def refund_due(runtime: Runtime, now: datetime) -> tuple[int, int]:

@@ -52,6 +52,12 @@ async def handle(ctx: Context, intake: IntakeRecord, command: str | None) -> boo
         await ctx.say(text("session_over", plan=plan))
     elif request.status == "cancelled" and request.close_reason == "emergency":
         await ctx.say(text("emergency_customer", plan=plan, amount_cents=request.price_cents))
+    elif request.status == "cancelled" and request.close_reason == dispatch.ADMIN_CANCELLED:
+        await ctx.say(text("admin_cancelled_customer", plan=plan,
+                           amount_cents=request.price_cents))
+    elif request.status == "cancelled" and request.close_reason == "admin_cancelled_session":
+        await ctx.say(text("session_cancelled_customer", plan=plan,
+                           amount_cents=request.price_cents))
     elif request.status == "accepted":
         await ctx.say(text("matched_status", plan=plan))
     else:

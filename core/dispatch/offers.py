@@ -46,7 +46,8 @@ async def holds_job(session: AsyncSession, mechanic_id: int) -> SessionRequest |
     return await session.get(SessionRequest, live) if live is not None else None
 
 
-def _in_window(windows: list[Availability], tz: str, now: datetime) -> bool:
+def in_window(windows: list[Availability], tz: str, now: datetime) -> bool:
+    """Whether `now` is inside one of a mechanic's weekly windows (none: always)."""
     if not windows:
         return True  # no windows set: no time restriction
     try:
@@ -80,7 +81,7 @@ async def eligible_mechanics(session: AsyncSession, runtime: Runtime, plan_code:
             windows.setdefault(w.mechanic_id, []).append(w)
     best: dict[int, tuple[Mechanic, Identity]] = {}
     for mechanic, identity in rows:
-        if not _in_window(windows.get(mechanic.id, []), mechanic.timezone, now):
+        if not in_window(windows.get(mechanic.id, []), mechanic.timezone, now):
             continue
         current = best.get(mechanic.id)
         rank = CHANNEL_PREFERENCE.get(identity.channel, 9)

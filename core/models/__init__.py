@@ -3,11 +3,19 @@
 from core.models.base import NAMING_CONVENTION, Base, UTCDateTime, table
 from core.models.messaging import AuditLog, InboundEvent, Message, OutboxItem, SmsDelivery
 from core.models.money import Checkout, Extension, Payout, Refund
-from core.models.people import Admin, Availability, Customer, Identity, Mechanic, MechanicInvite
+from core.models.people import (
+    Admin,
+    AdminLogin,
+    Availability,
+    Customer,
+    Identity,
+    Mechanic,
+    MechanicInvite,
+)
 from core.models.requests import Consultation, Conversation, File, Intake, Offer, SessionRequest
 
-__all__ = ["NAMING_CONVENTION", "Admin", "AuditLog", "Availability", "Base", "Checkout",
-           "Consultation", "Conversation", "Customer", "Extension", "File", "Identity",
-           "InboundEvent", "Intake", "Mechanic", "MechanicInvite", "Message", "Offer",
-           "OutboxItem", "Payout", "Refund", "SessionRequest", "SmsDelivery", "UTCDateTime",
-           "table"]
+__all__ = ["NAMING_CONVENTION", "Admin", "AdminLogin", "AuditLog", "Availability", "Base",
+           "Checkout", "Consultation", "Conversation", "Customer", "Extension", "File",
+           "Identity", "InboundEvent", "Intake", "Mechanic", "MechanicInvite", "Message",
+           "Offer", "OutboxItem", "Payout", "Refund", "SessionRequest", "SmsDelivery",
+           "UTCDateTime", "table"]

@@ -9,6 +9,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     ForeignKey,
+    Index,
     Integer,
     String,
     UniqueConstraint,
@@ -85,6 +86,28 @@ class Admin(Base):
     notify_channel: Mapped[str | None] = mapped_column(String(16))
     notify_address: Mapped[str | None] = mapped_column(String(255))
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Raised by logging out: every session cookie signed with an older value is void.
+    session_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_login_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = created_column()
+
+
+class AdminLogin(Base):
+    """One attempt to log in to the admin site; the lockout counts the recent failures."""
+
+    __tablename__ = "admin_logins"
+    __table_args__ = (
+        # The lockout reads an email's, and an address's, attempts since a moment ago.
+        Index("ix_admin_logins_email_created_at", "email", "created_at"),
+        Index("ix_admin_logins_address_created_at", "address", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320))
+    address: Mapped[str] = mapped_column(String(64))
+    succeeded: Mapped[bool] = mapped_column(Boolean)
+    # Why it failed: "password", "locked" (not even tried), "inactive".
+    failure: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = created_column()
 
 
