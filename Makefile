@@ -3,7 +3,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test typecheck lint migrate clean
+.PHONY: run test typecheck lint migrate clean video-client
+
+# The LiveKit browser SDK the join page loads, served by the service itself: the pinned npm
+# package, installed by `npm ci` (each tarball checked against the lockfile's integrity),
+# then the bundle checked against the committed sha256 (the service checks it again).
+VIDEO_CLIENT := rooms/client
+VIDEO_CLIENT_STAMP := $(VIDEO_CLIENT)/node_modules/.installed
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -17,14 +23,21 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/activate
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@ $(VENV)/.installed
 
-run: $(VENV)/.installed
+$(VIDEO_CLIENT_STAMP): $(VIDEO_CLIENT)/package.json $(VIDEO_CLIENT)/package-lock.json $(VIDEO_CLIENT)/livekit-client.sha256
+	npm ci --prefix $(VIDEO_CLIENT) --ignore-scripts --no-audit --no-fund --loglevel=error
+	cd $(VIDEO_CLIENT) && sha256sum --check --quiet livekit-client.sha256
+	touch $@
+
+video-client: $(VIDEO_CLIENT_STAMP)
+
+run: $(VENV)/.installed $(VIDEO_CLIENT_STAMP)
 	$(BIN)/autodoctor migrate
 	$(BIN)/autodoctor serve $(if $(PORT),--port $(PORT),) $(if $(HOST),--host $(HOST),)
 
 migrate: $(VENV)/.installed
 	$(BIN)/autodoctor migrate
 
-test: $(VENV)/.installed-dev typecheck
+test: $(VENV)/.installed-dev $(VIDEO_CLIENT_STAMP) typecheck
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 typecheck: $(VENV)/.installed-dev
@@ -35,4 +48,4 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) data .pytest_cache
+	rm -rf $(VENV) data .pytest_cache $(VIDEO_CLIENT)/node_modules

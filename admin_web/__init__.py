@@ -5,17 +5,16 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from admin_web.web import Seams
 from core.runtime import Runtime
 
 
-def setup(app: web.Application, runtime: Runtime, seams: Seams | None = None) -> web.Application:
+def setup(app: web.Application, runtime: Runtime) -> web.Application:
     """Mount the admin site at /admin on the service's app; returns the sub-application."""
     from admin_web.routes import create_admin_app
 
-    admin = create_admin_app(runtime, seams or Seams())
+    admin = create_admin_app(runtime)
     app.add_subapp("/admin", admin)
     return admin
 
 
-__all__ = ["Seams", "setup"]
+__all__ = ["setup"]

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from admin_web import audit, auth, dashboard, intakes, mechanics, money, queue, sessions
 from admin_web.auth import Handler
-from admin_web.web import HEADERS, RUNTIME, SEAMS, TEMPLATES, Seams, render, templates
+from admin_web.web import HEADERS, RUNTIME, TEMPLATES, render, templates
 from core.runtime import Runtime
 
 log = logging.getLogger("autodoctor.admin")
@@ -77,11 +77,10 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
                              "each change is one transaction. Try again, or go back."])
 
 
-def create_admin_app(runtime: Runtime, seams: Seams) -> web.Application:
+def create_admin_app(runtime: Runtime) -> web.Application:
     app = web.Application(middlewares=[errors, auth.guard])
     app[RUNTIME] = runtime
     app[TEMPLATES] = templates()
-    app[SEAMS] = seams
     for method, path, handler, name in ROUTES:
         app.router.add_route(method, path, handler, name=name)
     return app

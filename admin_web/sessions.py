@@ -17,7 +17,6 @@ from admin_web.web import (
     ADMIN,
     HEADERS,
     PAGE_ROWS,
-    SEAMS,
     choice,
     day,
     day_end,
@@ -30,6 +29,7 @@ from admin_web.web import (
     url,
 )
 from core.consultations import cancel_for_emergency, complete, minutes_of
+from core.errors import CoreError
 from core.files import blob_path
 from core.models import (
     Consultation,
@@ -42,6 +42,7 @@ from core.models import (
     SessionRequest,
 )
 from core.sweeps import run_sweeps
+from core.video import observer_link
 
 STATUSES = ("waiting", "live", "completed", "cancelled")
 
@@ -155,8 +156,9 @@ async def session_detail(request: web.Request) -> web.Response:
                   mechanic=mechanic, customer=customer, chats=chats, lines=lines, who=who,
                   files=files, plan=runtime.config.plan(consultation.plan),
                   minutes=minutes_of(runtime, consultation),
-                  observable=consultation.status == "live"
-                  and runtime.config.plan(consultation.plan).video)
+                  # A session under way whose video room is made (core.video.observer_link).
+                  observable=consultation.status in ("waiting", "live")
+                  and consultation.room_status == "ready")
 
 
 async def end_session(request: web.Request) -> web.Response:
@@ -201,21 +203,24 @@ async def sweeps(request: web.Request) -> web.Response:
 
 
 async def observe(request: web.Request) -> web.StreamResponse:
-    """The observer link of a live video session, where video rooms exist on this server."""
-    runtime, now = runtime_of(request), now_of(request)
+    """Watch a live video session: to its room, hidden and subscribe-only (core.video)."""
+    runtime, now, admin = runtime_of(request), now_of(request), request[ADMIN]
     async with runtime.readers() as session:
         consultation = await _consultation(session, request)
-    link_for = request.app[SEAMS].observer_link
-    link = None
-    if link_for is not None and consultation.status == "live":
-        link = await link_for(runtime, consultation, now)
-    if link is None:
-        return render(request, "error.html", status=409, heading="Nothing to observe",
-                      lines=["Observing needs a live video session and video rooms on this "
-                             "server (LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET)."])
+        ask = await session.get(SessionRequest, consultation.request_id)
+        assert ask is not None
+        try:
+            if runtime.rooms is None:
+                raise CoreError("this server has no video rooms (LIVEKIT_URL, LIVEKIT_API_KEY "
+                                "and LIVEKIT_API_SECRET are not set)")
+            link = await observer_link(session, runtime.config, ask.ref, now,
+                                       admin_id=admin.id)
+        except CoreError as why:
+            return render(request, "error.html", status=409, heading="Nothing to observe",
+                          lines=[f"{str(why)[:1].upper()}{str(why)[1:]}."])
     async with runtime.transaction() as uow:
-        audit(uow.session, actor(request[ADMIN]), "observe", str(consultation.id), now)
-    return see_other(request, link)
+        audit(uow.session, actor(admin), "observe", str(consultation.id), now)
+    return see_other(request, link.url)
 
 
 async def file(request: web.Request) -> web.StreamResponse:

@@ -8,8 +8,7 @@ import binascii
 import hashlib
 import hmac
 import json
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
@@ -18,23 +17,11 @@ from aiohttp import web
 from markupsafe import Markup
 
 from billing.pages import money
-from core.models import Admin, Consultation
+from core.models import Admin
 from core.runtime import Runtime
-
-# The observer link of a live video session (rooms/), when video exists on this server.
-ObserverLink = Callable[[Runtime, Consultation, datetime], Awaitable[str | None]]
-
-
-@dataclass(frozen=True)
-class Seams:
-    """Parts the composition root may give the admin site."""
-
-    observer_link: ObserverLink | None = None
-
 
 RUNTIME = web.AppKey("admin_runtime", Runtime)
 TEMPLATES = web.AppKey("admin_templates", jinja2.Environment)
-SEAMS = web.AppKey("admin_seams", Seams)
 # The admin whose session cookie came with the request, and the form token of that session.
 ADMIN = web.RequestKey("admin", Admin)
 CSRF = web.RequestKey("admin_csrf", str)

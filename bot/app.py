@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 import admin_web
 import billing
 import channels.web
+import rooms
 from billing.payouts import payouts_for
 from bot import http
 from bot.flows import route
@@ -32,6 +33,7 @@ from core.payments import PaymentPort
 from core.ratelimit import ChannelLimiter
 from core.runtime import Runtime
 from core.sweeps import run_sweeps
+from core.video import RoomPort
 
 log = logging.getLogger("autodoctor.app")
 
@@ -42,10 +44,12 @@ def build_runtime(config: Config, engine: AsyncEngine, *, clock: Clock | None = 
                   payments: PaymentPort | None = None) -> Runtime:
     """The services every entry point shares (serve, sweep, console, assign)."""
     payments = payments or billing.payments_for(config)
+    video: RoomPort | None = rooms.rooms_for(config)
     runtime = Runtime.build(config, engine, payments, text, clock,
                             refund=billing.refunds_for(payments),  # type: ignore[arg-type]
-                            payout=payouts_for(payments))  # type: ignore[arg-type]
-    runtime.greeting = partial(greeting, config)
+                            payout=payouts_for(payments),  # type: ignore[arg-type]
+                            rooms=video)
+    runtime.greeting = partial(greeting, config, video is None)
     return runtime
 
 
@@ -79,10 +83,13 @@ def create_app(config: Config, *, engine: AsyncEngine | None = None,
     channels.web.setup(app, runtime, conversation_engine)
     billing.setup(app, runtime)
     admin_web.setup(app, runtime)
+    rooms.setup(app, runtime, conversation_engine)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         for channel, enabled in config.channel_status().items():
             log.info("channel %s: %s", channel, "on" if enabled else _off_reason(channel))
+        log.info("video: %s", "on (LiveKit rooms for the video tiers)" if runtime.rooms else
+                 f"{_off_reason('livekit')}; the video tiers run as chat sessions and say so")
         bridge = None
         if engine.dialect.name == "postgresql":
             # Several serve processes: wake sockets and dispatchers in the others too.

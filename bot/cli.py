@@ -232,6 +232,31 @@ def cmd_request_assign(args: argparse.Namespace, config: Config) -> int:
     return 0 if ok else 1
 
 
+def cmd_session_observe(args: argparse.Namespace, config: Config) -> int:
+    import json
+
+    from core.video import observer_link
+
+    async def run() -> dict[str, object]:
+        engine, runtime = _runtime(config)
+        try:
+            async with runtime.readers() as session:
+                link = await observer_link(session, config, args.ref.upper(),
+                                           runtime.clock.now())
+        finally:
+            await engine.dispose()
+        return {"ref": link.ref, "consultation_id": link.consultation_id, "room": link.room,
+                "observe_link": link.url, "expires_at": link.expires_at.isoformat()}
+
+    found = asyncio.run(run())
+    if args.json:
+        print(json.dumps(found))
+    else:
+        print(f"Watch {found['ref']} (hidden, subscribe-only): {found['observe_link']}\n"
+              f"The link works until {found['expires_at']} or the session's end.")
+    return 0
+
+
 def cmd_ledger(args: argparse.Namespace, config: Config) -> int:
     import json
 
@@ -292,6 +317,14 @@ def build_parser() -> argparse.ArgumentParser:
     assign.add_argument("ref", help="the request reference, e.g. R-4821")
     assign.add_argument("mechanic", type=int, help="the mechanic's id")
     assign.set_defaults(func=cmd_request_assign)
+
+    session = sub.add_parser("session", help="sessions under way")
+    session_sub = session.add_subparsers(dest="session_command", required=True)
+    observe = session_sub.add_parser(
+        "observe", help="print a link to watch a session's video room, hidden")
+    observe.add_argument("ref", help="the request reference, e.g. R-4821")
+    observe.add_argument("--json", action="store_true", help="print JSON")
+    observe.set_defaults(func=cmd_session_observe)
 
     ledger = sub.add_parser("ledger", help="reconcile charges, refunds, payouts and fees")
     ledger.add_argument("--json", action="store_true", help="print JSON")

@@ -86,6 +86,26 @@ class LinksConfig:
 
 
 @dataclass(frozen=True)
+class VideoConfig:
+    """LiveKit rooms of the video tiers (the server's URL and keys are secrets)."""
+
+    # A room nobody has joined yet stays open this long (the customer's no-show window).
+    empty_timeout_seconds: int = field(default=1860, metadata=rule(min=60))
+    # After the last person leaves, the room waits this long for them to come back.
+    departure_timeout_seconds: int = field(default=300, metadata=rule(min=10))
+    # Admins who may watch a room at once (hidden, subscribe-only), besides the two people.
+    max_observers: int = field(default=2, metadata=rule(min=0, max=20))
+    # A LiveKit access token minted by the join page is good for joining this long.
+    token_minutes: int = field(default=10, metadata=rule(min=1, max=120))
+    # A join link shows "session over" this long after the end, then it is refused.
+    link_grace_minutes: int = field(default=10, metadata=rule(min=0, max=1440))
+    # Whatever happens, a join link is refused this long after it was sent.
+    link_hours: int = field(default=6, metadata=rule(min=1, max=72))
+    # Calls to LiveKit's API give up after this; the sweep tries again.
+    api_timeout_seconds: float = field(default=5.0, metadata=rule(min=0.1, max=60))
+
+
+@dataclass(frozen=True)
 class StripeConfig:
     api_base: str = "https://api.stripe.com"
 
@@ -190,6 +210,7 @@ class Config:
     extensions: ExtensionsConfig = field(default_factory=ExtensionsConfig)
     links: LinksConfig = field(default_factory=LinksConfig)
     invites: InvitesConfig = field(default_factory=InvitesConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
     stripe: StripeConfig = field(default_factory=StripeConfig)
     uploads: UploadsConfig = field(default_factory=UploadsConfig)
     rate_limits: RateLimitsConfig = field(default_factory=RateLimitsConfig)
@@ -237,6 +258,11 @@ class Config:
                         price_cents=self.extensions.price_cents,
                         minutes=self.extensions.minutes)
         return self.plan(code)
+
+    @property
+    def video_enabled(self) -> bool:
+        """LiveKit is configured: the video tiers get rooms (else they run as chat)."""
+        return self.channel_status()["livekit"]
 
     def channel_status(self) -> dict[str, bool]:
         """Which channels are on: a channel whose secrets are absent is off."""

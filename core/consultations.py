@@ -1,10 +1,11 @@
 """Consultations: the session a customer paid for, from the match to its end.
 
-A consultation is `waiting` from the match, `live` from the customer's first message (the
-timer starts then), and `completed` when either side ends it or its time is up, or
-`cancelled` (a mechanic's emergency, a no-show). While it is waiting or live, what either
-side writes is relayed to the other (bot.flows.consultation). Every change of status is a
-conditional UPDATE, so two processes (or a sweep and a message) cannot both make it.
+A consultation is `waiting` from the match, `live` from the customer's first message or,
+in a video tier, their joining the video room (the timer starts then), and `completed` when
+either side ends it or its time is up, or `cancelled` (a mechanic's emergency, a no-show).
+While it is waiting or live, what either side writes is relayed to the other
+(bot.flows.consultation). Every change of status is a conditional UPDATE, so two processes
+(or a sweep and a message) cannot both make it.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from core.outbox import enqueue, tell
 from core.payments import split_cents
 from core.runtime import Runtime
 from core.store.uow import UnitOfWork
+from core.video import room_name
 
 log = logging.getLogger("autodoctor.consultations")
 
@@ -100,6 +102,11 @@ async def open_consultation(uow: UnitOfWork, runtime: Runtime, request: SessionR
     assert intake is not None and customer is not None
     plan = runtime.config.plan(request.plan)
     stamp = f"{now.timestamp():.0f}"
+    video = video_mode(runtime, request.plan)
+    if video == "room":
+        # Made by LiveKit after this commits (core.room_sweep), then both get their links.
+        consultation.room_name = room_name(request.ref, consultation.id)
+        consultation.room_status = "pending"
     if mechanic_chat is not None:
         photos = (await session.scalars(select(File).where(File.intake_id == intake.id)
                                         .order_by(File.id))).all()
@@ -107,7 +114,7 @@ async def open_consultation(uow: UnitOfWork, runtime: Runtime, request: SessionR
             mechanic_chat.channel, mechanic_chat.address, runtime.texts(
                 "accepted_details", request=request, plan=plan, intake=intake,
                 customer_name=first_name(customer.display_name, "the customer"),
-                photos=len(photos)),
+                photos=len(photos), video=video),
             dedupe_key=f"accepted:{request.id}:{mechanic.id}:{stamp}",
             files=attachments(runtime.config, list(photos), mechanic_chat.id, now)),
             now, consultation_id=consultation.id)
@@ -115,11 +122,33 @@ async def open_consultation(uow: UnitOfWork, runtime: Runtime, request: SessionR
     await tell(uow, customer_chat, runtime.texts(
         "customer_matched", mechanic_name=first_name(mechanic.name, "your mechanic"),
         plan=plan, rating=round(average, 1) if average is not None else None,
-        ratings=ratings), now, key=f"matched:{request.id}:{mechanic.id}:{stamp}",
+        ratings=ratings, video=video), now, key=f"matched:{request.id}:{mechanic.id}:{stamp}",
         consultation_id=consultation.id)
     log.info("consultation=%s request=%s mechanic=%s waiting", consultation.id, request.ref,
              mechanic.id)
     return consultation
+
+
+def video_mode(runtime: Runtime, plan: str) -> str | None:
+    """How a tier's session runs: None a chat tier, "room" a video tier with a LiveKit room,
+    "off" a video tier held as a chat session because LiveKit is not configured."""
+    if not runtime.config.plan(plan).video:
+        return None
+    return "room" if runtime.rooms is not None else "off"
+
+
+async def start_session(uow: UnitOfWork, runtime: Runtime, consultation: Consultation,
+                        now: datetime) -> bool:
+    """The customer joined (wrote first, or came into the video room): the session goes live
+    and both are told until when. False if it was not waiting."""
+    if not await go_live(uow.session, runtime, consultation, now):
+        return False
+    plan = runtime.config.plan(consultation.plan)
+    text = runtime.texts("session_live", plan=plan,
+                         minutes=plan.minutes + consultation.extra_minutes,
+                         ends_at=consultation.ends_at)
+    await tell_both(uow, consultation, now, f"live:{consultation.id}", text, text)
+    return True
 
 
 async def go_live(session: AsyncSession, runtime: Runtime, consultation: Consultation,

@@ -17,8 +17,8 @@ from sqlalchemy import select
 from core.config import EXTENSION_PLAN
 from core.consultations import (
     attachments,
-    go_live,
     participants,
+    start_session,
     tell_both,
 )
 from core.messages import Outbound
@@ -51,16 +51,8 @@ async def relay(uow: UnitOfWork, runtime: Runtime, consultation: Consultation,
     other = both.mechanic if from_customer else both.customer
     started = False
     if from_customer and consultation.status == "waiting":
-        started = await go_live(session, runtime, consultation, now)
-        if started:
-            plan = runtime.config.plan(consultation.plan)
-            await tell_both(uow, consultation, now, f"live:{consultation.id}",
-                            runtime.texts("session_live", plan=plan,
-                                          minutes=plan.minutes + consultation.extra_minutes,
-                                          ends_at=consultation.ends_at),
-                            runtime.texts("session_live", plan=plan,
-                                          minutes=plan.minutes + consultation.extra_minutes,
-                                          ends_at=consultation.ends_at))
+        # A video tier starts here too: the customer may write before joining the video.
+        started = await start_session(uow, runtime, consultation, now)
     files, refused = await _take_files(uow, consultation, sender_id, file_ids)
     if other is None:
         return Relayed(False, started, 0, refused)

@@ -16,6 +16,7 @@ from core.messages import Button
 from core.metrics import Metrics
 from core.payments import PaymentPort, PayoutPort, RefundPort
 from core.store.uow import IdPool, UnitOfWork
+from core.video import RoomPort
 
 
 @dataclass
@@ -33,6 +34,9 @@ class Runtime:
     refund: RefundPort | None = None
     # Payouts go through billing; None where no payment provider can pay (logged).
     payout: PayoutPort | None = None
+    # Video rooms go through rooms/ (LiveKit); None when LiveKit is not configured: the video
+    # tiers then run as chat sessions.
+    rooms: RoomPort | None = None
     metrics: Metrics = field(default_factory=Metrics)
     hub: Hub = field(default_factory=Hub)
     ids: IdPool = field(default_factory=IdPool)
@@ -43,11 +47,12 @@ class Runtime:
     @classmethod
     def build(cls, config: Config, engine: AsyncEngine, payments: PaymentPort,
               texts: Callable[..., str], clock: Clock | None = None,
-              refund: RefundPort | None = None, payout: PayoutPort | None = None) -> Runtime:
+              refund: RefundPort | None = None, payout: PayoutPort | None = None,
+              rooms: RoomPort | None = None) -> Runtime:
         return cls(config=config, engine=engine, sessions=create_sessionmaker(engine),
                    readers=create_readonly_sessionmaker(engine),
                    payments=payments, texts=texts, clock=clock or SystemClock(), refund=refund,
-                   payout=payout)
+                   payout=payout, rooms=rooms)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[UnitOfWork]:

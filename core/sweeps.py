@@ -28,6 +28,7 @@ from core.models import (
     SessionRequest,
 )
 from core.outbox import tell
+from core.room_sweep import rooms_due
 from core.runtime import Runtime
 from core.store.uow import UnitOfWork
 
@@ -46,6 +47,9 @@ class CleanupStats:
     refunds_failed: int = 0
     payouts: int = 0
     uploads_deleted: int = 0
+    rooms_opened: int = 0
+    rooms_closed: int = 0
+    rooms_failed: int = 0
 
     def total(self) -> int:
         return sum(getattr(self, f.name) for f in fields(self))
@@ -63,6 +67,10 @@ async def run_sweeps(runtime: Runtime, now: datetime | None = None) -> CleanupSt
             stats.warned += await timers.warn(uow, runtime, now, minutes)
     async with runtime.transaction() as uow:
         stats.completed += await timers.time_up(uow, runtime, now)
+    # Video rooms after the clock: a session whose time is up loses its room in this sweep.
+    rooms = await rooms_due(runtime, now)
+    stats.rooms_opened, stats.rooms_closed, stats.rooms_failed = \
+        rooms.opened, rooms.closed, rooms.failed
     stats.refunded, stats.refunds_failed = await refund_due(runtime, now)
     stats.payouts = await payouts_due(runtime, now)
     async with runtime.transaction() as uow:

@@ -14,6 +14,7 @@ from core.context import Context
 from core.messages import Button, Link
 from core.models import Consultation
 from core.relay import offer_extension, relay
+from core.room_sweep import rooms_after_commit
 from core.sweeps import payouts_due, refund_due
 
 log = logging.getLogger("autodoctor.flows.consultation")
@@ -59,6 +60,7 @@ async def handle(ctx: Context) -> None:
     elif not is_customer and said == "release" and consultation.status == "waiting":
         released = await dispatch.release(ctx.uow, ctx.runtime, consultation.mechanic_id,
                                           ctx.now)
+        rooms_after_commit(ctx.runtime, ctx.after_commit)  # its room goes with it
         await ctx.say(text("released", ref=released.ref) if released
                       else text("nothing_to_release"))
     else:
@@ -112,6 +114,7 @@ async def _end(ctx: Context, consultation: Consultation, is_customer: bool, *,
     reason = "customer_ended" if is_customer else "mechanic_ended"
     await complete(ctx.uow, ctx.runtime, consultation.id, reason, ctx.now)
     _send_payout_after(ctx)
+    rooms_after_commit(ctx.runtime, ctx.after_commit)
 
 
 async def _more_time(ctx: Context, consultation: Consultation) -> None:
@@ -139,6 +142,7 @@ async def _emergency(ctx: Context, consultation: Consultation) -> None:
         await refund_due(runtime, runtime.clock.now())
 
     ctx.after_commit.append(refund)
+    rooms_after_commit(ctx.runtime, ctx.after_commit)
 
 
 def _send_payout_after(ctx: Context) -> None:

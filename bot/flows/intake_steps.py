@@ -82,10 +82,11 @@ def _buttons_for_plans(plans: tuple[tuple[str, Plan], ...]) -> tuple[Button, ...
     return tuple(Button(text("plan_label", plan=plan), f"plan:{code}") for code, plan in plans)
 
 
-def greeting(config: Config) -> tuple[str, tuple[Button, ...]]:
-    """The first words to a new person, with the tiers to choose from."""
+def greeting(config: Config, video_off: bool) -> tuple[str, tuple[Button, ...]]:
+    """The first words to a new person, with the tiers to choose from (and, without LiveKit,
+    that the video tiers are held as a text chat)."""
     # The tiers are the buttons (a numbered list where a channel has none): not listed twice.
-    return (text("greeting"),
+    return (text("greeting", video_off=video_off),
             _buttons_for_plans(tuple(config.plans.items())))
 
 
@@ -100,14 +101,20 @@ async def begin(ctx: Context) -> None:
         # A tier chosen from the greeting a new widget visitor saw before they had a record.
         await _step_plan(ctx, intake)
         return
-    words, choices = greeting(ctx.config)
+    words, choices = greeting(ctx.config, _video_off(ctx))
     await ctx.say(words, choices)
+
+
+def _video_off(ctx: Context) -> bool:
+    """No LiveKit: the video tiers are held as chat sessions, and say so before payment."""
+    return ctx.runtime.rooms is None
 
 
 async def _step_plan(ctx: Context, intake: IntakeRecord) -> None:
     choice = match_choice(what_was_said(ctx), _plan_buttons(ctx))
     if choice is None:
-        await ctx.say(text("plan_not_understood", plans=ctx.config.plans), _plan_buttons(ctx))
+        await ctx.say(text("plan_not_understood", plans=ctx.config.plans),
+                      _plan_buttons(ctx))
         return
     intake.update(plan=choice.payload.split(":", 1)[1], updated_at=ctx.now)
     if await _back_to_summary(ctx, intake):
@@ -231,7 +238,7 @@ async def _summary(ctx: Context, intake: IntakeRecord) -> None:
     if not isinstance(files, int):  # a conversation from before the count was kept
         files = await count_files(ctx.session, intake)
     await ctx.say(text("summary", intake=intake, plan=ctx.config.plan(intake.plan),
-                       files=files),
+                       files=files, video_off=_video_off(ctx)),
                   summary_buttons())
 
 
@@ -263,7 +270,7 @@ async def _step_summary(ctx: Context, intake: IntakeRecord) -> None:
 
 async def _edit_plan(ctx: Context, intake: IntakeRecord) -> None:
     go(ctx, "plan")
-    await ctx.say(text("plan_ask"), _plan_buttons(ctx))
+    await ctx.say(text("plan_ask", video_off=_video_off(ctx)), _plan_buttons(ctx))
 
 
 async def _edit_odometer(ctx: Context, intake: IntakeRecord) -> None:

@@ -20,6 +20,7 @@ from core.context import Context
 from core.dispatch import Outcome
 from core.messages import Link
 from core.models import Mechanic
+from core.room_sweep import rooms_after_commit
 
 log = logging.getLogger("autodoctor.flows.mechanic")
 
@@ -101,6 +102,9 @@ async def _accept(ctx: Context, mechanic: Mechanic, ref: str) -> None:
                                    identity_id=ctx.identity.id, taps=ctx.taps)
     outcome = result.outcome
     ctx.toast = text("toast", outcome=outcome.value)
+    if outcome is Outcome.ACCEPTED:
+        # A video tier's room: made by LiveKit once this has committed.
+        rooms_after_commit(ctx.runtime, ctx.after_commit)
     if outcome is Outcome.ACCEPTED or result.told:
         # Accepted: the details message was queued by dispatch. Taken a moment ago: the offer
         # message's closing edit ("taken by another mechanic"), on its way to this chat, is

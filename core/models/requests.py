@@ -158,6 +158,8 @@ class Consultation(Base):
         CheckConstraint("status IN ('waiting', 'live', 'completed', 'cancelled')",
                         name="status"),
         CheckConstraint("rating IS NULL OR rating BETWEEN 1 AND 5", name="rating"),
+        CheckConstraint("room_status IS NULL OR room_status IN ('pending', 'ready', 'closed')",
+                        name="room_status"),
         # The same one-job rule, for sessions under way.
         Index("uq_consultations_one_active_per_mechanic", "mechanic_id", unique=True,
               sqlite_where=text("status IN ('waiting', 'live')"),
@@ -167,6 +169,10 @@ class Consultation(Base):
               postgresql_where=text("status IN ('waiting', 'live')")),
         # The sweep for sessions left waiting reads them by status, every few seconds.
         Index("ix_consultations_status", "status"),
+        # The sweep opening and closing video rooms reads the few rooms not closed yet.
+        Index("ix_consultations_room_open", "room_status",
+              sqlite_where=text("room_status IN ('pending', 'ready')"),
+              postgresql_where=text("room_status IN ('pending', 'ready')")),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -185,7 +191,13 @@ class Consultation(Base):
         ForeignKey("identities.id", ondelete="SET NULL"), index=True)
     plan: Mapped[str] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(String(16), default="waiting")
+    # The LiveKit room of a video tier (core.video): None for a chat session; 'pending' until
+    # LiveKit made it (retried by the sweep from room_retry_at), 'ready' once both were sent
+    # their join links, 'closed' once deleted after the session.
     room_name: Mapped[str | None] = mapped_column(String(100), unique=True)
+    room_status: Mapped[str | None] = mapped_column(String(16))
+    room_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    room_retry_at: Mapped[datetime | None]
     started_at: Mapped[datetime | None]
     ends_at: Mapped[datetime | None]
     ended_at: Mapped[datetime | None]

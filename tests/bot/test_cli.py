@@ -81,6 +81,8 @@ def test_migrate_then_serve_on_sqlite_with_no_accounts(tmp_path: Path, sig: int)
     assert "channel widget: on" in stderr
     assert "channel telegram: off (set TELEGRAM_BOT_TOKEN to enable)" in stderr
     assert "channel sms: off" in stderr
+    assert "video: off (set LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET to enable); " \
+           "the video tiers run as chat sessions" in stderr
     assert "stopped" in stderr
     assert "Traceback" not in stderr
     # What start-up loaded is kept out of the collector's way (no long pauses under load).
@@ -116,3 +118,61 @@ def test_serve_freezes_what_start_up_loaded_out_of_the_collectors_way() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_session_observe_prints_a_hidden_watch_link(tmp_path: Path) -> None:
+    import asyncio
+    import json
+    from datetime import datetime, timedelta
+
+    from core.config import load_config
+    from core.video import read_join_token
+
+    env = _env(tmp_path, AUTODOCTOR_SECRET_KEY="cli-test-secret-key")
+    assert _cli("migrate", env=env).returncode == 0
+    ref, room = asyncio.run(_a_video_session(env))
+    env.update(LIVEKIT_URL="http://127.0.0.1:9", LIVEKIT_API_KEY="APIstandin",
+               LIVEKIT_API_SECRET="a-secret-for-this-test-only-0123456789")
+    result = _cli("session", "observe", ref, "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout)
+    assert found["ref"] == ref and found["room"] == room
+    # An operator's observer link (o0) to this session; its grants: tests/rooms/test_join.py.
+    token = found["observe_link"].rsplit("/v/", 1)[1]
+    grant = read_join_token(load_config(environ=env), token,
+                            datetime.fromisoformat(found["expires_at"]) - timedelta(hours=1))
+    assert grant is not None and grant[1].code == "o0"
+    assert grant[0].subject == found["consultation_id"]
+    missing = _cli("session", "observe", "R-0001", env=env)
+    assert missing.returncode == 2 and "error: no request R-0001" in missing.stderr
+
+
+async def _a_video_session(env: dict[str, str]) -> tuple[str, str]:
+    """A matched Standard Video request whose room LiveKit (the stand-in) has made."""
+    from bot.flows import route
+    from core.config import load_config
+    from core.db import create_engine
+    from core.engine import Engine
+    from tests.core.test_consultations import consultation_of
+    from tests.core.test_dispatch import offer, tap_accept
+    from tests.factories import linked_mechanic, paid_request
+    from tests.standins.livekit_api import LiveKitStandin
+
+    async with LiveKitStandin() as livekit:
+        config = load_config(environ={**env, "LIVEKIT_URL": livekit.url,
+                                      "LIVEKIT_API_KEY": livekit.api_key,
+                                      "LIVEKIT_API_SECRET": livekit.api_secret})
+        from bot.app import build_runtime
+
+        engine = create_engine(config.database_url)
+        try:
+            runtime = build_runtime(config, engine)
+            sam = await linked_mechanic(runtime, "Sam Lee")
+            request = await paid_request(runtime, "video15")
+            await offer(runtime, request)
+            await tap_accept(Engine(runtime, route), sam, request.ref)
+            consultation = await consultation_of(runtime, request)
+        finally:
+            await engine.dispose()
+    assert consultation.room_status == "ready" and consultation.room_name
+    return request.ref, consultation.room_name
