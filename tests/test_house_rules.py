@@ -5,6 +5,7 @@ state in session.info, and no module grows past what one can read in a sitting."
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,3 +72,25 @@ def test_no_module_is_longer_than_one_sitting() -> None:
     long = [f"{path.relative_to(ROOT)}: {count} lines" for path in _modules(*PACKAGES)
             if (count := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES]
     assert long == [], "\n".join(long)
+
+
+# Markdown links, and paths in backticks that start like a path: what the docs point a reader at.
+_LINK = re.compile(r"\]\(([^)\s]+)\)"
+                   r"|`(\.{1,2}/[^`\s]+|[\w.-]+/[\w./-]+\.(?:md|py|toml|j2|html|js))`")
+
+
+def test_the_docs_point_only_at_files_in_the_repository() -> None:
+    """A fresh clone has nothing beside it: the README and the docs must stand alone."""
+    found = []
+    docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "bench/README.md"]
+    assert (ROOT / "docs/ARCHITECTURE.md") in docs
+    for doc in docs:
+        for match in _LINK.finditer(doc.read_text(encoding="utf-8")):
+            target = (match.group(1) or match.group(2)).split("#")[0]
+            if not target or "://" in target or target.startswith(("mailto:", "/")):
+                continue
+            resolved = (doc.parent / target).resolve()
+            if not resolved.is_relative_to(ROOT) or not (
+                    resolved.exists() or (ROOT / target).exists()):
+                found.append(f"{doc.relative_to(ROOT)}: {target}")
+    assert not found, found

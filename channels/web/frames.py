@@ -1,5 +1,5 @@
-"""The widget protocol's frames from the browser, checked field by field (DESIGN.md: hello,
-message, action; see the README's "Widget protocol"). Anything not of its shape is refused
+"""The widget protocol's frames from the browser, checked field by field (hello, message,
+action; see the README's "Widget protocol"). Anything not of its shape is refused
 with an error frame before it reaches the engine or a query."""
 
 from __future__ import annotations

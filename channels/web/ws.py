@@ -1,4 +1,4 @@
-"""The widget WebSocket (GET /ws/widget): the JSON protocol in DESIGN.md, nothing more.
+"""The widget WebSocket (GET /ws/widget): the README's JSON protocol, nothing more.
 
 Replies are not sent from the request that caused them: every bot message is a transcript row,
 and each open socket pushes the rows newer than the last one it sent. So a reconnect with
