@@ -28,6 +28,7 @@ import gc
 import json
 import os
 import random
+import re
 import resource
 import socket
 import subprocess
@@ -356,9 +357,24 @@ def service_env(db: str, database_url: str | None, tmp: Path) -> dict[str, str]:
     PostgreSQL database if any (else SQLite in the data folder)."""
     env = {k: v for k, v in os.environ.items() if k not in SECRETS}
     env["AUTODOCTOR_DATA_DIR"] = str(tmp / db)
+    env["AUTODOCTOR_CONFIG"] = str(bench_config(tmp))
     if database_url:
         env["AUTODOCTOR_DATABASE_URL"] = database_url
     return env
+
+
+def bench_config(tmp: Path) -> Path:
+    """The project's config.toml with the per-address limits on new visitors and uploads
+    lifted: every simulated person comes from 127.0.0.1, which the service would otherwise
+    take for one address opening thousands of chats (issue 29's abuse limit)."""
+    path = tmp / "bench-config.toml"
+    text = (ROOT / "config.toml").read_text(encoding="utf-8")
+    for key in ("new_visitors_per_hour", "uploads_per_hour"):
+        text, found = re.subn(rf"^{key} = \d+$", f"{key} = 100000000", text, flags=re.M)
+        if found != 1:
+            raise RuntimeError(f"config.toml has no single {key} line to lift for the bench")
+    path.write_text(text, encoding="utf-8")
+    return path
 
 
 async def start_service(db: str, env: dict[str, str], procs: list[Proc],
