@@ -17,13 +17,12 @@ from sqlalchemy import select
 from core.config import EXTENSION_PLAN
 from core.consultations import (
     attachments,
-    participants,
     start_session,
     tell_both,
 )
 from core.messages import Outbound
 from core.models import Checkout, Consultation, Extension, File, SessionRequest, table
-from core.outbox import enqueue
+from core.outbox import Addressee, enqueue
 from core.payments import PaymentPort, new_checkout_ref
 from core.runtime import Runtime
 from core.store.records import CheckoutRecord
@@ -42,13 +41,12 @@ class Relayed:
 
 
 async def relay(uow: UnitOfWork, runtime: Runtime, consultation: Consultation,
-                sender_id: int, sender_name: str, text: str, file_ids: tuple[str, ...],
-                now: datetime) -> Relayed:
-    """Pass one message from `sender_id` (one of the two chats) to the other side."""
-    session = uow.session
-    both = await participants(session, consultation)
+                sender_id: int, sender_name: str, other: Addressee | None, text: str,
+                file_ids: tuple[str, ...], now: datetime) -> Relayed:
+    """Pass one message from `sender_id` (one of the two chats) to `other`, the other side's
+    chat (None where it has gone), as the engine read it with the sender
+    (core.store.people.Person.other_side)."""
     from_customer = sender_id == consultation.customer_identity_id
-    other = both.mechanic if from_customer else both.customer
     started = False
     if from_customer and consultation.status == "waiting":
         # A video tier starts here too: the customer may write before joining the video.

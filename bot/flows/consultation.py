@@ -74,8 +74,8 @@ async def _relay(ctx: Context, consultation: Consultation, is_customer: bool) ->
         name = first_name(ctx.identity.display_name, "Customer")
     else:
         name = first_name(ctx.person.mechanic.name if ctx.person.mechanic else None, "Mechanic")
-    result = await relay(ctx.uow, ctx.runtime, consultation, ctx.identity.id, name, ctx.text,
-                         ctx.inbound.attachments, ctx.now)
+    result = await relay(ctx.uow, ctx.runtime, consultation, ctx.identity.id, name,
+                         ctx.person.other_side, ctx.text, ctx.inbound.attachments, ctx.now)
     if result.refused_files:
         await ctx.say(text("attachment_refused"))
     if not result.delivered:

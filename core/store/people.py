@@ -15,7 +15,17 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, String, and_, bindparam, func, select, tuple_
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    String,
+    and_,
+    bindparam,
+    case,
+    func,
+    select,
+    tuple_,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import aliased
 
@@ -68,6 +78,9 @@ class Person:
     consultation: Consultation | None = None
     # Met in this transaction: nobody wrote to them before.
     new: bool = False
+    # The other side's chat in that consultation (None without one, or where it has gone):
+    # read with the rest, so relaying a line costs no lookup of its own.
+    other_side: IdentityRow | None = None
 
 
 @dataclass(slots=True)
@@ -78,6 +91,7 @@ class _Found:
     mechanic: Mechanic | None
     consultation: Consultation | None = None
     new: bool = False
+    other_side: IdentityRow | None = None
 
 
 async def people_for(uow: UnitOfWork, contacts: Sequence[Contact], now: datetime
@@ -100,7 +114,7 @@ async def people_for(uow: UnitOfWork, contacts: Sequence[Contact], now: datetime
         if row.intake is not None:
             uow.track(row.intake)
         people[key] = Person(row.identity, row.conversation, row.intake, row.mechanic,
-                             row.consultation, row.new)
+                             row.consultation, row.new, row.other_side)
     return people
 
 
@@ -124,11 +138,13 @@ async def _find(uow: UnitOfWork, keys: list[Key]) -> dict[Key, _Found]:
         identity = IdentityRow(*row[:identity_end])
         conversation = row[identity_end:conversation_end]
         intake = row[conversation_end:intake_end]
+        other_side = row[intake_end + 3:]
         found[(identity.channel, identity.address)] = _Found(
             identity,
             ConversationState(*conversation) if conversation[0] is not None else None,
             IntakeRecord(*intake) if intake[0] is not None else None,
-            row[intake_end], row[intake_end + 1] or row[intake_end + 2])
+            row[intake_end], row[intake_end + 1] or row[intake_end + 2],
+            other_side=IdentityRow(*other_side) if other_side[0] is not None else None)
     return found
 
 
@@ -186,9 +202,14 @@ def _people_query(dialect_name: str) -> Select[Any]:
     identity = [table(Identity).c[name] for name in IDENTITY_COLUMNS]
     conversation = [_CONVERSATION.c[name] for name in _CONVERSATION_READ]
     intake = [table(Intake).c[name] for name in IntakeRecord.columns()]
-    # The consultation under way this chat is the customer's or the mechanic's side of.
+    # The consultation under way this chat is the customer's or the mechanic's side of, and
+    # the chat on its other side.
     as_customer, as_mechanic = aliased(Consultation), aliased(Consultation)
-    return (select(*identity, *conversation, *intake, Mechanic, as_customer, as_mechanic)
+    other = aliased(Identity)
+    other_id = case((as_customer.id.is_not(None), as_customer.mechanic_identity_id),
+                    else_=as_mechanic.customer_identity_id)
+    return (select(*identity, *conversation, *intake, Mechanic, as_customer, as_mechanic,
+                   *(getattr(other, name) for name in IDENTITY_COLUMNS))
             .outerjoin(_CONVERSATION, _CONVERSATION.c.identity_id == Identity.id)
             .outerjoin(Intake, Intake.id == _CONVERSATION.c.intake_id)
             .outerjoin(Mechanic, Mechanic.id == Identity.mechanic_id)
@@ -196,6 +217,7 @@ def _people_query(dialect_name: str) -> Select[Any]:
                                          as_customer.status.in_(_UNDER_WAY)))
             .outerjoin(as_mechanic, and_(as_mechanic.mechanic_identity_id == Identity.id,
                                          as_mechanic.status.in_(_UNDER_WAY)))
+            .outerjoin(other, other.id == other_id)
             .where(_identity_in(dialect_name)))
 
 
