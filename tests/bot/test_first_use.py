@@ -15,10 +15,12 @@ from tests.bot.test_cli import ROOT, _cli, _env, _free_port, _wait_health
 GOOD_VIN = "1HGCM82633A004352"
 
 
-async def _payment_link(port: int) -> str:
-    """A new widget visitor's intake, straight to the payment link."""
+async def _payment_link(port: int, *, base: str | None = None) -> str:
+    """A new widget visitor's intake, straight to the payment link (the service at `port`,
+    or reached at `base`, e.g. through a proxy)."""
+    base = base or f"http://127.0.0.1:{port}"
     async with aiohttp.ClientSession() as http, http.ws_connect(
-            f"http://127.0.0.1:{port}/ws/widget") as ws:
+            base.replace("http", "ws", 1) + "/ws/widget") as ws:
         await ws.send_json({"type": "hello", "visitor": None, "resume_after": None,
                             "mechanic_invite": None})
         steps = ["1", GOOD_VIN, "84000", "Grinding noise from the front left wheel when braking",
