@@ -99,6 +99,14 @@ class OutboxDispatcher:
         limiter = self.limiters.get(row.channel)
         if limiter is not None:
             await limiter.acquire(row.address)
+            if not self._lease_left(row):
+                # Held back past its lease (a provider's long retry_after pauses the whole
+                # channel): the row may be claimed again already, by this process or
+                # another, and sending it here too would send it twice. Whoever claims it
+                # next sends it.
+                log.info("outbox=%s lease ran out while waiting to send: left to a new claim",
+                         row.id)
+                return
         try:
             provider_id = await self.senders[row.channel].send(out)
         except RetryLater as exc:
@@ -124,6 +132,13 @@ class OutboxDispatcher:
                                       .values(provider_message_id=provider_id))
         self.runtime.metrics.messages_out.labels(row.channel).inc()
         stats.sent += 1
+
+    def _lease_left(self, row: OutboxItem) -> bool:
+        """Whether enough of the row's lease is left to start sending it: a quarter of the
+        lease, for the provider's answer to come back before anyone may claim it again."""
+        if row.lease_until is None:
+            return True
+        return self.runtime.clock.now() < row.lease_until - self.lease / 4
 
     async def _retry(self, row: OutboxItem, exc: RetryLater, stats: DeliveryStats,
                      limiter: ChannelLimiter | None) -> None:

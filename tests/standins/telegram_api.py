@@ -159,7 +159,13 @@ class TelegramApi:
         self._changed = asyncio.Condition()
         self._closing = False
         self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._port = 0
         self.base_url = ""
+        # An outage: down (the port closed, open connections cut), or every request answered
+        # with this status and an HTML page, as Telegram's front end does when the API is away.
+        self.down = False
+        self.outage_status: int | None = None
 
     # ------------------------------------------------------------------ server
 
@@ -169,11 +175,24 @@ class TelegramApi:
         app.router.add_get("/file/bot{token}/{path:.+}", self._download)
         self._runner = web.AppRunner(app, shutdown_timeout=1)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self.base_url = f"http://{host}:{port}"
+        self._site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await self._site.start()
+        host, self._port = self._runner.addresses[0][:2]
+        self.base_url = f"http://{host}:{self._port}"
         return self.base_url
+
+    async def go_down(self) -> None:
+        """Connections refused (and any still open cut) until come_back()."""
+        self.down = True
+        assert self._site is not None
+        await self._site.stop()
+
+    async def come_back(self) -> None:
+        """Listening again on the same port."""
+        assert self._runner is not None
+        self._site = web.TCPSite(self._runner, "127.0.0.1", self._port)
+        await self._site.start()
+        self.down = False
 
     async def close(self) -> None:
         self._closing = True
@@ -186,10 +205,18 @@ class TelegramApi:
             self._changed.notify_all()
 
     async def _method(self, request: web.Request) -> web.Response:
+        if self.down:  # a connection kept alive from before the outage: cut
+            if request.transport is not None:
+                request.transport.abort()
+            raise ConnectionResetError("the stand-in is down")
         method = request.match_info["method"]
         params = await _params(request)
         call = Call(method=method, params=params, at=self.clock())
         self.calls.append(call)
+        if self.outage_status is not None:
+            call.status, call.error = self.outage_status, "outage"
+            return web.Response(status=self.outage_status, content_type="text/html",
+                                text="<html><body><h1>502 Bad Gateway</h1></body></html>")
         try:
             if request.match_info["token"] != self.token:
                 raise ApiError(401, "Unauthorized")
