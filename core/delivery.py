@@ -102,14 +102,15 @@ class OutboxDispatcher:
         try:
             provider_id = await self.senders[row.channel].send(out)
         except RetryLater as exc:
-            await self._retry(row, exc, stats, limiter)
+            await self._retry(row, exc, stats, limiter, "rate_limited"
+                              if exc.retry_after is not None else "temporary")
             return
         except PermanentFailure as exc:
-            await self._fail(row, str(exc), stats, unreachable=True)
+            await self._fail(row, str(exc), stats, unreachable=True, kind="permanent")
             return
         except Exception as exc:  # noqa: BLE001 - an unknown error is treated as temporary
-            log.exception("outbox=%s send raised", row.id)
-            await self._retry(row, RetryLater(repr(exc)), stats, limiter)
+            log.exception("outbox=%s channel=%s send raised", row.id, row.channel)
+            await self._retry(row, RetryLater(repr(exc)), stats, limiter, "error")
             return
         now = self.runtime.clock.now()
         async with self.runtime.sessions.begin() as session:
@@ -126,11 +127,11 @@ class OutboxDispatcher:
         stats.sent += 1
 
     async def _retry(self, row: OutboxItem, exc: RetryLater, stats: DeliveryStats,
-                     limiter: ChannelLimiter | None) -> None:
+                     limiter: ChannelLimiter | None, kind: str) -> None:
         attempts = row.attempts + 1
         if attempts >= MAX_ATTEMPTS:
             await self._fail(row, f"gave up after {attempts} attempts: {exc}", stats,
-                             unreachable=False)
+                             unreachable=False, kind="gave_up")
             return
         delay = exc.retry_after if exc.retry_after is not None else backoff(attempts)
         if exc.retry_after is not None and limiter is not None:
@@ -142,11 +143,12 @@ class OutboxDispatcher:
                 update(OutboxItem).where(OutboxItem.id == row.id)
                 .values(attempts=attempts, next_attempt_at=now + timedelta(seconds=delay),
                         last_error=str(exc)[:1000], lease_owner=None, lease_until=None))
+        self.runtime.metrics.delivery_failures.labels(row.channel, kind).inc()
         log.info("outbox=%s channel=%s retry in %.1fs (%s)", row.id, row.channel, delay, exc)
         stats.retried += 1
 
     async def _fail(self, row: OutboxItem, reason: str, stats: DeliveryStats, *,
-                    unreachable: bool) -> None:
+                    unreachable: bool, kind: str) -> None:
         async with self.runtime.sessions.begin() as session:
             await session.execute(
                 update(OutboxItem).where(OutboxItem.id == row.id)
@@ -157,6 +159,7 @@ class OutboxDispatcher:
                     update(Identity).where(Identity.channel == row.channel,
                                            Identity.address == row.address)
                     .values(reachable=False, unreachable_reason=reason[:255]))
+        self.runtime.metrics.delivery_failures.labels(row.channel, kind).inc()
         log.warning("outbox=%s channel=%s failed: %s", row.id, row.channel, reason)
         stats.failed += 1
 
