@@ -11,6 +11,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import DBAPIError
 
+from bot.drain import DRAIN
 from core.db import ping
 from core.runtime import Runtime
 
@@ -70,12 +71,19 @@ async def plain_server_header(request: web.Request, response: web.StreamResponse
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """ok (200), degraded when the database is down (503), draining after SIGTERM (503: a
+    proxy takes the process out; bot/drain.py)."""
     runtime = request.app[RUNTIME]
     up = await ping(runtime.engine)
     runtime.metrics.db_up.set(1 if up else 0)
+    db = "ok" if up else "down"
+    drain = request.config_dict.get(DRAIN)
+    if drain is not None and drain.draining:
+        return web.json_response({"status": "draining", "db": db}, status=503,
+                                 headers={"Retry-After": drain.retry_after()})
     if up:
-        return web.json_response({"status": "ok", "db": "ok"})
-    return web.json_response({"status": "degraded", "db": "down"}, status=503)
+        return web.json_response({"status": "ok", "db": db})
+    return web.json_response({"status": "degraded", "db": db}, status=503)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -61,10 +61,17 @@ class OutboxDispatcher:
         self.lease = timedelta(seconds=lease_seconds)
         self.batch = batch
         self.worker_id = worker_id or f"w-{uuid.uuid4().hex[:12]}"
+        # Set by hand_back() (the drain): claim nothing more, send nothing not yet started.
+        self.handing_back = asyncio.Event()
+        # run_forever's rounds, set once it has stopped (or was never started).
+        self.stopped = asyncio.Event()
+        self.stopped.set()
+        # Deliveries still waiting for their turn (the rate limiter): cancelled by a drain.
+        self._queued: set[asyncio.Task[None]] = set()
 
     async def claim(self, now: datetime) -> list[OutboxItem]:
         """Lease the oldest due row of each chat (FOR UPDATE SKIP LOCKED on PostgreSQL)."""
-        if not self.senders:
+        if not self.senders or self.handing_back.is_set():
             return []
         # The head of each chat: its oldest pending row (the partial index answers this).
         heads = (select(func.min(OutboxItem.id))
@@ -98,7 +105,15 @@ class OutboxDispatcher:
         out = Outbound.from_body(row.channel, row.address, row.payload, row.dedupe_key)
         limiter = self.limiters.get(row.channel)
         if limiter is not None:
-            await limiter.acquire(row.address)
+            task = asyncio.current_task()
+            assert task is not None
+            self._queued.add(task)
+            try:
+                await limiter.acquire(row.address)
+            finally:
+                self._queued.discard(task)
+        if self.handing_back.is_set():
+            return  # not sent: its lease is handed back (hand_back)
         try:
             provider_id = await self.senders[row.channel].send(out)
         except RetryLater as exc:
@@ -163,6 +178,29 @@ class OutboxDispatcher:
         log.warning("outbox=%s channel=%s failed: %s", row.id, row.channel, reason)
         stats.failed += 1
 
+    async def hand_back(self, wait_seconds: float) -> int:
+        """The drain: claim nothing more, let the sends already under way finish (for up to
+        `wait_seconds`), and release the leases of the rows claimed and not sent, so another
+        process sends them at once rather than after the lease runs out. Returns how many."""
+        self.handing_back.set()
+        for waiting in list(self._queued):
+            waiting.cancel()
+        self.runtime.hub.outbox_wakeup.set()
+        try:
+            async with asyncio.timeout(wait_seconds):
+                await self.stopped.wait()
+        except TimeoutError:
+            log.warning("outbox: sends still under way after %.1fs; handing them back",
+                        wait_seconds)
+        async with self.runtime.sessions.begin() as session:
+            released = (await session.execute(
+                update(OutboxItem).where(OutboxItem.lease_owner == self.worker_id,
+                                         OutboxItem.status == "pending")
+                .values(lease_owner=None, lease_until=None)
+                .returning(OutboxItem.id))).all()
+        log.info("outbox: stopped claiming; %s claimed rows handed back", len(released))
+        return len(released)
+
     async def next_due_in(self, now: datetime) -> float | None:
         async with self.runtime.readers() as session:
             due = await session.scalar(
@@ -183,8 +221,9 @@ class OutboxDispatcher:
         task = asyncio.current_task()
         under_way: set[asyncio.Task[None]] = set()
         stats = DeliveryStats()
+        self.stopped.clear()
         try:
-            while True:
+            while not self.handing_back.is_set():
                 wakeup.clear()
                 wait: float | None = None
                 try:
@@ -208,7 +247,10 @@ class OutboxDispatcher:
                                        return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     woken.cancel()
+            # Handing back: the sends under way finish (hand_back bounds the wait).
+            await asyncio.gather(*under_way, return_exceptions=True)
         finally:
             for delivery in under_way:
                 delivery.cancel()
             await asyncio.gather(*under_way, return_exceptions=True)
+            self.stopped.set()

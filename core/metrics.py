@@ -58,6 +58,8 @@ class Metrics:
         self.accept_seconds = Histogram(
             "autodoctor_accept_seconds", "Time from a request's payment to its acceptance",
             registry=self.registry, buckets=ACCEPT_BUCKETS)
+        self.draining = Gauge("autodoctor_draining", "1 while this process drains (SIGTERM)",
+                              registry=self.registry)
         # Read at scrape time (read_gauges).
         self.outbox_depth = Gauge(
             "autodoctor_outbox_depth", "Messages waiting in the outbox", ["channel"],

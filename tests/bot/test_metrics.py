@@ -133,9 +133,13 @@ async def test_sweeps_by_kind_accept_latency_and_live_consultations(
     assert (await scrape(client))["autodoctor_accept_seconds_count"] == 1
 
 
-def test_the_series_are_documented() -> None:
+async def test_the_draining_gauge_and_metrics_names_documented(make_client: Any,
+                                                                config: Config) -> None:
     from tests.bot.test_cli import ROOT
 
+    client = await make_client(config)
+    samples = await scrape(client)
+    assert samples["autodoctor_draining"] == 0
     readme = (ROOT / "README.md").read_text()
     for name in ("autodoctor_outbox_depth", "autodoctor_outbox_oldest_due_seconds",
                  "autodoctor_delivery_failures_total", "autodoctor_sweep_rows_total",
