@@ -19,6 +19,7 @@ import channels.web
 import rooms
 from billing.payouts import payouts_for
 from bot import http
+from bot.drain import DRAIN, Drain, refuse_while_draining
 from bot.flows import route
 from bot.flows.intake_steps import greeting
 from bot.http import RUNTIME
@@ -73,14 +74,15 @@ def create_app(config: Config, *, engine: AsyncEngine | None = None,
     runtime = build_runtime(config, engine, clock=clock, payments=payments)
     conversation_engine = Engine(runtime, route)
 
-    app = web.Application(middlewares=[http.count_requests, http.database_down],
+    app = web.Application(middlewares=[http.count_requests, refuse_while_draining,
+                                       http.database_down],
                           client_max_size=config.uploads.max_bytes + 256 * 1024)
     app[RUNTIME] = runtime
     app[ENGINE] = conversation_engine
     app.on_response_prepare.append(http.plain_server_header)
     app.router.add_get("/healthz", http.healthz, name="healthz")
     app.router.add_get("/metrics", http.metrics, name="metrics")
-    channels.web.setup(app, runtime, conversation_engine)
+    widget_sockets = channels.web.setup(app, runtime, conversation_engine)
     billing.setup(app, runtime)
     admin_web.setup(app, runtime)
     rooms.setup(app, runtime, conversation_engine)
@@ -131,6 +133,8 @@ def create_app(config: Config, *, engine: AsyncEngine | None = None,
         if sms_sender is not None:
             built["sms"] = sms_sender
     dispatcher = OutboxDispatcher(runtime, {**built, **(senders or {})}, _limiters(config))
+    app[DRAIN] = Drain(config.server.drain_seconds, runtime.metrics, sockets=widget_sockets,
+                       engine=conversation_engine, dispatcher=dispatcher)
     if background:
         app.cleanup_ctx.append(_sweeps(runtime))
         if dispatcher.senders:

@@ -12,7 +12,6 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from aiohttp import web
 from sqlalchemy.exc import DBAPIError
 
 from core.config import Config, load_config
@@ -104,6 +103,7 @@ def _port_taken(host: str, port: int) -> str | None:
 
 def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     from bot.app import create_app
+    from bot.drain import serve
 
     try:
         current, head = asyncio.run(_schema_revision(config))
@@ -125,8 +125,8 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     log.info("start-up heap settled: %s objects frozen", settle_heap())
     log.info("serving on http://%s:%s", host, port)
     try:
-        web.run_app(app, host=host, port=port, print=None, handle_signals=True,
-                    access_log=None, shutdown_timeout=10)
+        # SIGTERM or Ctrl-C: drain (bot/drain.py), then stop.
+        asyncio.run(serve(app, host, port))
     except OSError as exc:
         print(f"error: cannot listen on {host}:{port} ({exc.strerror or exc}); is another "
               "service using it? Try `serve --port N`", file=sys.stderr)

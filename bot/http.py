@@ -11,6 +11,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import DBAPIError
 
+from bot.drain import DRAIN
 from core.db import ping
 from core.runtime import Runtime
 
@@ -19,6 +20,8 @@ log = logging.getLogger("autodoctor.http")
 RUNTIME = web.AppKey("runtime", Runtime)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _LOOPBACK = frozenset({"127.0.0.1", "::1"})
+# The channels delivered through the outbox (the widget reads the transcript).
+_DELIVERED = ("telegram", "sms")
 
 _DOWN_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -68,12 +71,19 @@ async def plain_server_header(request: web.Request, response: web.StreamResponse
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """ok (200), degraded when the database is down (503), draining after SIGTERM (503: a
+    proxy takes the process out; bot/drain.py)."""
     runtime = request.app[RUNTIME]
     up = await ping(runtime.engine)
     runtime.metrics.db_up.set(1 if up else 0)
+    db = "ok" if up else "down"
+    drain = request.config_dict.get(DRAIN)
+    if drain is not None and drain.draining:
+        return web.json_response({"status": "draining", "db": db}, status=503,
+                                 headers={"Retry-After": drain.retry_after()})
     if up:
-        return web.json_response({"status": "ok", "db": "ok"})
-    return web.json_response({"status": "degraded", "db": "down"}, status=503)
+        return web.json_response({"status": "ok", "db": db})
+    return web.json_response({"status": "degraded", "db": db}, status=503)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -87,5 +97,12 @@ async def metrics(request: web.Request) -> web.Response:
             raise web.HTTPUnauthorized(headers={"WWW-Authenticate": "Bearer"})
     elif runtime.config.environment == "production" or request.remote not in _LOOPBACK:
         raise web.HTTPNotFound()
+    try:
+        async with runtime.readers() as session:
+            await runtime.metrics.read_gauges(session, runtime.clock.now(), [
+                channel for channel in _DELIVERED if runtime.config.channel_status()[channel]])
+    except (DBAPIError, OSError) as exc:
+        # The counters still answer; the database's gauges keep their last values.
+        log.warning("metrics: database gauges not read (%s)", type(exc).__name__)
     body = generate_latest(runtime.metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

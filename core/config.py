@@ -27,6 +27,9 @@ class ServerConfig:
     port: int = field(default=8080, metadata=rule(min=1, max=65535))
     # Proxies whose X-Forwarded-For names the client (nginx in front); empty: none.
     trusted_proxies: list[str] = field(default_factory=list)
+    # On SIGTERM: how long the drain (refuse new sockets and webhooks, finish what is under
+    # way, hand back outbox claims, close widget sockets with 1012) may take before exiting.
+    drain_seconds: float = field(default=10.0, metadata=rule(min=0.5, max=300))
 
 
 @dataclass(frozen=True)

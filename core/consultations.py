@@ -228,7 +228,8 @@ async def complete(uow: UnitOfWork, runtime: Runtime, consultation_id: int, reas
         runtime.texts("session_ended_mechanic", reason=reason, ref=request.ref,
                       report=plan.senior_only),
         customer_buttons=rating)
-    log.info("consultation=%s completed (%s)", consultation.id, reason)
+    log.info("consultation=%s request=%s completed (%s)", consultation.id, request.ref,
+             reason)
     return consultation
 
 
@@ -276,5 +277,6 @@ async def cancel_for_emergency(uow: UnitOfWork, runtime: Runtime, consultation: 
     await tell_both(uow, consultation, now, f"{reason}:{consultation.id}",
                     runtime.texts(texts[0], plan=plan, amount_cents=request.price_cents),
                     runtime.texts(texts[1], ref=request.ref))
-    log.info("consultation=%s cancelled: %s", consultation.id, reason)
+    log.info("consultation=%s request=%s cancelled: %s", consultation.id, request.ref,
+             reason)
     return True

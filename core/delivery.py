@@ -61,10 +61,17 @@ class OutboxDispatcher:
         self.lease = timedelta(seconds=lease_seconds)
         self.batch = batch
         self.worker_id = worker_id or f"w-{uuid.uuid4().hex[:12]}"
+        # Set by hand_back() (the drain): claim nothing more, send nothing not yet started.
+        self.handing_back = asyncio.Event()
+        # run_forever's rounds, set once it has stopped (or was never started).
+        self.stopped = asyncio.Event()
+        self.stopped.set()
+        # Deliveries still waiting for their turn (the rate limiter): cancelled by a drain.
+        self._queued: set[asyncio.Task[None]] = set()
 
     async def claim(self, now: datetime) -> list[OutboxItem]:
         """Lease the oldest due row of each chat (FOR UPDATE SKIP LOCKED on PostgreSQL)."""
-        if not self.senders:
+        if not self.senders or self.handing_back.is_set():
             return []
         # The head of each chat: its oldest pending row (the partial index answers this).
         heads = (select(func.min(OutboxItem.id))
@@ -98,7 +105,13 @@ class OutboxDispatcher:
         out = Outbound.from_body(row.channel, row.address, row.payload, row.dedupe_key)
         limiter = self.limiters.get(row.channel)
         if limiter is not None:
-            await limiter.acquire(row.address)
+            task = asyncio.current_task()
+            assert task is not None
+            self._queued.add(task)
+            try:
+                await limiter.acquire(row.address)
+            finally:
+                self._queued.discard(task)
             if not self._lease_left(row):
                 # Held back past its lease (a provider's long retry_after pauses the whole
                 # channel): the row may be claimed again already, by this process or
@@ -107,17 +120,20 @@ class OutboxDispatcher:
                 log.info("outbox=%s lease ran out while waiting to send: left to a new claim",
                          row.id)
                 return
+        if self.handing_back.is_set():
+            return  # not sent: its lease is handed back (hand_back)
         try:
             provider_id = await self.senders[row.channel].send(out)
         except RetryLater as exc:
-            await self._retry(row, exc, stats, limiter)
+            await self._retry(row, exc, stats, limiter, "rate_limited"
+                              if exc.retry_after is not None else "temporary")
             return
         except PermanentFailure as exc:
-            await self._fail(row, str(exc), stats, unreachable=True)
+            await self._fail(row, str(exc), stats, unreachable=True, kind="permanent")
             return
         except Exception as exc:  # noqa: BLE001 - an unknown error is treated as temporary
-            log.exception("outbox=%s send raised", row.id)
-            await self._retry(row, RetryLater(repr(exc)), stats, limiter)
+            log.exception("outbox=%s channel=%s send raised", row.id, row.channel)
+            await self._retry(row, RetryLater(repr(exc)), stats, limiter, "error")
             return
         now = self.runtime.clock.now()
         async with self.runtime.sessions.begin() as session:
@@ -141,11 +157,11 @@ class OutboxDispatcher:
         return self.runtime.clock.now() < row.lease_until - self.lease / 4
 
     async def _retry(self, row: OutboxItem, exc: RetryLater, stats: DeliveryStats,
-                     limiter: ChannelLimiter | None) -> None:
+                     limiter: ChannelLimiter | None, kind: str) -> None:
         attempts = row.attempts + 1
         if attempts >= MAX_ATTEMPTS:
             await self._fail(row, f"gave up after {attempts} attempts: {exc}", stats,
-                             unreachable=False)
+                             unreachable=False, kind="gave_up")
             return
         delay = exc.retry_after if exc.retry_after is not None else backoff(attempts)
         if exc.retry_after is not None and limiter is not None:
@@ -157,11 +173,12 @@ class OutboxDispatcher:
                 update(OutboxItem).where(OutboxItem.id == row.id)
                 .values(attempts=attempts, next_attempt_at=now + timedelta(seconds=delay),
                         last_error=str(exc)[:1000], lease_owner=None, lease_until=None))
+        self.runtime.metrics.delivery_failures.labels(row.channel, kind).inc()
         log.info("outbox=%s channel=%s retry in %.1fs (%s)", row.id, row.channel, delay, exc)
         stats.retried += 1
 
     async def _fail(self, row: OutboxItem, reason: str, stats: DeliveryStats, *,
-                    unreachable: bool) -> None:
+                    unreachable: bool, kind: str) -> None:
         async with self.runtime.sessions.begin() as session:
             await session.execute(
                 update(OutboxItem).where(OutboxItem.id == row.id)
@@ -172,8 +189,32 @@ class OutboxDispatcher:
                     update(Identity).where(Identity.channel == row.channel,
                                            Identity.address == row.address)
                     .values(reachable=False, unreachable_reason=reason[:255]))
+        self.runtime.metrics.delivery_failures.labels(row.channel, kind).inc()
         log.warning("outbox=%s channel=%s failed: %s", row.id, row.channel, reason)
         stats.failed += 1
+
+    async def hand_back(self, wait_seconds: float) -> int:
+        """The drain: claim nothing more, let the sends already under way finish (for up to
+        `wait_seconds`), and release the leases of the rows claimed and not sent, so another
+        process sends them at once rather than after the lease runs out. Returns how many."""
+        self.handing_back.set()
+        for waiting in list(self._queued):
+            waiting.cancel()
+        self.runtime.hub.outbox_wakeup.set()
+        try:
+            async with asyncio.timeout(wait_seconds):
+                await self.stopped.wait()
+        except TimeoutError:
+            log.warning("outbox: sends still under way after %.1fs; handing them back",
+                        wait_seconds)
+        async with self.runtime.sessions.begin() as session:
+            released = (await session.execute(
+                update(OutboxItem).where(OutboxItem.lease_owner == self.worker_id,
+                                         OutboxItem.status == "pending")
+                .values(lease_owner=None, lease_until=None)
+                .returning(OutboxItem.id))).all()
+        log.info("outbox: stopped claiming; %s claimed rows handed back", len(released))
+        return len(released)
 
     async def next_due_in(self, now: datetime) -> float | None:
         async with self.runtime.readers() as session:
@@ -195,8 +236,9 @@ class OutboxDispatcher:
         task = asyncio.current_task()
         under_way: set[asyncio.Task[None]] = set()
         stats = DeliveryStats()
+        self.stopped.clear()
         try:
-            while True:
+            while not self.handing_back.is_set():
                 wakeup.clear()
                 wait: float | None = None
                 try:
@@ -220,7 +262,10 @@ class OutboxDispatcher:
                                        return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     woken.cancel()
+            # Handing back: the sends under way finish (hand_back bounds the wait).
+            await asyncio.gather(*under_way, return_exceptions=True)
         finally:
             for delivery in under_way:
                 delivery.cancel()
             await asyncio.gather(*under_way, return_exceptions=True)
+            self.stopped.set()

@@ -76,6 +76,10 @@ async def run_sweeps(runtime: Runtime, now: datetime | None = None) -> CleanupSt
     async with runtime.transaction() as uow:
         stats.uploads_deleted = await delete_unattached(uow.session, runtime.config, now)
     if stats.total():
+        counted = runtime.metrics.sweep_rows
+        for kind in fields(stats):
+            if changed := getattr(stats, kind.name):
+                counted.labels(kind.name).inc(changed)
         log.info("sweep %s", stats)
     return stats
 

@@ -19,8 +19,8 @@ _pages = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                             autoescape=True)
 
 
-def setup(app: web.Application, runtime: Runtime, engine: Engine) -> None:
-    """Add the widget's routes to the app."""
+def setup(app: web.Application, runtime: Runtime, engine: Engine) -> WidgetSocket:
+    """Add the widget's routes to the app; returns its sockets (a drain closes them)."""
     guards = Guards(runtime)
     socket = WidgetSocket(runtime, engine, guards)
     upload = WidgetUpload(runtime, guards)
@@ -47,6 +47,7 @@ def setup(app: web.Application, runtime: Runtime, engine: Engine) -> None:
     records = Records(runtime)
     app.router.add_get("/f/{token}", records.file, name="file_link")
     app.router.add_get("/s/{token}", records.record, name="session_record")
+    return socket
 
 
 def _page(name: str, **context: str) -> web.Response:

@@ -44,6 +44,7 @@ REPLAY_BATCH = 200
 # taken at insert, not at commit) and still reach an open or reconnecting widget. The widget
 # tells messages apart by id, so reading this far back shows nothing twice.
 LATE_COMMIT_GRACE = timedelta(seconds=30)
+RESTART = 1012  # a drain's close code ("service restart"): reconnect now, elsewhere
 
 
 class Origins:
@@ -73,11 +74,21 @@ class WidgetSocket:
         self.guards = guards
         self.origins = Origins(runtime)
         self.open: set[web.WebSocketResponse] = set()
+        # Set by a drain (restart_all): a socket opened after it is closed at once.
+        self.restarting = False
 
     async def close_all(self, app: web.Application) -> None:
         """On shutdown: tell every widget to reconnect later (1001), so nothing is cut mid-way."""
         for ws in list(self.open):
             await ws.close(code=1001, message=b"server restarting")
+
+    async def restart_all(self) -> int:
+        """The drain: close every socket with 1012; widget.js reconnects at once (another
+        process behind a proxy) and resends what was not acknowledged, handled once."""
+        self.restarting, sockets = True, list(self.open)
+        await asyncio.gather(*(ws.close(code=RESTART, message=b"service restart")
+                               for ws in sockets), return_exceptions=True)
+        return len(sockets)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if not self.origins.allows(request):
@@ -87,6 +98,9 @@ class WidgetSocket:
         # an oversized frame with an error frame and keep the connection.
         ws = web.WebSocketResponse(heartbeat=30, max_msg_size=max(4 * self.max_frame, 1 << 20))
         await ws.prepare(request)
+        if self.restarting:  # upgraded just as the drain began
+            await ws.close(code=RESTART, message=b"service restart")
+            return ws
         self.open.add(ws)
         connection = _Connection(self, ws, self.guards.address_of(request))
         try:

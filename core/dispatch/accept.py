@@ -233,8 +233,10 @@ async def _after_accept(uow: UnitOfWork, runtime: Runtime, request: SessionReque
     session.add(AuditLog(actor=admin or f"mechanic:{mechanic_id}",
                          action="assign" if admin else "accept", subject=request.ref,
                          details={"mechanic_id": mechanic_id}, created_at=now))
-    log.info("request=%s mechanic=%s %s", request.ref, mechanic_id,
-             f"assigned by {admin}" if admin else "accepted")
+    waited = max(0.0, (now - request.paid_at).total_seconds())
+    uow.after_commit(lambda: runtime.metrics.accept_seconds.observe(waited))
+    log.info("request=%s mechanic=%s %s %.0fs after payment", request.ref, mechanic_id,
+             f"assigned by {admin}" if admin else "accepted", waited)
 
 
 async def release(uow: UnitOfWork, runtime: Runtime, mechanic_id: int,

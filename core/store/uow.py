@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any, TypeVar
 
@@ -83,6 +83,9 @@ class UnitOfWork:
         self._woken: dict[int, list[MessageRow] | None] = {}
         self._outbox_due = False
         self._sqlite_next_id: dict[str, int] = {}
+        # Run after the commit only (a metric of what committed; a rolled-back batch is
+        # handled again and must not count twice).
+        self._committed: list[Callable[[], None]] = []
 
     # --- what the transaction will write ------------------------------------------------------
 
@@ -157,6 +160,10 @@ class UnitOfWork:
         self._outbox_due = self._outbox_due or bool(queued)
         return queued
 
+    def after_commit(self, done: Callable[[], None]) -> None:
+        """Call `done` once this transaction has committed (never if it rolls back)."""
+        self._committed.append(done)
+
     def wake(self, identity_id: int) -> None:
         """After the commit, wake whoever waits for this person: they read the database."""
         self._woken[identity_id] = None
@@ -182,6 +189,8 @@ class UnitOfWork:
             rows = {identity: messages for identity, messages in self._woken.items()
                     if messages is not None and all(m.id is not None for m in messages)}
             self._hub.publish(self._woken, rows, outbox=self._outbox_due)
+        for done in self._committed:
+            done()
 
     async def _write_pending(self) -> None:
         """The one place that writes, in this order:

@@ -15,6 +15,7 @@ from core.errors import PermanentFailure, RetryLater
 from core.messages import Outbound
 from core.models import Customer, Identity, Message, OutboxItem
 from core.outbox import enqueue, enqueue_many
+from core.ratelimit import ChannelLimiter
 from core.runtime import Runtime
 
 
@@ -287,3 +288,37 @@ async def test_only_a_commit_that_queues_for_a_provider_wakes_the_dispatcher(
             await queued(uow)
         assert hub.outbox_wakeup.is_set()
         hub.outbox_wakeup.clear()
+
+
+async def test_a_drain_hands_back_the_rows_claimed_and_not_sent(runtime: Runtime) -> None:
+    """SIGTERM's drain (bot/drain.py): the send under way finishes, the rows claimed but still
+    waiting for the rate limiter are released at once, and another process claims them at
+    once (not after the lease runs out); nothing is claimed any more."""
+    chats = [f"chat{i}" for i in range(4)]
+    for chat in chats:
+        await queue(runtime, chat, f"to {chat}")
+    provider = GatedProvider()
+    # One send a hundred seconds: the first row is sent, the other three wait their turn.
+    dispatcher = OutboxDispatcher(runtime, {"flaky": provider},
+                                  {"flaky": ChannelLimiter(0.01, None)})
+    task = asyncio.create_task(dispatcher.run_forever(idle_poll=3600))
+    try:
+        await until(lambda: len(provider.started) == 1)
+        handing_back = asyncio.create_task(dispatcher.hand_back(60))
+        await until(dispatcher.handing_back.is_set)
+        assert not handing_back.done()  # the send under way is waited for
+        provider.gates.setdefault(provider.started[0], asyncio.Event()).set()
+        assert await handing_back == 3
+        await asyncio.wait_for(task, 5)  # run_forever has returned
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert await dispatcher.claim(runtime.clock.now()) == []
+    async with runtime.sessions() as s:
+        rows = (await s.execute(select(OutboxItem.address, OutboxItem.status,
+                                       OutboxItem.lease_owner))).all()
+    assert sorted(status for _, status, _ in rows) == ["pending"] * 3 + ["sent"]
+    assert {owner for _, _, owner in rows} == {None}
+    other = OutboxDispatcher(runtime, {"flaky": provider})
+    assert sorted(r.address for r in await other.claim(runtime.clock.now())) == sorted(
+        chat for chat in chats if chat != provider.started[0])

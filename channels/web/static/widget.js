@@ -56,6 +56,7 @@
   // the saved history with their frame, so a reload or a reconnect sends them again.
   var queue = [];
   var ws = null, ready = false, started = false, backoff = 1000, retryTimer = null;
+  var restarted = false; // reconnected at once after a 1012/1001, not yet welcomed
   var generation = 0;        // one per socket that said hello
   var isOpen = false, wantOpen = OPEN_AT_LOAD, unread = 0;
   var ui = null;
@@ -306,11 +307,18 @@
       try { frame = JSON.parse(event.data); } catch (e) { return; }
       if (frame && typeof frame === "object") receive(frame);
     };
-    socket.onclose = function () {
+    socket.onclose = function (event) {
       if (ws !== socket) return;
       ws = null;
       ready = false;
       setStatus("Reconnecting…");
+      // 1012 (service restart) and 1001 (going away): the server is draining; reconnect at
+      // once (behind a proxy, to another process). Once until a welcome, then back off.
+      if ((event.code === 1012 || event.code === 1001) && !restarted) {
+        restarted = true;
+        openSocket();
+        return;
+      }
       retryTimer = setTimeout(openSocket, backoff);
       backoff = Math.min(backoff * 2, MAX_BACKOFF_MS);
     };
@@ -326,6 +334,7 @@
       ready = true;
       generation += 1;
       backoff = 1000;
+      restarted = false;
       setStatus("");
       flush();
     } else if (frame.type === "message") {
