@@ -26,7 +26,7 @@ _templates = jinja2.Environment(loader=jinja2.PackageLoader("billing", "template
 _HEADERS = {
     # The ref in the URL is what lets someone pay: keep it out of referrers and caches.
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
-                               "form-action 'self'; frame-ancestors 'none'",
+                               "img-src 'self'; form-action 'self'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
