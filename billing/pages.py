@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from billing.payments import in_transaction, mark_paid, settle_from_provider
+from billing.receipt import PaidView, money, paid_view
 from core.config import EXTENSION_PLAN
 from core.models import Checkout, Intake
 from core.runtime import Runtime
@@ -26,12 +27,11 @@ _templates = jinja2.Environment(loader=jinja2.PackageLoader("billing", "template
 _HEADERS = {
     # The ref in the URL is what lets someone pay: keep it out of referrers and caches.
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
-                               "form-action 'self'; frame-ancestors 'none'",
+                               "img-src 'self'; form-action 'self'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
-_SYMBOLS = {"usd": "$", "eur": "€", "gbp": "£", "cad": "CA$", "aud": "A$"}
 _BACK = "You can close this page and return to the chat."
 
 # state → (HTTP status, heading, lines)
@@ -72,13 +72,6 @@ _STATES: dict[str, tuple[int, str, tuple[str, ...]]] = {
 }
 
 
-def money(cents: int, currency: str) -> str:
-    """Integer cents as people read them: $29.99, or 29.99 SEK for other currencies."""
-    amount = f"{cents // 100:,}.{cents % 100:02d}"
-    symbol = _SYMBOLS.get(currency.lower())
-    return f"{symbol}{amount}" if symbol else f"{amount} {currency.upper()}"
-
-
 def checkout_state(checkout: Checkout, intake: Intake, now: datetime) -> str:
     """What the /pay page says for a checkout: 'payable' or the reason it is not."""
     if checkout.status == "paid":
@@ -100,7 +93,14 @@ def checkout_state(checkout: Checkout, intake: Intake, now: datetime) -> str:
 def page(state: str, chat_link: str | None = None) -> web.Response:
     status, heading, lines = _STATES[state]
     return _render("message.html", status=status, heading=heading, lines=lines,
-                   chat_link=chat_link)
+                   chat_link=chat_link, receipt=None)
+
+
+def paid_page(view: PaidView, chat_link: str | None = None) -> web.Response:
+    """A paid checkout's page, whenever it is opened: where the request stands now (never a
+    second Pay button) and the receipt."""
+    return _render("message.html", heading=view.standing.heading, lines=view.standing.lines,
+                   chat_link=chat_link, receipt=view.receipt)
 
 
 async def landing(runtime: Runtime, ref: str) -> tuple[bool, str | None]:
@@ -137,6 +137,10 @@ class OfflineCheckoutPages:
             return page("not_found")
         checkout, intake = found
         state = checkout_state(checkout, intake, self.runtime.clock.now())
+        if state in ("paid", "refunded"):
+            view = await paid_view(self.runtime, checkout.ref)
+            if view is not None:
+                return paid_page(view)
         if state != "payable":
             return page(state)
         plan = self.runtime.config.product(checkout.plan)
@@ -181,8 +185,9 @@ class OfflineCheckoutPages:
         if state == "forbidden":
             raise web.HTTPForbidden(text="This payment form has expired; open the payment "
                                          "link from the chat again.")
-        if state == "paid":
-            # Post/redirect/get: reloading the result page does not post again.
+        if state in ("paid", "refunded"):
+            # Post/redirect/get: reloading the result page does not post again; paid a moment
+            # ago or long since, the page says where the request stands now.
             raise web.HTTPSeeOther(request.app.router["offline_pay"].url_for(ref=ref))
         return page(state)
 
@@ -209,8 +214,11 @@ class PaymentDone:
         found, link = await landing(self.runtime, ref)
         if not found:
             return page("not_found")  # not "being confirmed": no checkout has this link
-        if await settle_from_provider(self.runtime, ref):
-            return page("paid", link)
+        view = await paid_view(self.runtime, ref)
+        if view is None and await settle_from_provider(self.runtime, ref):
+            view = await paid_view(self.runtime, ref)
+        if view is not None:
+            return paid_page(view, link)
         return page("done", link)
 
     async def cancelled(self, request: web.Request) -> web.Response:

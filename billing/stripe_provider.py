@@ -142,6 +142,22 @@ class StripePayments:
             payment_intent_id=intent if isinstance(intent, str) or intent is None
             else str(intent.id))
 
+    async def receipt_url(self, checkout: Checkout) -> str | None:
+        """Stripe's hosted receipt of the checkout's charge; None when it has none (yet)."""
+        what = f"reading the receipt of checkout {checkout.ref}"
+        charge: Any
+        if checkout.charge_id:
+            charge = await self._call(what, self._client.v1.charges.retrieve_async(
+                checkout.charge_id))
+        elif checkout.payment_intent_id:
+            intent = await self._call(what, self._client.v1.payment_intents.retrieve_async(
+                checkout.payment_intent_id, params={"expand": ["latest_charge"]}))
+            charge = intent.latest_charge
+        else:
+            return None
+        url = getattr(charge, "receipt_url", None) if charge is not None else None
+        return url if isinstance(url, str) else None
+
     # ------------------------------------------------------------------ refunds
 
     async def refund(self, checkout: Checkout, *, reason: str) -> ProviderRefund:

@@ -82,6 +82,7 @@ def create_app(config: Config, *, engine: AsyncEngine | None = None,
     app.on_response_prepare.append(http.plain_server_header)
     app.router.add_get("/healthz", http.healthz, name="healthz")
     app.router.add_get("/metrics", http.metrics, name="metrics")
+    http.add_favicon(app)
     widget_sockets = channels.web.setup(app, runtime, conversation_engine)
     billing.setup(app, runtime)
     admin_web.setup(app, runtime)

@@ -207,29 +207,51 @@ def cmd_sweep(args: argparse.Namespace, config: Config) -> int:
 def cmd_request_assign(args: argparse.Namespace, config: Config) -> int:
     from core.dispatch import Outcome, assign
 
-    async def run() -> Outcome:
+    ref = args.ref.strip().upper()
+
+    async def run() -> tuple[Outcome, str | None]:
         engine, runtime = _runtime(config)
         try:
             async with runtime.transaction() as uow:
-                result = await assign(uow, runtime, args.ref.upper(), args.mechanic,
+                result = await assign(uow, runtime, ref, args.mechanic,
                                       f"cli:{getpass.getuser()}", runtime.clock.now())
-            return result.outcome
+                missing = None
+                if result.outcome is Outcome.NOT_FOUND:
+                    missing = await _missing_for_assign(uow.session, ref, args.mechanic)
+            return result.outcome, missing
         finally:
             await engine.dispose()
 
-    outcome = asyncio.run(run())
+    outcome, missing = asyncio.run(run())
     messages = {
-        Outcome.ACCEPTED: f"{args.ref.upper()} assigned to mechanic {args.mechanic}; both told",
-        Outcome.ALREADY_YOURS: f"{args.ref.upper()} is already with mechanic {args.mechanic}",
-        Outcome.TAKEN: f"{args.ref.upper()} was already accepted by another mechanic",
-        Outcome.CLOSED: f"{args.ref.upper()} is closed (expired, cancelled or completed)",
+        Outcome.ACCEPTED: f"{ref} assigned to mechanic {args.mechanic}; both told",
+        Outcome.ALREADY_YOURS: f"{ref} is already with mechanic {args.mechanic}",
+        Outcome.TAKEN: f"{ref} was already accepted by another mechanic",
+        Outcome.CLOSED: f"{ref} is closed (expired, cancelled or completed)",
         Outcome.BUSY: f"mechanic {args.mechanic} already holds a request or session",
-        Outcome.NOT_FOUND: f"no such request {args.ref.upper()} or active mechanic "
-                           f"{args.mechanic}",
+        Outcome.NOT_FOUND: f"error: {missing}; nothing was changed",
     }
     ok = outcome in (Outcome.ACCEPTED, Outcome.ALREADY_YOURS)
     print(messages.get(outcome, outcome.value), file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1
+
+
+async def _missing_for_assign(session: Any, ref: str, mechanic_id: int) -> str:
+    """Which of the two `request assign` names was not found: the request, the mechanic, or
+    both (a mechanic who exists but is deactivated says so)."""
+    from sqlalchemy import select
+
+    from core.models import Mechanic, SessionRequest
+
+    problems = []
+    if await session.scalar(select(SessionRequest.id).where(SessionRequest.ref == ref)) is None:
+        problems.append(f"no request {ref}")
+    mechanic = await session.get(Mechanic, mechanic_id)
+    if mechanic is None:
+        problems.append(f"no mechanic {mechanic_id}")
+    elif not mechanic.is_active:
+        problems.append(f"mechanic {mechanic_id} is deactivated")
+    return " and ".join(problems) or f"no request {ref} for mechanic {mechanic_id}"
 
 
 def cmd_session_observe(args: argparse.Namespace, config: Config) -> int:

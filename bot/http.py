@@ -1,11 +1,12 @@
 """What every HTTP answer of the service goes through: request counts, a friendly 503 while the
-database is down, no server version in the headers; /healthz and /metrics."""
+database is down, no server version in the headers; /healthz, /metrics and the favicon."""
 
 from __future__ import annotations
 
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -22,6 +23,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _LOOPBACK = frozenset({"127.0.0.1", "::1"})
 # The channels delivered through the outbox (the widget reads the transcript).
 _DELIVERED = ("telegram", "sms")
+_STATIC = Path(__file__).resolve().parent / "static"
+# The icon changes with a release at most: browsers keep it a week, then revalidate (ETag).
+_ICON_HEADERS = {"Cache-Control": "public, max-age=604800", "X-Content-Type-Options": "nosniff"}
 
 _DOWN_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -106,3 +110,18 @@ async def metrics(request: web.Request) -> web.Response:
         log.warning("metrics: database gauges not read (%s)", type(exc).__name__)
     body = generate_latest(runtime.metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def add_favicon(app: web.Application) -> None:
+    """/favicon.ico (what browsers ask for by themselves) and /favicon.svg (what the pages'
+    <link rel="icon"> names), both from bot/static."""
+    for name in ("favicon.ico", "favicon.svg"):
+        app.router.add_get(f"/{name}", _static_file(_STATIC / name), name=name.replace(".", "_"))
+
+
+def _static_file(path: Path) -> Handler:
+    async def send(request: web.Request) -> web.StreamResponse:
+        # FileResponse answers If-None-Match / If-Modified-Since with 304 itself.
+        return web.FileResponse(path, headers=_ICON_HEADERS)
+
+    return send

@@ -37,7 +37,7 @@ _pages = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                             autoescape=True)
 _NO_STORE = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
              "Cache-Control": "private, no-store"}
-_REFUSED_CSP = "default-src 'none'; style-src 'unsafe-inline'"
+_REFUSED_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'"
 MAX_LINES = 200
 
 

@@ -125,6 +125,11 @@ async def _payout_setup(ctx: Context, mechanic: Mechanic) -> None:
     if mechanic.payouts_enabled:
         await ctx.say(text("payout_ready"))
         return
+    if ctx.runtime.payments.provider != "stripe":
+        # The offline checkout has no payout accounts: nothing failed, there is nothing to set
+        # up here, and the mechanic is told so rather than "try again in a minute".
+        await ctx.say(text("payouts_not_set_up"))
+        return
     try:
         url = await start_onboarding(ctx.session, ctx.runtime.payments,  # type: ignore[arg-type]
                                      ctx.config, mechanic.id)

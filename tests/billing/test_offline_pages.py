@@ -60,7 +60,7 @@ async def test_pressing_pay_makes_the_request_and_says_paid(offline_client: Test
 
     assert resp.status == 200
     assert resp.url.path == f"/pay/{bought.checkout.ref}"  # redirected: reload won't re-post
-    assert "Paid — return to the chat" in await resp.text()
+    assert "Paid — waiting for a mechanic" in await resp.text()
     [request] = await requests(runtime)
     assert (request.status, request.price_cents, request.plan) == ("pending", 2999, "video15")
     assert paid_once(await texts_to(runtime, bought.identity))
@@ -69,7 +69,7 @@ async def test_pressing_pay_makes_the_request_and_says_paid(offline_client: Test
     assert (await reload(runtime, bought.checkout)).status == "paid"
 
     again = await pay_offline(offline_client, f"/pay/{bought.checkout.ref}")
-    assert "Paid — return to the chat" in await again.text()
+    assert "Paid — waiting for a mechanic" in await again.text()
     assert len(await requests(runtime)) == 1
     assert paid_once(await texts_to(runtime, bought.identity))
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
+import pytest
 from aiohttp.test_utils import TestClient
 from sqlalchemy import select
 
@@ -119,3 +121,17 @@ async def test_cancelling_before_paying_closes_the_stripe_page(stripe_runtime: R
     [expire] = stripe_api.calls_to(
         "POST", f"/v1/checkout/sessions/{bought.checkout.provider_session_id}/expire")
     assert expire.idempotency_key == f"expire:{bought.checkout.ref}"
+
+
+async def test_payout_without_stripe_says_it_is_not_set_up(
+        runtime: Runtime, caplog: pytest.LogCaptureFixture) -> None:
+    from tests.factories import linked_mechanic
+
+    sam = await linked_mechanic(runtime, "Sam")
+    engine = Engine(runtime, route)
+    [reply] = await engine.receive(Inbound(channel=sam.channel, address=sam.address,
+                                           text="payout"))
+    assert reply.text.startswith("Payouts are not set up on this server")
+    assert reply.link is None
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert all(r.exc_info is None for r in caplog.records)

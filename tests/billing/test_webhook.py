@@ -392,7 +392,7 @@ async def test_returning_from_stripe_before_the_webhook_already_counts_the_payme
 
     resp = await webhook_client.get(f"/pay/{bought.checkout.ref}/done")
 
-    assert "Paid — return to the chat" in await resp.text()
+    assert "Paid — waiting for a mechanic" in await resp.text()
     [call] = stripe_api.calls_to(
         "GET", f"/v1/checkout/sessions/{bought.checkout.provider_session_id}")
     assert call.status == 200

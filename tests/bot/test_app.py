@@ -63,3 +63,29 @@ async def test_running_app_sweeps_on_its_schedule(make_client: Any, config: Conf
             break
         await asyncio.sleep(0.1)
     assert (await status_of(runtime, request))[0] == "unattended"
+
+
+async def test_favicon_is_served_with_caching_headers(make_client: Any, config: Config) -> None:
+    client = await make_client(config)
+
+    icon = await client.get("/favicon.ico")
+    assert icon.status == 200
+    assert icon.headers["Content-Type"].startswith("image/")
+    assert (await icon.read()).startswith(b"\x00\x00\x01\x00")  # an ICO file's header
+    assert "max-age=604800" in icon.headers["Cache-Control"]
+    assert icon.headers["Cache-Control"].startswith("public")
+    again = await client.get("/favicon.ico", headers={"If-None-Match": icon.headers["ETag"]})
+    assert again.status == 304
+
+    svg = await client.get("/favicon.svg")
+    assert svg.status == 200
+    assert svg.headers["Content-Type"] == "image/svg+xml"
+    assert (await svg.text()).startswith("<svg")
+    assert "max-age=604800" in svg.headers["Cache-Control"]
+
+
+async def test_pages_name_the_icon(make_client: Any, config: Config) -> None:
+    client = await make_client(config)
+    for path in ("/", "/admin/login", "/pay/co_nosuchref0123"):
+        page = await (await client.get(path)).text()
+        assert '<link rel="icon" href="/favicon.svg" type="image/svg+xml">' in page, path

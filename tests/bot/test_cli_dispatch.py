@@ -51,8 +51,16 @@ def test_invite_assign_and_sweep_from_the_command_line(tmp_path: Path) -> None:
     assigned = _cli("request", "assign", ref, str(info["mechanic_id"]), env=env)
     assert assigned.returncode == 0, assigned.stderr
     assert "assigned to mechanic" in assigned.stdout
-    again = _cli("request", "assign", ref, "999", env=env)
-    assert again.returncode == 1 and "no such request" in again.stderr
+    # Which of the two was not found, in one line.
+    no_mechanic = _cli("request", "assign", ref, "999", env=env)
+    assert no_mechanic.returncode == 1
+    assert no_mechanic.stderr == "error: no mechanic 999; nothing was changed\n"
+    no_request = _cli("request", "assign", "r-1", str(info["mechanic_id"]), env=env)
+    assert no_request.returncode == 1
+    assert no_request.stderr == "error: no request R-1; nothing was changed\n"
+    neither = _cli("request", "assign", "R-1", "999", env=env)
+    assert neither.returncode == 1
+    assert neither.stderr == "error: no request R-1 and no mechanic 999; nothing was changed\n"
 
     async def check() -> tuple[str, list[str], list[str]]:
         engine = create_engine(config.database_url)

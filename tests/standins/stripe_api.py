@@ -167,6 +167,7 @@ class StripeStandin:
             ("POST", re.compile(r"/v1/checkout/sessions/(?P<id>[^/]+)/expire"),
              self._expire_session),
             ("GET", re.compile(r"/v1/payment_intents/(?P<id>[^/]+)"), self._get_intent),
+            ("GET", re.compile(r"/v1/charges/(?P<id>[^/]+)"), self._get_charge),
             ("POST", re.compile(r"/v1/refunds"), self._create_refund),
             ("POST", re.compile(r"/v1/accounts"), self._create_account),
             ("GET", re.compile(r"/v1/accounts/(?P<id>[^/]+)"), self._get_account),
@@ -242,6 +243,10 @@ class StripeStandin:
         self.charges[ch] = {"id": ch, "object": "charge", **common, "payment_intent": pi,
                             "amount_captured": checkout["amount_total"] if paid else 0,
                             "amount_refunded": 0, "refunded": False, "paid": paid,
+                            # Stripe's hosted receipt (null only for some charges; tests
+                            # set it to None to see the page do without).
+                            "receipt_url": "https://pay.stripe.com/receipts/payment/"
+                                           + secrets.token_urlsafe(48),
                             "status": "succeeded" if paid else "pending",
                             "refunds": {"object": "list", "data": [], "has_more": False}}
         self.payment_intents[pi] = {"id": pi, "object": "payment_intent", **common,
@@ -502,7 +507,16 @@ class StripeStandin:
         intent = self.payment_intents.get(id)
         if intent is None:
             raise _no_such("payment_intent", id, "id")
-        return copy.deepcopy(intent)
+        found = copy.deepcopy(intent)
+        if "latest_charge" in (params.get("expand") or []) and found.get("latest_charge"):
+            found["latest_charge"] = copy.deepcopy(self.charges[found["latest_charge"]])
+        return found
+
+    def _get_charge(self, params: dict[str, Any], id: str) -> dict[str, Any]:
+        charge = self.charges.get(id)
+        if charge is None:
+            raise _no_such("charge", id, "id")
+        return copy.deepcopy(charge)
 
     # ------------------------------------------------------------------ refunds
 
