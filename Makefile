@@ -10,6 +10,8 @@ BIN := $(VENV)/bin
 # then the bundle checked against the committed sha256 (the service checks it again).
 VIDEO_CLIENT := rooms/client
 VIDEO_CLIENT_STAMP := $(VIDEO_CLIENT)/node_modules/.installed
+# The browser tests' tools (axe-core, Lighthouse): the root package.json's pinned devDependencies.
+DEV_TOOLS_STAMP := node_modules/.installed
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +32,10 @@ $(VIDEO_CLIENT_STAMP): $(VIDEO_CLIENT)/package.json $(VIDEO_CLIENT)/package-lock
 
 video-client: $(VIDEO_CLIENT_STAMP)
 
+$(DEV_TOOLS_STAMP): package.json package-lock.json
+	npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $@
+
 run: $(VENV)/.installed $(VIDEO_CLIENT_STAMP)
 	$(BIN)/autodoctor migrate
 	$(BIN)/autodoctor serve $(if $(PORT),--port $(PORT),) $(if $(HOST),--host $(HOST),)
@@ -37,7 +43,7 @@ run: $(VENV)/.installed $(VIDEO_CLIENT_STAMP)
 migrate: $(VENV)/.installed
 	$(BIN)/autodoctor migrate
 
-test: $(VENV)/.installed-dev $(VIDEO_CLIENT_STAMP) typecheck
+test: $(VENV)/.installed-dev $(VIDEO_CLIENT_STAMP) $(DEV_TOOLS_STAMP) typecheck
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 typecheck: $(VENV)/.installed-dev
@@ -48,4 +54,4 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) data .pytest_cache $(VIDEO_CLIENT)/node_modules
+	rm -rf $(VENV) data .pytest_cache $(VIDEO_CLIENT)/node_modules node_modules

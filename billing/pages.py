@@ -90,22 +90,36 @@ def checkout_state(checkout: Checkout, intake: Intake, now: datetime) -> str:
     return "payable"
 
 
-def page(state: str, chat_link: str | None = None) -> web.Response:
+# A link back to the chat: (address, label).
+ChatLink = tuple[str, str]
+
+
+def page(state: str, chat_link: ChatLink | None = None) -> web.Response:
     status, heading, lines = _STATES[state]
     return _render("message.html", status=status, heading=heading, lines=lines,
                    chat_link=chat_link, receipt=None)
 
 
-def paid_page(view: PaidView, chat_link: str | None = None) -> web.Response:
+def paid_page(view: PaidView, chat_link: ChatLink | None = None) -> web.Response:
     """A paid checkout's page, whenever it is opened: where the request stands now (never a
     second Pay button) and the receipt."""
     return _render("message.html", heading=view.standing.heading, lines=view.standing.lines,
                    chat_link=chat_link, receipt=view.receipt)
 
 
-async def landing(runtime: Runtime, ref: str) -> tuple[bool, str | None]:
-    """Whether a checkout has this ref, and a t.me link back to the bot when the customer
-    came from Telegram."""
+def chat_link(runtime: Runtime, channel: str) -> ChatLink | None:
+    """Where the customer's chat is: the bot on Telegram, or the web widget on our own page
+    (`/#chat` opens it, with their conversation, in the browser they paid from)."""
+    if channel == "telegram":
+        return (f"https://t.me/{runtime.config.telegram.bot_username}",
+                "Back to the chat in Telegram")
+    if channel == "web":
+        return f"{runtime.config.public_url.rstrip('/')}/#chat", "Back to the chat"
+    return None
+
+
+async def landing(runtime: Runtime, ref: str) -> tuple[bool, ChatLink | None]:
+    """Whether a checkout has this ref, and a link back to the customer's chat."""
     if not fits(CHECKOUT_REF, ref):
         return False, None
     async with runtime.readers() as session:
@@ -113,9 +127,7 @@ async def landing(runtime: Runtime, ref: str) -> tuple[bool, str | None]:
             Checkout, Checkout.intake_id == Intake.id).where(Checkout.ref == ref))).first()
     if found is None:
         return False, None
-    if found.channel != "telegram":
-        return True, None
-    return True, f"https://t.me/{runtime.config.telegram.bot_username}"
+    return True, chat_link(runtime, found.channel)
 
 
 def _render(template: str, status: int = 200, **context: object) -> web.Response:
@@ -140,9 +152,9 @@ class OfflineCheckoutPages:
         if state in ("paid", "refunded"):
             view = await paid_view(self.runtime, checkout.ref)
             if view is not None:
-                return paid_page(view)
+                return paid_page(view, chat_link(self.runtime, intake.channel))
         if state != "payable":
-            return page(state)
+            return page(state, chat_link(self.runtime, intake.channel))
         plan = self.runtime.config.product(checkout.plan)
         vehicle = " ".join(str(part) for part in (intake.vehicle_year, intake.vehicle_make,
                                                   intake.vehicle_model) if part)

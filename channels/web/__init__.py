@@ -1,4 +1,5 @@
-"""The web channel: the widget's WebSocket, its script, uploads, the demo and mechanic pages."""
+"""The web channel: the widget's WebSocket, its scripts, uploads, the demo page and the
+mechanic workspace."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from pathlib import Path
 import jinja2
 from aiohttp import web
 
+from channels.web.assets import Script
+from channels.web.console import ConsoleState
 from channels.web.guards import Guards
 from channels.web.records import Records
 from channels.web.upload import WidgetUpload
@@ -24,12 +27,8 @@ def setup(app: web.Application, runtime: Runtime, engine: Engine) -> WidgetSocke
     guards = Guards(runtime)
     socket = WidgetSocket(runtime, engine, guards)
     upload = WidgetUpload(runtime, guards)
-    widget_js = (HERE / "static" / "widget.js")
-
-    async def script(request: web.Request) -> web.StreamResponse:
-        return web.FileResponse(widget_js, headers={
-            "Content-Type": "application/javascript; charset=utf-8",
-            "Cache-Control": "no-cache"})
+    widget_js = Script(HERE / "static" / "widget.js")
+    console_js = Script(HERE / "static" / "console.js")
 
     async def demo(request: web.Request) -> web.Response:
         return _page("demo.html")
@@ -39,7 +38,9 @@ def setup(app: web.Application, runtime: Runtime, engine: Engine) -> WidgetSocke
 
     app.on_shutdown.append(socket.close_all)
     app.router.add_get("/", demo, name="demo")
-    app.router.add_get("/widget.js", script, name="widget_js")
+    app.router.add_get("/widget.js", widget_js.handle, name="widget_js")
+    app.router.add_get("/console.js", console_js.handle, name="console_js")
+    app.router.add_get("/console/state", ConsoleState(runtime).handle, name="console_state")
     app.router.add_get("/ws/widget", socket.handle, name="widget_ws")
     app.router.add_post("/widget/upload", upload.handle, name="widget_upload")
     app.router.add_route("OPTIONS", "/widget/upload", upload.preflight)

@@ -1,7 +1,11 @@
 /* AutoDoctor chat widget: embed with
  *   <script src="https://HOST/widget.js" defer></script>
- * Optional attributes: data-open="true" (open at load), data-mechanic-invite="CODE".
- * Self-contained: no build step, no dependencies. All text is rendered with textContent. */
+ * Optional attributes: data-open="true" (open at load, except on a phone-sized screen, where
+ * the panel would cover the page), data-container="ID" (render inline into that element, no
+ * launcher), data-mechanic-invite="CODE". A link to "#chat" opens the widget on any screen.
+ * window.AutoDoctorWidget: open(), close(), send(text), act(payload, label), visitor() and
+ * on("welcome"|"message", fn). Self-contained: no build step, no dependencies. All text is
+ * rendered with textContent. */
 (function () {
   "use strict";
   if (window.AutoDoctorWidget) return; // included twice: keep the first
@@ -13,7 +17,9 @@
   var UPLOAD_URL = ORIGIN + "/widget/upload";
   var attr = function (name) { return script ? script.getAttribute(name) : null; };
   var INVITE = attr("data-mechanic-invite") || null;
-  var OPEN_AT_LOAD = attr("data-open") === "true";
+  var CONTAINER = attr("data-container");
+  var PHONE = window.matchMedia && window.matchMedia("(max-width: 480px)").matches;
+  var OPEN_AT_LOAD = (attr("data-open") === "true" && !PHONE) || location.hash === "#chat";
   var TOKEN_KEY = INVITE ? "autodoctor.visitor.mechanic." + INVITE : "autodoctor.visitor";
   var HISTORY_LIMIT = 200;
   var MAX_BACKOFF_MS = 15000;
@@ -60,6 +66,13 @@
   var generation = 0;        // one per socket that said hello
   var isOpen = false, wantOpen = OPEN_AT_LOAD, unread = 0;
   var ui = null;
+  var listeners = {};          // window.AutoDoctorWidget.on(event, fn)
+
+  function emit(event, data) {
+    (listeners[event] || []).forEach(function (fn) {
+      try { fn(data); } catch (e) { setTimeout(function () { throw e; }); }
+    });
+  }
 
   function saveHistory() {
     if (!token) return;
@@ -71,10 +84,10 @@
   // ---------------------------------------------------------------- styles
   var CSS = [
     "#autodoctor-launcher,#autodoctor-widget{--ad-accent:#0b63ce;--ad-accent-dark:#084c9e;",
-    "font:14px/1.45 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;color:#1b2330;",
+    "font:15px/1.45 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;color:#1b2330;",
     "box-sizing:border-box;z-index:2147483000;position:fixed;right:20px;bottom:20px}",
     "#autodoctor-widget *,#autodoctor-launcher *{box-sizing:border-box;font:inherit}",
-    "#autodoctor-launcher{border:0;border-radius:999px;padding:12px 20px;cursor:pointer;",
+    "#autodoctor-launcher{border:0;border-radius:999px;padding:12px 20px;min-height:48px;cursor:pointer;",
     "background:var(--ad-accent);color:#fff;font-weight:600;box-shadow:0 8px 24px rgba(11,99,206,.35)}",
     "#autodoctor-launcher:hover{background:var(--ad-accent-dark)}",
     "#autodoctor-launcher,#autodoctor-widget .ad-attach{display:inline-flex;align-items:center;",
@@ -85,17 +98,17 @@
     "#autodoctor-launcher .ad-badge{display:inline-block;min-width:20px;margin-left:8px;padding:0 6px;",
     "border-radius:10px;background:#e5484d;font-size:12px;line-height:20px;text-align:center}",
     "#autodoctor-widget{width:370px;max-width:calc(100vw - 24px);height:560px;",
-    "max-height:calc(100vh - 40px);display:flex;flex-direction:column;background:#fff;",
+    "max-height:calc(100vh - 40px);max-height:calc(100dvh - 40px);display:flex;flex-direction:column;background:#fff;",
     "border-radius:16px;overflow:hidden;box-shadow:0 16px 48px rgba(16,24,40,.22);",
     "border:1px solid #e3e8ef}",
     "#autodoctor-widget .ad-head{display:flex;align-items:center;gap:10px;padding:14px 16px;",
-    "background:linear-gradient(135deg,var(--ad-accent),#2f86f6);color:#fff}",
+    "background:linear-gradient(135deg,var(--ad-accent-dark),var(--ad-accent));color:#fff}",
     "#autodoctor-widget .ad-title{flex:1;font-weight:650;font-size:15px;margin:0}",
-    "#autodoctor-widget .ad-sub{display:block;font-weight:400;font-size:12px;opacity:.85}",
+    "#autodoctor-widget .ad-sub{display:block;font-weight:400;font-size:13px}",
     "#autodoctor-widget .ad-close{border:0;background:transparent;color:#fff;font-size:22px;",
-    "line-height:1;cursor:pointer;padding:2px 6px;border-radius:6px}",
+    "line-height:1;cursor:pointer;width:44px;height:44px;flex:none;border-radius:8px}",
     "#autodoctor-widget .ad-close:hover{background:rgba(255,255,255,.18)}",
-    "#autodoctor-widget #ad-status{padding:4px 16px;font-size:12px;background:#fff7e0;color:#7a5a00}",
+    "#autodoctor-widget #ad-status{padding:4px 16px;font-size:13px;background:#fff7e0;color:#6b4e00}",
     "#autodoctor-widget #ad-status:empty{display:none}",
     "#autodoctor-widget .ad-log{flex:1;overflow-y:auto;padding:14px;background:#f5f7fb;",
     "display:flex;flex-direction:column;gap:8px}",
@@ -107,11 +120,12 @@
     "border-bottom-right-radius:4px}",
     "#autodoctor-widget .ad-me.ad-pending{opacity:.6}",
     "#autodoctor-widget .ad-notice{align-self:center;max-width:95%;background:transparent;",
-    "color:#6b7482;font-size:12px;padding:2px 8px;text-align:center}",
+    "color:#5b6575;font-size:13px;padding:2px 8px;text-align:center}",
     "#autodoctor-widget .ad-actions{display:flex;flex-wrap:wrap;gap:6px;margin-top:8px}",
-    "#autodoctor-widget .ad-btn,#autodoctor-widget .ad-link{display:inline-block;padding:6px 12px;",
+    "#autodoctor-widget .ad-btn,#autodoctor-widget .ad-link{display:inline-flex;align-items:center;",
+    "min-height:44px;padding:8px 14px;",
     "border-radius:999px;border:1px solid var(--ad-accent);background:#fff;color:var(--ad-accent);",
-    "cursor:pointer;text-decoration:none;font-weight:550;font-size:13px;white-space:normal;text-align:left}",
+    "cursor:pointer;text-decoration:none;font-weight:550;font-size:15px;white-space:normal;text-align:left}",
     "#autodoctor-widget .ad-btn:hover:not(:disabled){background:#eaf2fd}",
     "#autodoctor-widget .ad-btn:disabled{opacity:.5;cursor:default}",
     "#autodoctor-widget .ad-link{background:var(--ad-accent);color:#fff}",
@@ -119,18 +133,21 @@
     "#autodoctor-widget .ad-form{display:flex;align-items:flex-end;gap:6px;padding:10px;",
     "border-top:1px solid #e3e8ef;background:#fff}",
     "#autodoctor-widget #ad-input{flex:1;resize:none;border:1px solid #cfd6e0;border-radius:10px;",
-    "padding:8px 10px;max-height:120px;min-height:38px;outline:none;color:#1b2330;background:#fff}",
+    "padding:10px;max-height:120px;min-height:44px;outline:none;color:#1b2330;background:#fff;",
+    "font-size:16px}",
     "#autodoctor-widget #ad-input:focus{border-color:var(--ad-accent);box-shadow:0 0 0 3px rgba(11,99,206,.15)}",
     "#autodoctor-widget .ad-attach,#autodoctor-widget #ad-send{border:0;border-radius:10px;",
-    "height:38px;cursor:pointer}",
-    "#autodoctor-widget .ad-attach{width:38px;flex:none;background:#eef1f6;color:#3d4756}",
+    "height:44px;cursor:pointer}",
+    "#autodoctor-widget .ad-attach{width:44px;flex:none;background:#eef1f6;color:#3d4756}",
     "#autodoctor-widget .ad-attach:hover:not(:disabled){background:#e1e6ee}",
     "#autodoctor-widget .ad-attach:disabled{opacity:.5;cursor:progress}",
     "#autodoctor-widget #ad-send{flex:none;padding:0 16px;background:var(--ad-accent);color:#fff;font-weight:600}",
     "#autodoctor-widget #ad-send:hover{background:var(--ad-accent-dark)}",
     "#autodoctor-widget #ad-file{display:none}",
-    "@media (max-width:480px){#autodoctor-widget{right:0;bottom:0;width:100vw;max-width:100vw;",
-    "height:100vh;max-height:100vh;border-radius:0}}"
+    "#autodoctor-widget.ad-inline{position:relative;right:auto;bottom:auto;z-index:auto;width:100%;",
+    "max-width:none;height:100%;max-height:none;border-radius:12px;box-shadow:none}",
+    "@media (max-width:480px){#autodoctor-widget:not(.ad-inline){right:0;bottom:0;width:100vw;",
+    "max-width:100vw;height:100vh;max-height:100vh;height:100dvh;max-height:100dvh;border-radius:0}}"
   ].join("\n");
 
   // ---------------------------------------------------------------- DOM
@@ -168,11 +185,15 @@
     style.textContent = CSS;
     document.head.appendChild(style);
 
-    var launcher = el("button", { id: "autodoctor-launcher", type: "button" });
-    launcher.appendChild(icon(ICON_CHAT));
-    launcher.appendChild(document.createTextNode("Chat with a mechanic"));
-    var badge = el("span", { class: "ad-badge", hidden: "" });
-    launcher.appendChild(badge);
+    var host = CONTAINER ? document.getElementById(CONTAINER) : null;
+    var launcher = null, badge = null;
+    if (!host) {
+      launcher = el("button", { id: "autodoctor-launcher", type: "button" });
+      launcher.appendChild(icon(ICON_CHAT));
+      launcher.appendChild(document.createTextNode(INVITE ? "Requests and chat" : "Chat with a mechanic"));
+      badge = el("span", { class: "ad-badge", hidden: "" });
+      launcher.appendChild(badge);
+    }
 
     var title = el("h2", { class: "ad-title", text: INVITE ? "Mechanic console" : "AutoDoctor" });
     title.appendChild(el("span", { class: "ad-sub",
@@ -188,19 +209,30 @@
       accept: "image/*,application/pdf,video/*", tabindex: "-1" });
     var send = el("button", { id: "ad-send", type: "submit", text: "Send" });
     var form = el("form", { class: "ad-form" }, [attach, file, input, send]);
-    var panel = el("section", { id: "autodoctor-widget", role: "dialog", hidden: "",
-      "aria-label": "AutoDoctor chat" }, [
-      el("header", { class: "ad-head" }, [title, closeBtn]),
-      el("div", { id: "ad-status", role: "status" }),
-      log, form
-    ]);
-    document.body.appendChild(launcher);
-    document.body.appendChild(panel);
+    var status = el("div", { id: "ad-status", role: "status" });
+    var panel = host
+      ? el("div", { id: "autodoctor-widget", class: "ad-inline" },
+        [status, log, form])
+      : el("section", { id: "autodoctor-widget", role: "dialog", hidden: "",
+        "aria-label": "AutoDoctor chat" }, [el("header", { class: "ad-head" }, [title, closeBtn]),
+        status, log, form]);
+    if (host) {
+      host.appendChild(panel);
+    } else {
+      document.body.appendChild(launcher);
+      document.body.appendChild(panel);
+      launcher.addEventListener("click", open);
+    }
     ui = { launcher: launcher, badge: badge, panel: panel, log: log, input: input,
-      attach: attach, file: file, status: panel.querySelector("#ad-status") };
+      attach: attach, file: file, status: status };
 
-    launcher.addEventListener("click", open);
     closeBtn.addEventListener("click", close);
+    // Links to "#chat" open the widget (the paid page links back to /#chat).
+    window.addEventListener("hashchange", function () { if (location.hash === "#chat") open(); });
+    document.addEventListener("click", function (event) {
+      var link = event.target && event.target.closest ? event.target.closest('a[href="#chat"]') : null;
+      if (link) { event.preventDefault(); open(); }
+    });
     form.addEventListener("submit", function (event) { event.preventDefault(); sendTyped(); });
     input.addEventListener("keydown", function (event) {
       if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
@@ -224,7 +256,7 @@
         queue.push({ item: item, el: bubble, sentOn: null });
       }
     });
-    if (wantOpen) open();
+    if (wantOpen || host) open(!host);
     else if (token) connect(); // a returning visitor: hear replies while closed
   }
 
@@ -253,6 +285,7 @@
       button.addEventListener("click", function () {
         actions.querySelectorAll(".ad-btn").forEach(function (x) { x.disabled = true; });
         say({ type: "action", payload: String(b.payload) }, String(b.label));
+        ui.input.focus({ preventScroll: true }); // the button is disabled: not left on <body>
       });
       actions.appendChild(button);
     });
@@ -276,7 +309,7 @@
     if (actions.childNodes.length) bubble.appendChild(actions);
     ui.log.appendChild(bubble);
     scrollDown();
-    if (live && item.kind === "bot" && !isOpen) {
+    if (live && item.kind === "bot" && !isOpen && ui.badge) {
       unread += 1;
       ui.badge.textContent = String(unread);
       ui.badge.hidden = false;
@@ -337,6 +370,7 @@
       restarted = false;
       setStatus("");
       flush();
+      emit("welcome", { visitor: token });
     } else if (frame.type === "message") {
       var id = typeof frame.id === "number" ? frame.id : Number(frame.id);
       var known = frame.id != null && isFinite(id);
@@ -350,6 +384,7 @@
       history.items.push(item);
       saveHistory();
       render(item, true);
+      emit("message", item);
     } else if (frame.type === "ack") {
       for (var i = 0; i < queue.length; i++) {
         if (queue[i].item.frame && queue[i].item.frame.client_id === frame.client_id) {
@@ -452,27 +487,49 @@
   }
 
   // ---------------------------------------------------------------- public API
-  function open() {
+  function open(focus) {
     wantOpen = true;
     if (!ui) return;
     isOpen = true;
     ui.panel.hidden = false;
-    ui.launcher.hidden = true;
-    unread = 0;
-    ui.badge.hidden = true;
+    if (ui.launcher) {
+      ui.launcher.hidden = true;
+      unread = 0;
+      ui.badge.hidden = true;
+    }
     connect();
     scrollDown();
-    ui.input.focus({ preventScroll: true });
+    if (focus !== false) ui.input.focus({ preventScroll: true });
   }
 
   function close() {
+    if (!ui || !ui.launcher) return; // inline: always shown
     wantOpen = isOpen = false;
-    if (!ui) return;
     ui.panel.hidden = true;
     ui.launcher.hidden = false;
+    ui.launcher.focus(); // back where the visitor opened it, not <body>
   }
 
-  window.AutoDoctorWidget = { open: open, close: close };
+  window.AutoDoctorWidget = {
+    open: open, close: close,
+    // What the visitor types or taps, sent as if from the widget (shown, queued, acknowledged).
+    send: function (text) {
+      text = String(text || "").trim();
+      if (!ui || !text) return false;
+      say({ type: "message", text: text }, text);
+      return true;
+    },
+    act: function (payload, label) {
+      if (!ui || !payload) return false;
+      say({ type: "action", payload: String(payload) }, String(label || payload));
+      return true;
+    },
+    visitor: function () { return ready ? token : null; },
+    on: function (event, fn) {
+      (listeners[event] = listeners[event] || []).push(fn);
+      if (event === "welcome" && ready && token) fn({ visitor: token });
+    }
+  };
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", mount);
   else mount();
 })();
