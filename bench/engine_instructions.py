@@ -2,8 +2,9 @@
 
 The widget benchmark's figures swing by a third from one run to the next on the shared
 machines (other tenants take the CPU); an instruction count does not. This script runs whole
-intakes (the widget benchmark's seven messages: hello, tier, VIN, odometer, problem, photos
-done, confirm → payment link) for --customers concurrent customers straight through the engine
+intakes (the widget benchmark's nine messages: hello, tier, name, VIN, odometer, problem,
+photos done, confirm, agree to the terms → payment link) for --customers concurrent customers
+straight through the engine
 (core.engine.Engine with the bot's flows, no WebSocket), in rounds, on a throwaway database:
 
     .venv/bin/python bench/engine_instructions.py [--db sqlite] [--customers 100]
@@ -42,9 +43,9 @@ from benchdb import database_url, postgres_seconds
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 STEPS: list[tuple[str, str | None]] = [
-    ("hi", None), ("1", None), ("1HGCM82633A004352", None), ("84000", None),
+    ("hi", None), ("1", None), ("Dana", None), ("1HGCM82633A004352", None), ("84000", None),
     ("Grinding noise from the front left wheel when braking", None), ("", "photos:done"),
-    ("", "confirm")]
+    ("", "confirm"), ("agree", None)]
 
 
 async def rounds_through_engine(url: str, customers: int, rounds: int, data_dir: Path) -> None:

@@ -62,7 +62,7 @@ from widget_throughput import (
     wait_healthy,
 )
 
-RELAYED = "Customer: "  # how the mechanic sees a customer's line (a customer has no name)
+RELAYED = "Dana: "  # how the mechanic sees a customer's line (the intake's first name)
 LINE = "It grinds louder above 40 mph and when I turn left, then it goes quiet"
 # A customer's messages before the relay (intake steps after hello, and the first line);
 # each counts against the widget's per-visitor allowance, as the relayed lines do.

@@ -7,10 +7,10 @@ Inbound: `python -m bot.cli serve` runs in a subprocess on a throwaway PostgreSQ
 (AUTODOCTOR_BENCH_PG_URL, default postgresql://postgres@127.0.0.1:5432/postgres; a database
 bench_<random> is made and dropped), with the SMS channel on and `[twilio] api_base` pointing at
 the Twilio stand-in of the tests (tests/standins/twilio_api.py), run in this process. `--phones`
-simulated phones each text a whole intake (Hi, 1, VIN, 84000, a problem, skip, 1) as signed
-form posts to /webhooks/twilio/sms, each sending its next message as soon as the answer (empty
-TwiML) comes back: every request is a signature check, the MessageSid's idempotent insert and
-the engine's turn, committed. The requests are built and signed (twilio's own
+simulated phones each text a whole intake (Hi, 1, a name, VIN, 84000, a problem, skip, 1,
+agree) as signed form posts to /webhooks/twilio/sms, each sending its next message as soon
+as the answer (empty TwiML) comes back: every request is a signature check, the MessageSid's
+idempotent insert and the engine's turn, committed. The requests are built and signed (twilio's own
 RequestValidator.compute_signature) before the clock starts. A bare aiohttp handler in its own
 subprocess (this file with --bare-server PORT: reads the form, answers empty TwiML) gets the
 same requests the same way. The two alternate `--repeat` times; the median run of each is
@@ -59,7 +59,7 @@ PG_URL = os.environ.get("AUTODOCTOR_BENCH_PG_URL",
 OUR_NUMBER = "+15550000000"
 VIN = "1HGCM82633A004352"
 PROBLEM = "Grinding noise from the front left wheel when braking, worse in the morning"
-INTAKE = ["Hi", "1", VIN, "84000", PROBLEM, "skip", "1"]
+INTAKE = ["Hi", "1", "Dana", VIN, "84000", PROBLEM, "skip", "1", "agree"]
 
 
 # --- the bare server (this same file, run with --bare-server PORT) ---------------------------

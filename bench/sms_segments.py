@@ -6,7 +6,8 @@ renders it (channels/sms_render.py), with its encoding and segment count.
 The intake runs through the real engine and flows on a throwaway SQLite database (offline
 payments, public_url as config.toml has it, so the payment link is the /pay/ page's; a
 Stripe Checkout URL is about 130 characters longer: one more segment). The answers are typed
-as an SMS customer would ("1", the VIN, "84000", a problem description, "skip", "1"). Also
+as an SMS customer would ("1", a name, the VIN, "84000", a problem description, "skip", "1",
+"agree"). Also
 printed: the offer a mechanic gets and the end-of-session rating prompt.
 """
 
@@ -52,7 +53,7 @@ async def main() -> None:
         runtime = build_runtime(config, engine)
         conversation = Engine(runtime, route)
         vehicle = ["no vin", "2015 Honda Civic"] if args.ymm else [VIN]
-        answers = ["Hi", "1", *vehicle, "84000", PROBLEM, "skip", "1"]
+        answers = ["Hi", "1", "Dana", *vehicle, "84000", PROBLEM, "skip", "1", "agree"]
         total = 0
         print(f"{'answer':<22} {'segments':>8}  encoding  first line")
         for answer in answers:
@@ -69,7 +70,8 @@ async def main() -> None:
         await engine.dispose()
         offer = Outbound("sms", "+15552220001", runtime.texts(
             "offer", request=_Ref("R-4821"), plan=config.plan("chat10"), intake=_Intake(),
-            files=0, payout_cents=799), buttons=(Button("Accept", "accept:R-4821"),))
+            files=0, payout_cents=799, customer_name="Dana"),
+            buttons=(Button("Accept", "accept:R-4821"),))
         count, kinds = describe(offer, config.sms.max_segments)
         print(f"mechanic's offer: {count} segments ({kinds})")
 
@@ -82,6 +84,7 @@ class _Ref:
 class _Intake:
     vin = VIN
     vehicle_year, vehicle_make, vehicle_model = 2003, "Honda", None
+    odometer, odometer_unit = 84000, "mi"
     problem = PROBLEM
 
 

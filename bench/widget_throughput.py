@@ -2,8 +2,9 @@
 
 For each database the service runs as `python -m bot.cli serve` in a subprocess (after
 `migrate`), on a fresh SQLite file or a fresh PostgreSQL database. C simulated customers each
-run complete intakes over real WebSockets (hello, tier, VIN, odometer, problem, skip photos,
-confirm): at saturation (each frame sent as soon as the last is answered), then once more at a
+run complete intakes over real WebSockets (hello, tier, name, VIN, odometer, problem, skip
+photos, confirm, agree to the terms): at saturation (each frame sent as soon as the last is
+answered), then once more at a
 person's pace. A bare aiohttp WebSocket echo server, in its own subprocess, gets the same
 clients and the same frames at saturation, as the yardstick; the two alternate, --repeat runs
 of each (a single one-second echo run swings by a third on a shared machine), and the median of
@@ -52,11 +53,13 @@ HELLO = {"type": "hello", "visitor": None, "resume_after": None, "mechanic_invit
 INTAKE: list[tuple[dict[str, Any], int]] = [
     (HELLO, 2),  # welcome + greeting
     ({"type": "message", "text": "1"}, 1),  # tier: Quick Chat
+    ({"type": "message", "text": "Dana"}, 1),  # first name
     ({"type": "message", "text": VIN}, 2),  # decoded vehicle + odometer question
     ({"type": "message", "text": "84000"}, 1),
     ({"type": "message", "text": "Grinding noise from the front left wheel when braking"}, 1),
     ({"type": "action", "payload": "photos:done"}, 1),  # summary
-    ({"type": "action", "payload": "confirm"}, 1),  # payment link
+    ({"type": "action", "payload": "confirm"}, 1),  # the terms
+    ({"type": "message", "text": "agree"}, 1),  # payment link
 ]
 REPLY_TIMEOUT = 30.0  # one frame's replies
 PHASE_TIMEOUT = 600.0  # a whole phase (all customers, or opening the idle connections)

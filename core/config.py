@@ -178,6 +178,21 @@ class AdminConfig:
 
 
 @dataclass(frozen=True)
+class TermsConfig:
+    """The service terms and safety waiver a customer accepts before the payment link. A new
+    `version` asks every customer again; `text` is what the /terms page shows (paragraphs
+    apart by a blank line); `url`, when set, is linked instead of that page."""
+
+    version: str = "1"
+    url: str = ""
+    text: str = ""
+
+
+# A terms version is stored with each acceptance, and rides in a Telegram button's payload.
+TERMS_VERSION_CHARS = 32
+
+
+@dataclass(frozen=True)
 class Secrets:
     """Secrets read from the environment only; never written to config.toml or logs."""
 
@@ -222,6 +237,7 @@ class Config:
     sms: SmsConfig = field(default_factory=SmsConfig)
     widget: WidgetConfig = field(default_factory=WidgetConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
+    terms: TermsConfig = field(default_factory=TermsConfig)
     # Not from the file: whether public_url was given, and what the environment resolves.
     public_url_given: bool = field(default=False, metadata={"env_only": True})
     data_dir: Path = field(default=Path("data"), metadata={"env_only": True})
@@ -247,6 +263,11 @@ class Config:
         if ":" in shown:
             shown = f"[{shown}]"
         return dataclasses.replace(self, public_url=f"http://{shown}:{port}")
+
+    @property
+    def terms_url(self) -> str:
+        """Where the terms are read: [terms] url, or this service's /terms page."""
+        return self.terms.url or f"{self.public_url.rstrip('/')}/terms"
 
     def plan(self, code: str) -> Plan:
         try:
@@ -339,6 +360,13 @@ def load_config(path: Path | str | None = None,
         dataclasses.replace(config, public_url_given=True)
     if not config.plans:
         raise ConfigError("plans must define at least one tier, e.g. [plans.chat10]")
+    version = config.terms.version
+    if not version or len(version) > TERMS_VERSION_CHARS or not version.isprintable() \
+            or not version.isascii() or " " in version:
+        raise ConfigError(f"terms.version must be 1 to {TERMS_VERSION_CHARS} printable ASCII "
+                          f"characters without spaces, got {version!r}")
+    if config.terms.url and not config.terms.url.startswith(("https://", "http://")):
+        raise ConfigError(f"terms.url must be an http(s) URL or empty, got {config.terms.url!r}")
     if env.get("AUTODOCTOR_DATABASE_URL"):
         config = dataclasses.replace(
             config, database=dataclasses.replace(config.database,

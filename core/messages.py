@@ -56,6 +56,8 @@ class Inbound:
     provider_id: str | None = None
     received_at: datetime | None = None
     display_name: str | None = None
+    # The web client's IP address (channels.web.guards.client_address); other channels: None.
+    client_address: str | None = None
 
 
 @dataclass(frozen=True)

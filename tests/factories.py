@@ -8,7 +8,15 @@ from datetime import datetime
 from sqlalchemy import select
 
 from core.mechanics import invite_mechanic, redeem_invite
-from core.models import Conversation, Customer, Identity, Intake, OutboxItem, SessionRequest
+from core.models import (
+    Conversation,
+    Customer,
+    Identity,
+    Intake,
+    OutboxItem,
+    SessionRequest,
+    TermsAcceptance,
+)
 from core.runtime import Runtime
 
 _refs = itertools.count(4821)
@@ -27,6 +35,11 @@ async def paid_request(runtime: Runtime, plan: str = "chat10", *, address: str =
         identity = Identity(channel=channel, address=address, customer_id=customer.id,
                             created_at=now)
         s.add(identity)
+        await s.flush()
+        # Paid, so the terms were agreed to first.
+        s.add(TermsAcceptance(customer_id=customer.id, identity_id=identity.id,
+                              version=runtime.config.terms.version, channel=channel,
+                              accepted_at=now))
         intake = Intake(customer_id=customer.id, channel=channel, status="paid", plan=plan,
                         vehicle_year=2015, vehicle_make="Honda", vehicle_model="Civic",
                         problem=problem, created_at=now, updated_at=now)

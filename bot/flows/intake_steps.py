@@ -1,5 +1,5 @@
-"""The intake's steps: tier → vehicle → mileage → problem → photos → summary → payment
-link, each asked and answered."""
+"""The intake's steps: tier → first name → vehicle → mileage → problem → photos → summary →
+terms → payment link, each asked and answered (the name and the terms: intake_people)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,14 @@ from functools import cache, lru_cache
 from typing import Any
 
 from bot.choices import match_choice
+from bot.flows.intake_people import (
+    ask_name,
+    ask_terms,
+    confirm_after_terms,
+    known_name,
+    step_name,
+    step_terms,
+)
 from bot.texts import text
 from core.config import Config, Plan
 from core.context import Context
@@ -119,13 +127,27 @@ async def _step_plan(ctx: Context, intake: IntakeRecord) -> None:
     intake.update(plan=choice.payload.split(":", 1)[1], updated_at=ctx.now)
     if await _back_to_summary(ctx, intake):
         return
+    if known_name(ctx) is None:
+        await ask_name(ctx, intake)
+        return
     await _ask_vehicle(ctx, intake)
 
 
+async def _after_name(ctx: Context, intake: IntakeRecord) -> None:
+    if not await _back_to_summary(ctx, intake):
+        await _ask_vehicle(ctx, intake)
+
+
+async def _step_name(ctx: Context, intake: IntakeRecord) -> None:
+    await step_name(ctx, intake, _after_name)
+
+
 async def _ask_vehicle(ctx: Context, intake: IntakeRecord) -> None:
+    # Just after the name: thanks for it, rather than for the tier again.
+    name = known_name(ctx) if ctx.conversation.step == "name" else None
     go(ctx, "vehicle")
     assert intake.plan is not None
-    await ctx.say(text("ask_vin", plan=ctx.config.plan(intake.plan)),
+    await ctx.say(text("ask_vin", plan=ctx.config.plan(intake.plan), name=name),
                   buttons(("no_vin", "vehicle:no_vin")))
 
 
@@ -227,7 +249,8 @@ async def _step_photos(ctx: Context, intake: IntakeRecord) -> None:
 def summary_buttons() -> tuple[Button, ...]:
     return buttons(("confirm", "confirm"), ("edit_plan", "edit:plan"),
                     ("edit_vehicle", "edit:vehicle"), ("edit_odometer", "edit:odometer"),
-                    ("edit_problem", "edit:problem"), ("edit_photos", "edit:photos"))
+                    ("edit_problem", "edit:problem"), ("edit_photos", "edit:photos"),
+                    ("edit_name", "edit:name"))
 
 
 async def _summary(ctx: Context, intake: IntakeRecord) -> None:
@@ -238,7 +261,7 @@ async def _summary(ctx: Context, intake: IntakeRecord) -> None:
     if not isinstance(files, int):  # a conversation from before the count was kept
         files = await count_files(ctx.session, intake)
     await ctx.say(text("summary", intake=intake, plan=ctx.config.plan(intake.plan),
-                       files=files, video_off=_video_off(ctx)),
+                       files=files, video_off=_video_off(ctx), name=known_name(ctx)),
                   summary_buttons())
 
 
@@ -262,7 +285,7 @@ async def _step_summary(ctx: Context, intake: IntakeRecord) -> None:
         await ctx.say(text("summary_not_understood"), summary_buttons())
         return
     if choice.payload == "confirm":
-        await _confirm(ctx, intake)
+        await confirm_after_terms(ctx, intake, _confirm)
         return
     set_data(ctx, editing=True)
     await _EDITS[choice.payload.split(":", 1)[1]](ctx, intake)
@@ -289,7 +312,16 @@ async def _edit_photos(ctx: Context, intake: IntakeRecord) -> None:
 
 
 _EDITS.update(plan=_edit_plan, vehicle=_ask_vehicle, odometer=_edit_odometer,
-              problem=_edit_problem, photos=_edit_photos)
+              problem=_edit_problem, photos=_edit_photos, name=ask_name)
+
+
+async def _step_terms(ctx: Context, intake: IntakeRecord) -> None:
+    await step_terms(ctx, intake, _agreed)
+
+
+async def _agreed(ctx: Context, intake: IntakeRecord) -> None:
+    go(ctx, "summary")  # if the link cannot be made now, "Confirm and pay" tries again
+    await _confirm(ctx, intake)
 
 
 async def _confirm(ctx: Context, intake: IntakeRecord) -> None:
@@ -342,14 +374,16 @@ async def _ask_ymm(ctx: Context, intake: IntakeRecord) -> None:
 
 # The question each step asks (the same as when editing that field from the summary).
 _QUESTIONS: dict[str, Step] = {**_EDITS, "ymm": _ask_ymm, "summary": _summary,
-                               "awaiting_payment": _step_awaiting_payment}
+                               "terms": ask_terms, "awaiting_payment": _step_awaiting_payment}
 
 STEPS: dict[str, Step] = {
     "plan": _step_plan, "vehicle": _step_vehicle, "ymm": _step_ymm,
     "odometer": _step_odometer, "problem": _step_problem, "photos": _step_photos,
     "summary": _step_summary, "awaiting_payment": _step_awaiting_payment,
+    "name": _step_name, "terms": _step_terms,
 }
 
 _STEP_NAMES = {"plan": "choosing a tier", "vehicle": "your vehicle", "ymm": "your vehicle",
                "odometer": "the mileage", "problem": "the problem description",
-               "photos": "photos", "summary": "the summary"}
+               "photos": "photos", "summary": "the summary", "name": "your name",
+               "terms": "the terms"}

@@ -36,6 +36,12 @@ def setup(app: web.Application, runtime: Runtime, engine: Engine) -> WidgetSocke
     async def mechanic_console(request: web.Request) -> web.Response:
         return _page("mechanic.html", invite=request.match_info["invite"][:64])
 
+    async def terms(request: web.Request) -> web.Response:
+        # The configured text, escaped by the template; paragraphs apart by a blank line.
+        shown = runtime.config.terms
+        paragraphs = [" ".join(p.split()) for p in shown.text.split("\n\n") if p.strip()]
+        return _page("terms.html", version=shown.version, paragraphs=paragraphs)
+
     app.on_shutdown.append(socket.close_all)
     app.router.add_get("/", demo, name="demo")
     app.router.add_get("/widget.js", widget_js.handle, name="widget_js")
@@ -45,13 +51,14 @@ def setup(app: web.Application, runtime: Runtime, engine: Engine) -> WidgetSocke
     app.router.add_post("/widget/upload", upload.handle, name="widget_upload")
     app.router.add_route("OPTIONS", "/widget/upload", upload.preflight)
     app.router.add_get("/m/{invite}", mechanic_console, name="mechanic_console")
+    app.router.add_get("/terms", terms, name="terms")
     records = Records(runtime)
     app.router.add_get("/f/{token}", records.file, name="file_link")
     app.router.add_get("/s/{token}", records.record, name="session_record")
     return socket
 
 
-def _page(name: str, **context: str) -> web.Response:
+def _page(name: str, **context: object) -> web.Response:
     html = _pages.get_template(name).render(**context)
     return web.Response(text=html, content_type="text/html", headers={
         "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "

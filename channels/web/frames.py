@@ -81,7 +81,8 @@ def client_id(frame: dict[str, Any]) -> str | None:
     return str(given)
 
 
-def message(frame: dict[str, Any], address: str, max_text: int) -> Inbound:
+def message(frame: dict[str, Any], address: str, max_text: int,
+            client: str | None = None) -> Inbound:
     """The message a "message" frame carries, checked."""
     text = frame.get("text", "")
     attachments = frame.get("attachments", [])
@@ -98,16 +99,16 @@ def message(frame: dict[str, Any], address: str, max_text: int) -> Inbound:
     if not text.strip() and not attachments:
         raise ProtocolError("empty_message", "That message was empty.")
     return Inbound(channel=CHANNEL, address=address, text=text, attachments=tuple(attachments),
-                   provider_id=_event_id(address, frame))
+                   provider_id=_event_id(address, frame), client_address=client)
 
 
-def action(frame: dict[str, Any], address: str) -> Inbound:
+def action(frame: dict[str, Any], address: str, client: str | None = None) -> Inbound:
     """The button tap an "action" frame carries, checked."""
     payload = frame.get("payload")
     if not isinstance(payload, str) or not payload or len(payload) > 255:
         raise ProtocolError("bad_frame", '"payload" must be a non-empty string.')
     return Inbound(channel=CHANNEL, address=address, action=payload,
-                   provider_id=_event_id(address, frame))
+                   provider_id=_event_id(address, frame), client_address=client)
 
 
 def _event_id(address: str, frame: dict[str, Any]) -> str | None:

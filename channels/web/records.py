@@ -18,6 +18,7 @@ from aiohttp import web
 from sqlalchemy import select
 
 from core.consultations import file_url, first_name
+from core.dispatch.offers import OPEN_STATUSES
 from core.files import blob_path
 from core.links import verify
 from core.models import (
@@ -29,6 +30,7 @@ from core.models import (
     Intake,
     Mechanic,
     Message,
+    Offer,
     Refund,
     SessionRequest,
 )
@@ -95,8 +97,9 @@ class Records:
 
 
 async def _may_open(session: Any, record: File, viewer: int) -> bool:
-    """The uploader, either side of the session it was sent in, or the mechanic of a session
-    for the intake it belongs to."""
+    """The uploader, either side of the session it was sent in, the mechanic of a session
+    for the intake it belongs to, or a mechanic (the chat it was offered on) holding an open
+    offer of that intake's request."""
     if record.uploaded_by_identity_id == viewer:
         return True
     sides = (Consultation.customer_identity_id == viewer) | \
@@ -106,6 +109,12 @@ async def _may_open(session: Any, record: File, viewer: int) -> bool:
         return True
     if record.intake_id is None:
         return False
+    if await session.scalar(
+            select(Offer.id).join(SessionRequest, SessionRequest.id == Offer.request_id)
+            .where(SessionRequest.intake_id == record.intake_id,
+                   SessionRequest.status.in_(OPEN_STATUSES), Offer.status == "offered",
+                   Offer.identity_id == viewer).limit(1)) is not None:
+        return True
     return await session.scalar(
         select(Consultation.id).join(SessionRequest, SessionRequest.id == Consultation.request_id)
         .where(SessionRequest.intake_id == record.intake_id, sides).limit(1)) is not None

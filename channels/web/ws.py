@@ -211,8 +211,8 @@ class _Connection:
         if not self.server.guards.messages.allow(self.address):
             raise ProtocolError("rate_limited", "You're sending messages very quickly; please "
                                                 "wait a few seconds and try again.")
-        inbound = (frames.message(frame, self.address, self.server.max_text) if kind == "message"
-                   else frames.action(frame, self.address))
+        inbound = (frames.message(frame, self.address, self.server.max_text, self.client)
+                   if kind == "message" else frames.action(frame, self.address, self.client))
         await self._hand_in(inbound)
         acknowledged = frames.client_id(frame)
         if acknowledged is not None:

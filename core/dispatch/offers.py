@@ -7,14 +7,16 @@ import logging
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.admins import alert_admins
+from core.consultations import attachments, first_name
 from core.messages import Button, Outbound
 from core.models import (
     Availability,
     Consultation,
+    Customer,
     File,
     Identity,
     Intake,
@@ -109,14 +111,17 @@ async def offer_request(uow: UnitOfWork, runtime: Runtime, request: SessionReque
     intake = await session.get(Intake, request.intake_id)
     assert intake is not None
     plan = runtime.config.plan(request.plan)
-    files = int(await session.scalar(select(func.count()).select_from(File)
-                                     .where(File.intake_id == intake.id)) or 0)
+    photos = list((await session.scalars(select(File).where(File.intake_id == intake.id)
+                                         .order_by(File.id))).all())
+    customer = await session.get(Customer, request.customer_id)
     # Still holding an open offer, or released this request: not offered (again).
     already = set((await session.scalars(select(Offer.mechanic_id).where(
         Offer.request_id == request.id, Offer.status.in_(("offered", "declined"))))).all())
-    text = runtime.texts("offer", request=request, plan=plan, intake=intake, files=files,
+    text = runtime.texts("offer", request=request, plan=plan, intake=intake, files=len(photos),
                          payout_cents=split_cents(request.price_cents,
-                                                 runtime.config.billing.fee_bps)[0])
+                                                 runtime.config.billing.fee_bps)[0],
+                         customer_name=first_name(customer.display_name if customer else None,
+                                                  "a customer"))
     round_no = request.accepted_at.timestamp() if request.accepted_at else 0
     earlier = {o.mechanic_id: o for o in (await session.scalars(
         select(Offer).where(Offer.request_id == request.id))).all()}
@@ -126,10 +131,13 @@ async def offer_request(uow: UnitOfWork, runtime: Runtime, request: SessionReque
     keys = {mechanic.id: f"offer:{request.id}:{mechanic.id}:{round_no:.0f}"
             for mechanic, _identity in targets}
     buttons = (Button("Accept", f"accept:{request.ref}"),)
-    # All the offer messages in a few multi-row statements, not a round trip each.
+    # All the offer messages in a few multi-row statements, not a round trip each. The photos
+    # are links signed for each mechanic's chat, which open while their offer is open
+    # (channels.web.records).
     queued = await enqueue_many(uow, [
         (identity.id, Outbound(channel=identity.channel, address=identity.address, text=text,
-                               buttons=buttons, dedupe_key=keys[mechanic.id]))
+                               buttons=buttons, dedupe_key=keys[mechanic.id],
+                               files=attachments(runtime.config, photos, identity.id, now)))
         for mechanic, identity in targets], now)
     new_offers = []
     for mechanic, identity in targets:

@@ -11,6 +11,7 @@ from core.models.people import (
     Identity,
     Mechanic,
     MechanicInvite,
+    TermsAcceptance,
 )
 from core.models.requests import Consultation, Conversation, File, Intake, Offer, SessionRequest
 
@@ -18,4 +19,4 @@ __all__ = ["NAMING_CONVENTION", "Admin", "AdminLogin", "AuditLog", "Availability
            "Checkout", "Consultation", "Conversation", "Customer", "Extension", "File",
            "Identity", "InboundEvent", "Intake", "Mechanic", "MechanicInvite", "Message",
            "Offer", "OutboxItem", "Payout", "Refund", "SessionRequest", "SmsDelivery",
-           "UTCDateTime", "table"]
+           "TermsAcceptance", "UTCDateTime", "table"]

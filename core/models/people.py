@@ -131,3 +131,23 @@ class Identity(Base):
     reachable: Mapped[bool] = mapped_column(Boolean, default=True)
     unreachable_reason: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = created_column()
+
+
+class TermsAcceptance(Base):
+    """A customer's acceptance of one version of the service terms and safety waiver: when,
+    on which channel, and (on the web) from which client address."""
+
+    __tablename__ = "terms_acceptances"
+    __table_args__ = (
+        # Whether a customer accepted the current version: one look-up per confirmed intake.
+        Index("ix_terms_acceptances_customer_id_version", "customer_id", "version"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"))
+    identity_id: Mapped[int | None] = mapped_column(
+        ForeignKey("identities.id", ondelete="SET NULL"))
+    version: Mapped[str] = mapped_column(String(32))
+    channel: Mapped[str] = mapped_column(String(16))
+    client_address: Mapped[str | None] = mapped_column(String(64))
+    accepted_at: Mapped[datetime] = created_column()

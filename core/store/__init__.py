@@ -4,12 +4,16 @@ builders of its multi-row statements."""
 from core.store.records import (
     CheckoutRecord,
     ConversationState,
+    CustomerName,
+    IdentityName,
     IdentityRow,
     IntakeRecord,
     MessageRow,
     OutboxRow,
+    TermsAcceptanceRecord,
 )
 from core.store.uow import TRANSCRIPT_CHANNELS, IdPool, UnitOfWork
 
-__all__ = ["TRANSCRIPT_CHANNELS", "CheckoutRecord", "ConversationState", "IdPool",
-           "IdentityRow", "IntakeRecord", "MessageRow", "OutboxRow", "UnitOfWork"]
+__all__ = ["TRANSCRIPT_CHANNELS", "CheckoutRecord", "ConversationState", "CustomerName",
+           "IdPool", "IdentityName", "IdentityRow", "IntakeRecord", "MessageRow", "OutboxRow",
+           "TermsAcceptanceRecord", "UnitOfWork"]

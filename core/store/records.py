@@ -13,7 +13,17 @@ from typing import Any, ClassVar, TypeVar
 
 from sqlalchemy import Table
 
-from core.models import Checkout, Conversation, Intake, Message, OutboxItem, table
+from core.models import (
+    Checkout,
+    Conversation,
+    Customer,
+    Identity,
+    Intake,
+    Message,
+    OutboxItem,
+    TermsAcceptance,
+    table,
+)
 
 R = TypeVar("R", bound="Record")
 
@@ -105,6 +115,39 @@ class CheckoutRecord(Record):
     payment_intent_id: str | None = None
     charge_id: str | None = None
     paid_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class CustomerName(Record):
+    """The name a customer gave (see core.models.Customer): the column the intake changes."""
+
+    TABLE: ClassVar[Table] = table(Customer)
+
+    display_name: str | None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class IdentityName(Record):
+    """The name on one of a customer's chats (see core.models.Identity), which the other side
+    of a session sees on their messages."""
+
+    TABLE: ClassVar[Table] = table(Identity)
+
+    display_name: str | None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class TermsAcceptanceRecord(Record):
+    """A customer accepting one version of the terms (see core.models.TermsAcceptance)."""
+
+    TABLE: ClassVar[Table] = table(TermsAcceptance)
+
+    customer_id: int
+    identity_id: int | None
+    version: str
+    channel: str
+    client_address: str | None
+    accepted_at: datetime
 
 
 @dataclass(frozen=True, slots=True)

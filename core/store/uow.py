@@ -27,10 +27,13 @@ from core.store.records import (
     OUTBOX_COLUMNS,
     CheckoutRecord,
     ConversationState,
+    CustomerName,
+    IdentityName,
     IntakeRecord,
     MessageRow,
     OutboxRow,
     Record,
+    TermsAcceptanceRecord,
 )
 
 log = logging.getLogger("autodoctor.store")
@@ -42,9 +45,10 @@ R = TypeVar("R", bound=Record)
 TRANSCRIPT_CHANNELS = frozenset({"web", "console"})
 
 # New rows, written whole, table by table in this order (a checkout points at its intake).
-_NEW_ORDER: tuple[type[Record], ...] = (IntakeRecord, CheckoutRecord)
+_NEW_ORDER: tuple[type[Record], ...] = (IntakeRecord, CheckoutRecord, TermsAcceptanceRecord)
 # Loaded rows whose changed columns are written, one UPDATE per table.
-_CHANGED_ORDER: tuple[type[Record], ...] = (IntakeRecord, ConversationState)
+_CHANGED_ORDER: tuple[type[Record], ...] = (IntakeRecord, ConversationState, CustomerName,
+                                            IdentityName)
 
 
 class IdPool:

@@ -12,8 +12,9 @@ from tests.bot.test_cli import ROOT, _cli, _env
 def test_console_intake_to_payment_link(tmp_path: Path) -> None:
     env = _env(tmp_path)
     assert _cli("migrate", env=env).returncode == 0
-    typed = "\n".join(["1", "1HGCM82633A004352", "84000",
-                       "Squeaking from the rear axle over speed bumps", "1", "1", ""]) + "\n"
+    # The tier, the name, the car, the problem, no photos, confirm, agree to the terms.
+    typed = "\n".join(["1", "Dana", "1HGCM82633A004352", "84000",
+                       "Squeaking from the rear axle over speed bumps", "1", "1", "1", ""]) + "\n"
     result = subprocess.run([sys.executable, "-m", "bot.cli", "console", "--as", "dana"],
                             input=typed, env=env, cwd=ROOT, capture_output=True, text=True,
                             timeout=120)

@@ -23,13 +23,15 @@ async def _payment_link(port: int, *, base: str | None = None) -> str:
             base.replace("http", "ws", 1) + "/ws/widget") as ws:
         await ws.send_json({"type": "hello", "visitor": None, "resume_after": None,
                             "mechanic_invite": None})
-        steps = ["1", GOOD_VIN, "84000", "Grinding noise from the front left wheel when braking",
-                 "done", "confirm"]
+        steps = ["1", "Dana", GOOD_VIN, "84000",
+                 "Grinding noise from the front left wheel when braking", "done", "confirm",
+                 "agree"]
         for n, said in enumerate(steps):
             await ws.send_json({"type": "message", "text": said, "client_id": f"s{n}"})
             while True:
                 frame = await ws.receive_json(timeout=10)
-                if frame["type"] == "message" and frame.get("link"):
+                if frame["type"] == "message" and frame.get("link") \
+                        and "/pay/" in frame["link"]["url"]:
                     return str(frame["link"]["url"])
                 if frame == {"type": "ack", "client_id": f"s{n}"}:
                     break

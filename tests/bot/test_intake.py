@@ -44,7 +44,8 @@ async def test_full_intake_with_vin_ends_with_payment_link(chat: Chat, runtime: 
         "Quick Chat · 30 min · $9.99", "Standard Video · 45 min · $29.99"]
     assert [b.payload for b in chat.received[-1].buttons] == [
         "plan:chat10", "plan:video15", "plan:diagnostic"]
-    assert "VIN" in joined(await chat.tap("Standard Video"))
+    assert "first name" in joined(await chat.tap("Standard Video"))
+    assert "VIN" in joined(await chat.send("Dana"))
     reply = joined(await chat.send(GOOD_VIN))
     assert "2003 Honda" in reply and "odometer" in reply
     assert "problem" in joined(await chat.send("84,000 miles"))
@@ -57,7 +58,8 @@ async def test_full_intake_with_vin_ends_with_payment_link(chat: Chat, runtime: 
     assert f"Vehicle: 2003 Honda (VIN {GOOD_VIN})" in summary
     assert "Mileage: 84,000 mi" in summary
     assert "Problem: Grinding noise from the front left wheel when braking" in summary
-    replies = await chat.tap("Confirm and pay")
+    await chat.tap("Confirm and pay")  # the terms, agreed to before the link
+    replies = await chat.tap("I agree")
     assert "Pay $29.99" in replies[-1].link.label  # type: ignore[union-attr]
     url = replies[-1].link.url  # type: ignore[union-attr]
     assert url.startswith("http://127.0.0.1:8080/pay/co_")
@@ -86,7 +88,7 @@ async def test_free_text_picks_the_tier(chat: Chat, runtime: Runtime, said: str,
                                         plan: str) -> None:
     await chat.send("hi")
     reply = joined(await chat.send(said))
-    assert "VIN" in reply
+    assert "first name" in reply
     assert (await intake_of(runtime)).plan == plan
 
 
@@ -100,6 +102,7 @@ async def test_unclear_tier_is_asked_again_with_choices(chat: Chat, runtime: Run
 async def test_year_make_model_without_vin(chat: Chat, runtime: Runtime) -> None:
     await chat.send("hi")
     await chat.send("1")
+    await chat.send("Dana")
     assert "year, make and model" in joined(await chat.tap("No VIN"))
     assert "all three" in joined(await chat.send("Honda"))
     assert "odometer" in joined(await chat.send("2015 Honda Civic"))
@@ -119,6 +122,7 @@ async def test_invalid_vin_gets_a_specific_reply_and_a_way_out(chat: Chat, vin: 
                                                                expected: str) -> None:
     await chat.send("hi")
     await chat.send("1")
+    await chat.send("Dana")
     reply = await chat.send(vin)
     assert "doesn't look right" in reply[-1].text
     assert expected in reply[-1].text
@@ -130,6 +134,7 @@ async def test_invalid_vin_gets_a_specific_reply_and_a_way_out(chat: Chat, vin: 
 async def test_problem_must_be_a_real_description(chat: Chat, runtime: Runtime) -> None:
     await chat.send("hi")
     await chat.send("1")
+    await chat.send("Dana")
     await chat.send(GOOD_VIN)
     await chat.tap("Skip")
     assert "say a bit more" in joined(await chat.send("brakes"))
@@ -141,6 +146,7 @@ async def test_problem_must_be_a_real_description(chat: Chat, runtime: Runtime) 
 async def _to_summary(chat: Chat) -> None:
     await chat.send("hi")
     await chat.send("2")
+    await chat.send("Dana")
     await chat.send(GOOD_VIN)
     await chat.send("130k km")
     await chat.send("Engine stalls at idle after it warms up")
@@ -162,6 +168,7 @@ async def test_summary_fields_can_be_corrected_one_by_one(chat: Chat, runtime: R
     await chat.tap("Change mileage")
     assert "Mileage: not given" in joined(await chat.tap("Skip"))
     await chat.send("confirm")
+    await chat.send("agree")
     intake = await intake_of(runtime)
     assert (intake.status, intake.plan, intake.vehicle_model) == (
         "awaiting_payment", "chat10", "RAV4 Hybrid")
@@ -170,6 +177,7 @@ async def test_summary_fields_can_be_corrected_one_by_one(chat: Chat, runtime: R
 async def test_help_and_status_at_any_step(chat: Chat) -> None:
     await chat.send("hi")
     await chat.send("1")
+    await chat.send("Dana")
     help_reply = joined(await chat.send("help"))
     assert '"cancel request"' in help_reply and "VIN" in help_reply  # and the question again
     assert "we're at: your vehicle" in joined(await chat.send("status"))
@@ -178,6 +186,7 @@ async def test_help_and_status_at_any_step(chat: Chat) -> None:
 async def test_cancel_before_payment_drops_intake_and_link(chat: Chat, runtime: Runtime) -> None:
     await _to_summary(chat)
     await chat.tap("Confirm and pay")
+    await chat.tap("I agree")
     assert "nothing was charged" in joined(await chat.send("cancel"))
     intake = await intake_of(runtime)
     assert intake.status == "cancelled"
@@ -202,6 +211,7 @@ async def test_start_over_begins_a_fresh_intake(chat: Chat, runtime: Runtime) ->
 async def test_hostile_input_is_stored_as_text(chat: Chat, runtime: Runtime) -> None:
     await chat.send("hi")
     await chat.send("1")
+    await chat.send("Dana")
     await chat.send(GOOD_VIN)
     await chat.tap("Skip")
     hostile = ("<script>alert('x')</script> brakes \x00\x07 fail \u202e on hills "
@@ -240,7 +250,8 @@ async def test_messages_from_one_person_are_handled_in_order(engine_: Engine,
     chat = Chat(engine_, address="fast-typer")
     await chat.send("hi")
     # Sent at the same moment: the plan, the VIN, the mileage, the problem, "skip".
-    answers = ["2", GOOD_VIN, "90000", "Car pulls to the right when braking hard", "skip"]
+    answers = ["2", "Dana", GOOD_VIN, "90000", "Car pulls to the right when braking hard",
+               "skip"]
     await asyncio.gather(*(chat.send(a) for a in answers))
     async with runtime.sessions() as s:
         inbound = (await s.scalars(select(Message.text).where(Message.direction == "in")
@@ -261,6 +272,7 @@ async def test_duplicate_provider_message_is_processed_once(chat: Chat,
 async def test_conversation_survives_a_restart(runtime: Runtime) -> None:
     await Chat(Engine(runtime, route), address="p").send("hi")
     await Chat(Engine(runtime, route), address="p").send("2")
+    await Chat(Engine(runtime, route), address="p").send("Dana")
     reply = await Chat(Engine(runtime, route), address="p").send(GOOD_VIN)
     assert "odometer" in joined(reply)
 
@@ -288,24 +300,28 @@ async def test_summary_and_first_confirm_need_no_lookups(chat: Chat, runtime: Ru
     # has no checkout to look for: neither step reads the database for it.
     await chat.send("hi")
     await chat.tap("Quick Chat")
+    await chat.send("Dana")
     await chat.send(GOOD_VIN)
     await chat.send("84000")
     await chat.send("Grinding noise from the front left wheel when braking")
     with recording_statements(engine) as statements:
         summary = joined(await chat.tap("Skip"))
-        link = (await chat.tap("Confirm and pay"))[-1].link
+        await chat.tap("Confirm and pay")
+        link = (await chat.tap("I agree"))[-1].link
     assert "Photos/files: 0" in summary and link is not None
-    # (Not counted: drawing the new checkout's id, UnitOfWork.new_id: on PostgreSQL a block
+    # (Not counted: drawing the new rows' ids, UnitOfWork.new_id: on PostgreSQL a block
     # from the sequence, once per IdPool.BLOCK; on SQLite the largest id, once per
     # transaction.)
     reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")
              and "nextval" not in s and 'max("id")' not in s]
     # Only the engine's own lookup of the sender, once per message (PostgreSQL: after the
-    # statement that locks the conversation).
+    # statement that locks the conversation), and at "Confirm and pay" the one look-up of
+    # the customer's acceptances of the terms.
     per_message = 2 if engine.dialect.name == "postgresql" else 1
-    assert len(reads) == 2 * per_message, reads
+    terms = [s for s in reads if "FROM terms_acceptances" in s]
+    assert len(terms) == 1 and len(reads) == 3 * per_message + 1, reads
     assert all("FROM identities" in s or "FROM conversations JOIN identities" in s
-               for s in reads), reads
+               for s in reads if s not in terms), reads
 
     # Once confirmed, the checkout is looked for: the same link again, not a second one.
     again = await chat.send("hello?")

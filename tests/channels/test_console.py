@@ -158,11 +158,13 @@ async def test_paid_page_links_web_customers_back_to_their_chat(
     await customer.connect()
     await customer.expect()
     await customer.tap("Quick Chat")
+    await customer.say("Dana")
     await customer.say(GOOD_VIN, replies=2)
     await customer.say("84000")
     await customer.say("Grinding noise from the front left wheel when braking")
     await customer.tap("Skip")
-    (pay,) = await customer.tap("Confirm and pay")
+    await customer.tap("Confirm and pay")  # the terms first
+    (pay,) = await customer.tap("I agree")
     paid = await pay_offline(client, "/" + pay["link"]["url"].split("/", 3)[3])
     html = await paid.text()
     assert paid.status == 200 and "Paid" in html

@@ -61,6 +61,7 @@ async def _customer_pays_with_a_photo(http: aiohttp.ClientSession) -> Widget:
     await customer.connect()
     await customer.expect()
     await customer.tap("Quick Chat")
+    await customer.say("Dana")
     await customer.say(GOOD_VIN, replies=2)
     await customer.say("84000")
     await customer.say("Battery dies overnight")
@@ -72,7 +73,8 @@ async def _customer_pays_with_a_photo(http: aiohttp.ClientSession) -> Widget:
     assert "1 file attached" in await customer.say(
         "", attachments=[(await uploaded.json())["file"]])
     await customer.tap("Done")
-    (pay,) = await customer.tap("Confirm and pay")
+    await customer.tap("Confirm and pay")  # the terms first
+    (pay,) = await customer.tap("I agree")
     paid = await pay_offline(http, "/" + pay["link"]["url"].split("/", 3)[3])
     assert paid.status == 200
     (received,) = await customer.expect()
@@ -134,7 +136,7 @@ async def test_the_mechanic_workspace(config: Config, engine: AsyncEngine, runti
         await offer.get_by_role("button", name=f"Accept {ref[0]}").click()
         job = page.locator("#console-job")
         await expect(job.locator("h3").first).to_have_text(
-            f"{ref[0]} · Quick Chat with the customer")
+            f"{ref[0]} · Quick Chat with Dana")
         await expect(page.locator("#console-offers .offer")).to_have_count(0)
         await expect(page).to_have_title(TITLE)
         await expect(job).to_contain_text("waiting for the customer to write")

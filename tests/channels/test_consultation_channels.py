@@ -29,11 +29,13 @@ async def pay_as_widget_customer(client: TestClient, plan_label: str = "Quick Ch
     await customer.connect()
     await customer.expect()
     await customer.tap(plan_label)
+    await customer.say("Dana")
     await customer.say(GOOD_VIN, replies=2)
     await customer.say("84000")
     await customer.say("Grinding noise from the front left wheel when braking")
     await customer.tap("Skip")
-    (pay,) = await customer.tap("Confirm and pay")
+    await customer.tap("Confirm and pay")
+    (pay,) = await customer.tap("I agree")
     paid = await pay_offline(client, "/" + pay["link"]["url"].split("/", 3)[3])
     assert paid.status == 200
     (received,) = await customer.expect()
@@ -82,8 +84,8 @@ async def test_widget_customer_and_telegram_mechanic_talk_share_files_end_and_ra
     photo_id = await upload(client, customer.visitor, PNG, "wheel.png")
     await customer.ws.send_json({"type": "message", "text": "",  # type: ignore[union-attr]
                                  "attachments": [photo_id]})
-    sam_texts = await delivered_to_sam(bot, "Customer: sent 1 file")
-    assert "Customer: Hi Sam, it's the front left" in sam_texts
+    sam_texts = await delivered_to_sam(bot, "Dana: sent 1 file")
+    assert "Dana: Hi Sam, it's the front left" in sam_texts
     photos = [c for c in api.calls_to("sendPhoto", SAM.id) if c.params.get("_uploads")]
     assert [upload_ for c in photos for upload_ in c.params["_uploads"].values()] == [
         ("wheel.png", PNG)]
@@ -140,9 +142,9 @@ async def test_widget_customer_and_console_mechanic_talk_both_ways(
     await customer.expect()
     assert "The session has started" in await customer.say("Hello from the widget")
     got = await sam.expect(2)
-    assert [m["text"] for m in got][-1] == "Customer: Hello from the widget"
+    assert [m["text"] for m in got][-1] == "Dana: Hello from the widget"
     assert await customer.say("and again", replies=0) == ""
-    assert (await sam.expect())[0]["text"] == "Customer: and again"
+    assert (await sam.expect())[0]["text"] == "Dana: and again"
     await sam.ws.send_json({"type": "message", "text": "Hi! Tell me more."})  # type: ignore[union-attr]
     assert (await customer.expect())[0]["text"] == "Sam: Hi! Tell me more."
     await customer.close()

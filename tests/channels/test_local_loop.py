@@ -31,11 +31,13 @@ async def test_widget_customer_pays_and_the_first_web_mechanic_wins(
     await customer.connect()
     await customer.expect()
     await customer.tap("Quick Chat")
+    await customer.say("Dana")
     await customer.say(GOOD_VIN, replies=2)
     await customer.say("84000")
     await customer.say("Grinding noise from the front left wheel when braking")
     await customer.tap("Skip")
-    (pay,) = await customer.tap("Confirm and pay")
+    await customer.tap("Confirm and pay")
+    (pay,) = await customer.tap("I agree")
     pay_path = "/" + pay["link"]["url"].split("/", 3)[3]
 
     page = await client.get(pay_path)

@@ -15,7 +15,15 @@ from channels.sms import SMS, SMS_PATH, STATUS_PATH
 from channels.sms_render import encoding, segment_count
 from core.config import Config, with_changes
 from core.delivery import DeliveryStats, OutboxDispatcher
-from core.models import File, Identity, InboundEvent, Message, OutboxItem, SmsDelivery
+from core.models import (
+    File,
+    Identity,
+    InboundEvent,
+    Message,
+    OutboxItem,
+    SmsDelivery,
+    TermsAcceptance,
+)
 from core.runtime import Runtime
 from tests.standins.twilio_api import (
     ACCOUNT_SID,
@@ -99,11 +107,18 @@ async def phones(twilio_api: TwilioApi, make_client: MakeClient, config: Config,
 async def intake_to_photos(phones: Phones, number: str = ALICE) -> None:
     (greeting,) = await phones.text(number, "Hi")
     assert "1. Quick Chat" in greeting and greeting.endswith("Reply 1, 2 or 3.")
-    await phones.text(number, "1")
+    (ask,) = await phones.text(number, "1")
+    assert "What's your first name?" in ask  # SMS gives no name
+    assert (await phones.text(number, "alice"))[0].startswith("Nice to meet you, Alice!")
     await phones.text(number, GOOD_VIN)
     await phones.text(number, "84000")
     (photos,) = await phones.text(number, PROBLEM)
     assert photos.startswith("Photos help a lot") and photos.endswith('Or reply "Skip".')
+
+
+async def stored_acceptances(runtime: Runtime) -> list[TermsAcceptance]:
+    async with runtime.sessions() as s:
+        return list((await s.scalars(select(TermsAcceptance))).all())
 
 
 # ---------------------------------------------------------------------- customers
@@ -114,12 +129,17 @@ async def test_whole_intake_by_sms_ends_with_a_plain_payment_link(
     await intake_to_photos(phones)
     (summary,) = await phones.text(ALICE, "skip")  # the label's word picks the button
     assert "Problem: Grinding noise" in summary
-    assert "1. Confirm and pay\n2. Change tier" in summary
-    assert summary.endswith("Reply 1, 2, 3, 4, 5 or 6.")
-    (pay,) = await phones.text(ALICE, "1")
+    assert "1. Confirm and pay\n2. Change tier" in summary and "Name: Alice" in summary
+    assert summary.endswith("Reply 1, 2, 3, 4, 5, 6 or 7.")
+    (terms,) = await phones.text(ALICE, "1")
+    assert "advice, not an inspection" in terms and f"{PUBLIC_URL}/terms" in terms
+    assert not await stored_acceptances(runtime)
+    (pay,) = await phones.text(ALICE, "agree")
     assert pay.startswith("Almost done! Pay $9.99 for Quick Chat")
     link = pay.rsplit("\n", 1)[1]
     assert link.startswith(f"Pay $9.99: {PUBLIC_URL}/pay/")
+    (accepted,) = await stored_acceptances(runtime)
+    assert (accepted.channel, accepted.client_address) == ("sms", None)
     sent = twilio_api.to(ALICE)
     assert {m.sender for m in sent} == {OUR_NUMBER}
     assert {m.status_callback for m in sent} == {f"{PUBLIC_URL}{STATUS_PATH}"}
@@ -137,6 +157,7 @@ async def test_a_numbered_answer_is_read_from_the_database_by_another_process(
         runtime: Runtime) -> None:
     await phones.text(ALICE, "Hi")
     await phones.text(ALICE, "2")
+    await phones.text(ALICE, "Alice")
     # Another serve process (or this one restarted) takes the next messages.
     other = Phones(twilio_api, await make_client(sms_config(config, twilio_api)), runtime)
     (ask,) = await other.text(ALICE, "1")  # "No VIN", the only choice of the last message
@@ -146,7 +167,7 @@ async def test_a_numbered_answer_is_read_from_the_database_by_another_process(
     async with runtime.sessions() as s:
         actions = (await s.scalars(select(Message.action).where(
             Message.direction == "in").order_by(Message.id))).all()
-    assert actions == [None, "plan:video15", "vehicle:no_vin", None, "odometer:skip"]
+    assert actions == [None, "plan:video15", None, "vehicle:no_vin", None, "odometer:skip"]
 
 
 async def test_forged_or_missing_signature_is_refused_and_changes_nothing(
@@ -200,15 +221,17 @@ async def test_stop_opts_out_start_opts_in_and_help_says_how(
     assert len(failed) == 1 and failed[0].last_error == "opted out (replied STOP)"
     (back,) = await phones.text(ALICE, "START")
     assert back.startswith("You're subscribed to AutoDoctor texts again.")
-    (ask,) = await phones.text(ALICE, "1")  # the plan choice they made while opted out
-    assert "VIN" in ask or "odometer" in ask or ask.startswith("Quick Chat")
+    # The plan was chosen while opted out: the conversation goes on from the next question.
+    (ask,) = await phones.text(ALICE, "1")
+    assert "first name" in ask
 
 
 async def test_yes_and_start_from_a_subscribed_number_are_plain_answers(
         phones: Phones) -> None:
     await intake_to_photos(phones)
     await phones.text(ALICE, "skip")
-    (pay,) = await phones.text(ALICE, "YES")  # "yes" at the summary: confirm
+    await phones.text(ALICE, "YES")  # "yes" at the summary: confirm
+    (pay,) = await phones.text(ALICE, "I agree")
     assert pay.startswith("Almost done!")
     status, reminder = await phones.text(ALICE, "status")
     assert "waiting for payment" in status and '"cancel request"' in reminder

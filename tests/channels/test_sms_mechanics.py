@@ -71,11 +71,13 @@ async def test_mechanics_accept_by_reply_code_and_a_stale_or_foreign_code_is_ref
 async def pay_by_sms(service: Phones, number: str = ALICE) -> None:
     await service.text(number, "Hi")
     await service.text(number, "1")
+    await service.text(number, "Alice")
     await service.text(number, GOOD_VIN)
     await service.text(number, "84000")
     await service.text(number, PROBLEM)
     await service.text(number, "skip")
-    (pay,) = await service.text(number, "1")
+    await service.text(number, "1")
+    (pay,) = await service.text(number, "1")  # "I agree", the terms' one choice
     url = pay.rsplit(": ", 1)[1]
     paid = await pay_offline(service.client, "/" + url.split("/", 3)[3])
     assert paid.status == 200
@@ -100,7 +102,7 @@ async def test_sms_customer_and_web_mechanic_talk_share_photos_end_and_rate(
     started = await phones.text(ALICE, "Hi Sam, it’s the front left")  # a curly apostrophe
     assert started[0].startswith("The session has started")
     got = await sam.expect(2)
-    assert got[-1]["text"] == "Customer: Hi Sam, it’s the front left"
+    assert got[-1]["text"] == "Alice: Hi Sam, it’s the front left"
 
     # Sam's photo reaches the phone as an MMS (a +1 number, a public https link).
     photo_id = await upload(client, sam.visitor, PNG, "part.png")
@@ -112,7 +114,7 @@ async def test_sms_customer_and_web_mechanic_talk_share_photos_end_and_rate(
     url = api.host_media(JPEG, "image/jpeg")
     await phones.text(ALICE, "", media=[(url, "image/jpeg")])
     (photo,) = await sam.expect()
-    assert photo["text"] == "Customer: sent 1 file" and len(photo["files"]) == 1
+    assert photo["text"] == "Alice: sent 1 file" and len(photo["files"]) == 1
 
     # "end" alone would opt the number out; "end session" asks, "1" confirms.
     (ask,) = await phones.text(ALICE, "end session")

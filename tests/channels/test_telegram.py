@@ -148,13 +148,18 @@ async def test_customer_completes_the_intake_by_polling_and_gets_a_pay_button(
     plans = keyboard(api.chat_messages(ALICE.id)[-1])
     assert [b["callback_data"] for b in plans] == ["plan:chat10", "plan:video15",
                                                    "plan:diagnostic"]
+    # Telegram gave her first name: not asked for it.
     assert "VIN" in (await bot.tap(ALICE, "Quick Chat"))[0]
     assert "odometer" in (await bot.say(ALICE, GOOD_VIN))[-1].lower()
     await bot.say(ALICE, "84,000 miles")
     await bot.say(ALICE, "Grinding noise from the front left wheel when braking")
     (summary,) = await bot.tap(ALICE, "Skip")
-    assert "Grinding noise" in summary
-    await bot.tap(ALICE, "Confirm and pay")
+    assert "Grinding noise" in summary and "Name: Alice\n" in summary
+    (terms,) = await bot.tap(ALICE, "Confirm and pay")
+    assert "advice, not an inspection" in terms
+    assert [b["text"] for b in keyboard(api.chat_messages(ALICE.id)[-1])] == [
+        "I agree", "Read the terms"]
+    await bot.tap(ALICE, "I agree")
 
     pay = api.chat_messages(ALICE.id)[-1]
     (button,) = keyboard(pay)
@@ -165,7 +170,7 @@ async def test_customer_completes_the_intake_by_polling_and_gets_a_pay_button(
         identity = await s.scalar(select(Identity).where(Identity.address == str(ALICE.id)))
     assert identity is not None and identity.display_name == "Alice Driver"
     taps = api.calls_to("answerCallbackQuery")
-    assert len(taps) == 3 and all(c.status == 200 for c in taps)
+    assert len(taps) == 4 and all(c.status == 200 for c in taps)
     assert not api._open_queries
 
 

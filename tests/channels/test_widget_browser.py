@@ -127,6 +127,8 @@ async def _choose_tier_and_vin(ui: WidgetUI) -> None:
     for tier in ("Quick Chat", "Standard Video", "Full Diagnostic"):
         await expect(greeting.locator(".ad-btn", has_text=tier)).to_be_visible()
     await ui.tap("Standard Video")
+    await ui.bot_says("What's your first name?")
+    await ui.type("Dana")
     await ui.bot_says("17-character VIN")
     await ui.type(VIN)
     await ui.bot_says("odometer")
@@ -144,6 +146,9 @@ async def _finish_intake(ui: WidgetUI) -> None:
     await expect(summary).to_contain_text("84,000")
     await expect(summary).to_contain_text(PROBLEM)
     await ui.tap("Confirm and pay")
+    terms = await ui.bot_says("advice, not an inspection")
+    await expect(terms.locator(".ad-link")).to_have_attribute("href", re.compile(r"/terms$"))
+    await ui.tap("I agree")
     paying = await ui.bot_says("Almost done!")
     link = paying.locator(".ad-link")
     await expect(link).to_have_count(1)

@@ -49,6 +49,8 @@ async def test_a_service_restart_close_reconnects_at_once_others_back_off(
         ui = await _open_demo(page, base_url)
         await ui.bot_says("Which kind of help do you need?")
         await ui.tap("Quick Chat")
+        await ui.bot_says("What's your first name?")
+        await ui.type("Dana")
         await ui.bot_says("17-character VIN")
         await ui.type(VIN)
         await ui.bot_says("odometer")

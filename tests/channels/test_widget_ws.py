@@ -104,12 +104,15 @@ async def test_full_intake_over_websocket_ends_with_payment_link(client: TestCli
         "Full Diagnostic · 60 min · $49.99"]
     assert greeting["link"] is None
     await w.tap("Standard Video")
+    assert "Nice to meet you, Dana!" in await w.say("Dana")
     assert "odometer" in await w.say(GOOD_VIN, replies=2)
     assert "problem" in await w.say("84000")
     assert "Photos" in await w.say("Grinding noise from the front left wheel when braking")
     (summary,) = await w.tap("Skip")
     assert "Standard Video" in summary["text"]
-    (pay,) = await w.tap("Confirm and pay")
+    (terms,) = await w.tap("Confirm and pay")
+    assert terms["link"]["url"].endswith("/terms")
+    (pay,) = await w.tap("I agree")
     assert pay["link"]["label"] == "Pay $29.99"
     assert "/pay/co_" in pay["link"]["url"]
     # The first greeting is not stored (a new visitor has no record until they answer it).
@@ -126,6 +129,7 @@ async def test_replies_reach_the_socket_without_reading_the_transcript_back(
         await w.connect()  # a new visitor: greeted without a record
         await w.expect()
         await w.tap("Quick Chat")
+        await w.say("Dana")
         assert "odometer" in await w.say(GOOD_VIN, replies=2)
     # The committed rows were handed to the socket by the hub; nothing was read back.
     reads = [s for s in statements if "FROM messages" in s]
@@ -153,7 +157,7 @@ async def test_a_refused_invite_leaves_the_connection_ready_for_another_hello(
     greeting = await ws.receive_json(timeout=10)
     assert "Which kind of help" in greeting["text"]
     await ws.send_json({"type": "message", "text": "1"})
-    assert "VIN" in (await ws.receive_json(timeout=10))["text"]
+    assert "first name" in (await ws.receive_json(timeout=10))["text"]
 
 
 async def test_a_message_from_elsewhere_during_a_turn_arrives_once_in_order(
@@ -199,18 +203,20 @@ async def test_reconnect_with_resume_after_loses_nothing_and_repeats_nothing(
     assert w.visitor is not None
     engine = client.app[ENGINE]
     address = visitor_address(w.visitor)
+    await engine.receive(Inbound(channel="web", address=address, text="Dana"))
     await engine.receive(Inbound(channel="web", address=address, text=GOOD_VIN))
     await engine.receive(Inbound(channel="web", address=address, text="skip"))
 
     again = Widget(client)
     again.visitor = w.visitor
     await again.connect(resume_after=last_seen)
-    missed = await again.expect(3)
+    missed = await again.expect(4)
     assert [m["id"] for m in missed] == sorted(m["id"] for m in missed)
     assert missed[0]["id"] > last_seen
-    assert "VIN 1HGCM82633A004352" in missed[0]["text"]
-    assert "odometer" in missed[1]["text"]
-    assert "problem" in missed[2]["text"]
+    assert "Nice to meet you, Dana!" in missed[0]["text"]
+    assert "VIN 1HGCM82633A004352" in missed[1]["text"]
+    assert "odometer" in missed[2]["text"]
+    assert "problem" in missed[3]["text"]
     # Nothing more is replayed; the next answer continues the same intake.
     assert "Photos" in await again.say("Car pulls hard to the right under braking")
     all_ids = [m["id"] for m in w.messages + again.messages if m["id"] is not None]
@@ -232,7 +238,7 @@ async def test_returning_visitor_without_resume_gets_history_not_a_new_greeting(
     # record until they answered it).
     history = await again.expect(1)
     assert [m["id"] for m in history] == [m["id"] for m in w.messages if m["id"] is not None]
-    assert "VIN" in history[0]["text"]
+    assert "first name" in history[0]["text"]
     assert again.visitor == w.visitor
 
 
@@ -266,7 +272,7 @@ async def test_bad_frames_get_an_error_frame_and_the_socket_stays_open(
     error = await w.frame()
     assert error["type"] == "error" and error["code"] == code and error["message"]
     # Still usable.
-    assert "VIN" in await w.say("1")
+    assert "first name" in await w.say("1")
 
 
 async def test_oversized_and_long_messages_are_refused_clearly(client: TestClient,
@@ -342,6 +348,7 @@ async def _to_photos(w: Widget) -> None:
     await w.connect()
     await w.expect()
     await w.say("1")
+    await w.say("Dana")
     await w.say(GOOD_VIN, replies=2)
     await w.say("skip")
     assert "Photos" in await w.say("The engine rattles badly on cold mornings")

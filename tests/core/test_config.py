@@ -99,3 +99,19 @@ def test_cli_reports_bad_config_in_one_line_without_traceback(tmp_path: Path) ->
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert lines == ["error: timeouts.sweep_interval_seconds must be at least 1, got -1"]
+
+
+def test_terms_are_configured_and_checked(tmp_path: Path) -> None:
+    shipped = load_config(SHIPPED, environ=TEST_ENV, data_dir=tmp_path)
+    assert shipped.terms.version and "advice, not an inspection" in shipped.terms.text
+    assert shipped.terms_url == "http://127.0.0.1:8080/terms"
+    plans = SHIPPED.read_text().split("[billing]")[0]
+    elsewhere = load_config(write(tmp_path, plans + '[terms]\nversion = "3"\n'
+                                  'url = "https://example.com/terms"\n'),
+                            environ=TEST_ENV, data_dir=tmp_path)
+    assert (elsewhere.terms.version, elsewhere.terms_url) == ("3", "https://example.com/terms")
+    for bad in ('version = ""', 'version = "has space"', f'version = "{"x" * 33}"',
+                'version = 3', 'url = "javascript:alert(1)"'):
+        with pytest.raises(ConfigError, match="terms"):
+            load_config(write(tmp_path, plans + f"[terms]\n{bad}\n"), environ=TEST_ENV,
+                        data_dir=tmp_path)

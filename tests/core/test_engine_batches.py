@@ -14,7 +14,7 @@ from core.context import Context
 from core.db import create_engine
 from core.engine import Engine
 from core.messages import Inbound, Outbound
-from core.models import Conversation, Customer, Identity, Intake, Message
+from core.models import Conversation, Customer, Identity, Intake, Message, TermsAcceptance
 from core.runtime import Runtime
 from core.turns import KeyedFifoLock
 from tests.conftest import PG_URL
@@ -44,11 +44,11 @@ async def test_people_writing_at_once_share_transactions_and_get_their_own_answe
     assert 1 <= len(commits) < 10
     for i, (chat, reply) in enumerate(zip(chats, answers, strict=True)):
         plan = ("Quick Chat", "Standard Video", "Full Diagnostic")[i % 3]
-        assert plan in joined(reply) and "VIN" in joined(reply), (chat.address, reply)
+        assert plan in joined(reply) and "first name" in joined(reply), (chat.address, reply)
     async with runtime.sessions() as s:
         steps = {c.step for c in (await s.scalars(select(Conversation))).all()}
         inbound = (await s.scalars(select(Message).where(Message.direction == "in"))).all()
-    assert steps == {"vehicle"}
+    assert steps == {"name"}
     assert len(inbound) == 60
 
 
@@ -70,7 +70,7 @@ async def test_a_batchs_conversations_are_written_back_in_one_statement(
         after = (await s.scalars(select(Conversation).order_by(Conversation.id))).all()
     assert all(c.updated_at == answered_at for c in after)
     steps = sorted((c.step, c.intake_id is None) for c in after)
-    assert steps == [("start", True)] * 10 + [("vehicle", False)] * 10
+    assert steps == [("name", False)] * 10 + [("start", True)] * 10
     # A new person's conversation points at the intake made in the same transaction.
     fresh = [Chat(bot, channel="web", address=f"new_{i}") for i in range(5)]
     await asyncio.gather(*(chat.send("hi") for chat in fresh))
@@ -118,7 +118,8 @@ async def test_one_persons_messages_stay_in_order_while_others_are_batched(
     others = [Chat(bot, channel="web", address=f"o_{i}") for i in range(10)]
     await asyncio.gather(fast.send("hi"), *(o.send("hi") for o in others))
 
-    answers = ["2", GOOD_VIN, "90000", "Car pulls to the right when braking hard", "skip"]
+    answers = ["2", "Dana", GOOD_VIN, "90000", "Car pulls to the right when braking hard",
+               "skip"]
     await asyncio.gather(*(fast.send(a) for a in answers),
                          *(o.send("1") for o in others))
 
@@ -163,7 +164,7 @@ async def test_a_connection_killed_under_the_pool_costs_a_retry_not_the_message(
     assert "Quick Chat" in joined(reply)
     async with runtime.sessions() as s:
         step = await s.scalar(select(Conversation.step))
-    assert step == "vehicle"
+    assert step == "name"
 
 
 async def test_drain_waits_for_messages_already_handed_in(runtime: Runtime) -> None:
@@ -392,12 +393,14 @@ async def test_a_batchs_new_checkouts_are_written_in_one_statement(
     # transaction (core.sql.add_new), outside the ORM's flush; every one gets its own link.
     bot = Engine(runtime, route)
     chats = [Chat(bot, channel="web", address=f"v_{i}") for i in range(12)]
-    for step in ("hi", "1", GOOD_VIN, "84000",
+    for step in ("hi", "1", "Dana", GOOD_VIN, "84000",
                  "Grinding noise from the front left wheel when braking"):
         await asyncio.gather(*(chat.send(step) for chat in chats))
     await asyncio.gather(*(chat.send(action="photos:done") for chat in chats))
+    await asyncio.gather(*(chat.send(action="confirm") for chat in chats))
+    agree = f"terms:agree:{runtime.config.terms.version}"
     with recording_statements(engine) as statements, counting_commits(engine) as commits:
-        replies = await asyncio.gather(*(chat.send(action="confirm") for chat in chats))
+        replies = await asyncio.gather(*(chat.send(action=agree) for chat in chats))
     links = [r[-1].link.url for r in replies if r and r[-1].link is not None]
     assert len(set(links)) == len(chats), replies
     inserts = [x for x in statements if "INSERT INTO" in x.upper() and "checkouts" in x]
@@ -408,7 +411,9 @@ async def test_a_batchs_new_checkouts_are_written_in_one_statement(
         assert all("ROWS FROM (" in x for x in inserts), inserts
     async with runtime.sessions() as s:
         stored = (await s.scalars(select(Intake))).all()
+        accepted = (await s.scalars(select(TermsAcceptance.customer_id))).all()
     assert {i.status for i in stored} == {"awaiting_payment"}
+    assert sorted(accepted) == sorted(i.customer_id for i in stored)
 
 
 async def test_a_batchs_writes_at_commit_are_one_statement_on_postgresql(
@@ -419,6 +424,7 @@ async def test_a_batchs_writes_at_commit_are_one_statement_on_postgresql(
     chats = [Chat(bot, channel="web", address=f"v_{i}") for i in range(8)]
     await asyncio.gather(*(chat.send("hi") for chat in chats))
     await asyncio.gather(*(chat.send("1") for chat in chats))
+    await asyncio.gather(*(chat.send("Dana") for chat in chats))
     with recording_statements(engine) as statements, counting_commits(engine) as commits:
         # Half give a VIN (their intakes change), half start over (new intakes).
         answers = await asyncio.gather(*(chat.send(GOOD_VIN if i % 2 else "start over")
@@ -441,7 +447,7 @@ async def test_a_batchs_writes_at_commit_are_one_statement_on_postgresql(
         conversations = (await s.scalars(select(Conversation).order_by(Conversation.id))).all()
         intakes = {i.id: i for i in (await s.scalars(select(Intake))).all()}
         said = (await s.scalars(select(Message).where(Message.direction == "in"))).all()
-    assert len(said) == 8 * 3
+    assert len(said) == 8 * 4
     for i, conversation in enumerate(conversations):
         intake = intakes[conversation.intake_id]
         if i % 2:
