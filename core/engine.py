@@ -57,8 +57,9 @@ class Engine:
     them (up to max_batch) with one BEGIN, one lookup query, one flush and one COMMIT (group
     commit): per message, the round trips to the database are what cost most.
     Each message still sees the effects of those before it, as if handled alone. If anything
-    in a batch fails, it is rolled back and its messages are handled one by one, so one bad
-    message (or a race) costs the others nothing but time.
+    in a batch fails, it is rolled back: a message whose own handling failed is handled alone
+    and the others together again; a failure at the commit has them handled one by one. So
+    one bad message (or a race) costs the others nothing but time.
     """
 
     # Messages per transaction, on both databases. A statement costs about the same whatever

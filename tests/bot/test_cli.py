@@ -105,6 +105,22 @@ def test_serve_refuses_an_unmigrated_database(tmp_path: Path) -> None:
     assert "run `autodoctor migrate` first" in result.stderr
 
 
+@pytest.mark.parametrize("command", ["migrate", "serve"])
+def test_an_unreachable_database_at_start_is_one_line_not_a_traceback(
+        tmp_path: Path, command: str) -> None:
+    # Nothing listens on this port: PostgreSQL is "down".
+    url = f"postgresql://postgres:secret@127.0.0.1:{_free_port()}/test"
+    args = [command] + (["--port", str(_free_port())] if command == "serve" else [])
+    result = _cli(*args, env=_env(tmp_path, AUTODOCTOR_DATABASE_URL=url))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: cannot reach the database at postgresql")
+    assert "is it running?" in lines[0]
+    assert "Traceback" not in result.stderr
+    assert "secret" not in result.stderr  # the password is hidden
+
+
 def test_serve_freezes_what_start_up_loaded_out_of_the_collectors_way() -> None:
     import gc
 
