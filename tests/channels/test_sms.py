@@ -15,7 +15,9 @@ from channels.sms import SMS, SMS_PATH, STATUS_PATH
 from channels.sms_render import encoding, segment_count
 from core.config import Config, with_changes
 from core.delivery import DeliveryStats, OutboxDispatcher
+from core.messages import Outbound
 from core.models import (
+    Customer,
     File,
     Identity,
     InboundEvent,
@@ -24,6 +26,7 @@ from core.models import (
     SmsDelivery,
     TermsAcceptance,
 )
+from core.outbox import enqueue
 from core.runtime import Runtime
 from tests.standins.twilio_api import (
     ACCOUNT_SID,
@@ -345,3 +348,38 @@ async def test_a_pool_of_numbers_keeps_each_person_on_one_number(
     senders = {number: {m.sender for m in twilio_api.to(number)} for number in people}
     assert all(len(used) == 1 for used in senders.values())
     assert {s for used in senders.values() for s in used} == set(pool.split(","))
+
+
+@pytest.mark.parametrize(("per_second", "refused"), [(5.0, False), (1000.0, True)],
+                         ids=["paced", "unpaced-control"])
+async def test_each_sending_number_keeps_to_its_rate(
+        twilio_api: TwilioApi, make_client: MakeClient, config: Config, runtime: Runtime,
+        per_second: float, refused: bool) -> None:
+    # The stand-in refuses (429) a number's sixth segment within any second, as a carrier
+    # counts a long code's. Paced at the configured 5 a second, a burst of messages from one
+    # number all go through; the control shows the stand-in would refuse a sender that did
+    # not keep to it.
+    twilio_api.per_number_per_second = 5
+    phones = Phones(twilio_api, await make_client(with_changes(
+        sms_config(config, twilio_api), rate_limits={"sms_per_second": per_second})), runtime)
+    people = [f"+1555124{n:04d}" for n in range(12)]
+    now = runtime.clock.now()
+    async with runtime.transaction() as uow:
+        for number in people:
+            customer = Customer(created_at=now)
+            uow.session.add(customer)
+            await uow.session.flush()
+            identity = Identity(channel="sms", address=number, customer_id=customer.id,
+                                created_at=now)
+            uow.session.add(identity)
+            await uow.session.flush()
+            await enqueue(uow, identity, Outbound("sms", number, "Your mechanic is ready."),
+                          now)
+    stats = await phones.outbox.run_once()
+    if refused:
+        assert stats.retried > 0
+        assert any(code == 20429 for _to, code in twilio_api.rejected)
+    else:
+        assert (stats.sent, stats.retried) == (len(people), 0)
+        assert twilio_api.rejected == []
+        assert {m.to for m in twilio_api.sent} == set(people)
