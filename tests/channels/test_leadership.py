@@ -80,13 +80,13 @@ async def _queue(runtime: Runtime, api: TelegramApi, chats: int, per_chat: int) 
                               now)
 
 
-def _dispatcher(runtime: Runtime, api: TelegramApi, leadership: Leadership | None
-                ) -> tuple[OutboxDispatcher, AiogramBot]:
+def _dispatcher(runtime: Runtime, api: TelegramApi, leadership: Leadership | None,
+                batch: int = 100) -> tuple[OutboxDispatcher, AiogramBot]:
     bot = AiogramBot(TOKEN, session=AiohttpSession(api=TelegramAPIServer.from_base(
         api.base_url)))
     dispatcher = OutboxDispatcher(
         runtime, {"telegram": TelegramSender(bot)}, _limiters(runtime.config),
-        leadership=leadership, roles=ROLES if leadership is not None else None)
+        leadership=leadership, roles=ROLES if leadership is not None else None, batch=batch)
     return dispatcher, bot
 
 
@@ -137,8 +137,9 @@ async def test_two_processes_send_telegram_within_its_limits(
     first, second = processes(), processes()
     await _queue(first, strict_api, chats, 1)
     leaders = [Leadership(r.engine, retry_seconds=0.2) for r in (first, second)]
-    made = [_dispatcher(r, strict_api, lead) for r, lead in zip((first, second), leaders,
-                                                                 strict=True)]
+    # Small batches: each process claims a share, as it would with more chats than a batch.
+    made = [_dispatcher(r, strict_api, lead, batch=10)
+            for r, lead in zip((first, second), leaders, strict=True)]
     for leadership in leaders:
         await leadership.check()
     tasks = [asyncio.create_task(d.run_forever(idle_poll=0.05)) for d, _ in made]
