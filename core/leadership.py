@@ -56,6 +56,8 @@ class Leadership:
         self.single = engine.dialect.name != "postgresql"
         self.roles: dict[str, Role] = {}
         self.released = False
+        # A check and a release never use the connection at once.
+        self._lock = asyncio.Lock()
         # The connection holding the locks, and its server process id (for logs and tests).
         self.connection: AsyncConnection | None = None
         self.backend_pid: int | None = None
@@ -64,6 +66,8 @@ class Leadership:
         """Ask for a role (before `check` or `run_forever` take it)."""
         if name not in self.roles:
             self.roles[name] = Role()
+            if self.metrics is not None:
+                self.metrics.roles_held.labels(name).set(0)
             if self.single:
                 self._set(name, True)
 
@@ -84,24 +88,28 @@ class Leadership:
     async def check(self) -> None:
         """One round: is the held connection alive (else give everything up), then try to take
         each role wanted and not held."""
-        if self.single or self.released or not self.roles:
+        if self.single or not self.roles:
             return
-        try:
-            if self.connection is None:
-                conn = await self.engine.connect()
-                self.connection = await conn.execution_options(isolation_level="AUTOCOMMIT")
-                self.backend_pid = await self.connection.scalar(text("SELECT pg_backend_pid()"))
-            else:
-                await self.connection.execute(text("SELECT 1"))
-            for name in self.roles:
-                if not self.holds(name) and await self.connection.scalar(TRY_LOCK,
-                                                                         {"name": name}):
-                    self._set(name, True)
-        except Exception as exc:  # noqa: BLE001 - a lost connection loses the roles, no more
-            if self.held:
-                log.warning("leadership connection lost (%s): giving up %s",
-                            type(exc).__name__, ", ".join(self.held))
-            await self._drop()
+        async with self._lock:
+            if self.released:
+                return
+            try:
+                if self.connection is None:
+                    self.connection = await self.engine.connect()
+                    await self.connection.execution_options(isolation_level="AUTOCOMMIT")
+                    self.backend_pid = await self.connection.scalar(
+                        text("SELECT pg_backend_pid()"))
+                else:
+                    await self.connection.execute(text("SELECT 1"))
+                for name in self.roles:
+                    if not self.holds(name) and await self.connection.scalar(
+                            TRY_LOCK, {"name": name}):
+                        self._set(name, True)
+            except Exception as exc:  # noqa: BLE001 - a lost connection loses the roles
+                if self.held:
+                    log.warning("leadership connection lost (%s): giving up %s",
+                                type(exc).__name__, ", ".join(self.held))
+                await self._drop()
 
     async def run_forever(self) -> None:
         """Check every `retry_seconds` until released or cancelled."""
@@ -113,7 +121,8 @@ class Leadership:
         """Give up every role now (drain, shutdown), so another process takes them at once."""
         self.released = True
         if not self.single:
-            await self._drop()
+            async with self._lock:
+                await self._drop()
 
     async def _drop(self) -> None:
         """Close the connection: PostgreSQL releases every lock it held."""
