@@ -30,6 +30,7 @@ from core.db import WalCheckpointer, create_engine, sqlite_file
 from core.delivery import OutboxDispatcher, Sender
 from core.engine import Engine
 from core.hub import PgBridge
+from core.leadership import Leadership
 from core.payments import PaymentPort
 from core.ratelimit import ChannelLimiter
 from core.runtime import Runtime
@@ -118,12 +119,15 @@ def create_app(config: Config, *, engine: AsyncEngine | None = None,
     if database_file is not None:
         app.cleanup_ctx.append(_background("wal-checkpoints",
                                            WalCheckpointer(database_file).run_forever))
+    # Who sends each provider channel and who polls Telegram, across the deployment.
+    leadership = Leadership(engine, retry_seconds=config.server.leader_retry_seconds,
+                            metrics=runtime.metrics, on_change=runtime.hub.outbox_wakeup.set)
     built: dict[str, Sender] = {}
     if config.secrets.telegram_bot_token:
         # aiogram is loaded only when the channel is on.
         from channels.telegram import setup as setup_telegram
 
-        telegram_sender = setup_telegram(app, runtime, conversation_engine)
+        telegram_sender = setup_telegram(app, runtime, conversation_engine, leadership)
         if telegram_sender is not None:
             built["telegram"] = telegram_sender
     if config.channel_status()["sms"]:
@@ -133,14 +137,42 @@ def create_app(config: Config, *, engine: AsyncEngine | None = None,
         sms_sender = setup_sms(app, runtime, conversation_engine)
         if sms_sender is not None:
             built["sms"] = sms_sender
-    dispatcher = OutboxDispatcher(runtime, {**built, **(senders or {})}, _limiters(config))
+    every_sender = {**built, **(senders or {})}
+    # The providers' limits are per bot and per sending number, not per process: one process
+    # at a time sends each provider channel (core.delivery, core.leadership).
+    roles = {channel: f"send:{channel}" for channel in PROVIDER_CHANNELS
+             if channel in every_sender}
+    dispatcher = OutboxDispatcher(runtime, every_sender, _limiters(config),
+                                  leadership=leadership, roles=roles)
     app[DRAIN] = Drain(config.server.drain_seconds, runtime.metrics, sockets=widget_sockets,
-                       engine=conversation_engine, dispatcher=dispatcher)
+                       engine=conversation_engine, dispatcher=dispatcher, leadership=leadership)
+    # After the database's lifecycle and the channels': released before either stops.
+    app.cleanup_ctx.append(_holding(leadership))
     if background:
         app.cleanup_ctx.append(_sweeps(runtime))
         if dispatcher.senders:
             app.cleanup_ctx.append(_background("outbox", dispatcher.run_forever))
     return app
+
+
+# Channels whose provider limits the whole deployment (per bot, per sending number).
+PROVIDER_CHANNELS = ("telegram", "sms")
+
+
+def _holding(leadership: Leadership) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Take the roles wanted before serving (SQLite: held already), keep trying in the
+    background, and release them at shutdown."""
+    async def lifetime(app: web.Application) -> AsyncIterator[None]:
+        await leadership.check()
+        log.info("roles held: %s", ", ".join(leadership.held) or "none yet")
+        task = asyncio.create_task(leadership.run_forever(), name="leadership")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await leadership.release()
+
+    return lifetime
 
 
 def _limiters(config: Config) -> dict[str, ChannelLimiter]:

@@ -7,7 +7,9 @@
 3. The transactions under way (the engine's batches) finish; the outbox dispatcher claims no
    more rows, lets the sends under way finish and hands back the leases of rows it claimed
    and did not send, so another process sends them at once.
-4. Then the usual shutdown; the whole drain is bounded by [server] drain_seconds.
+4. The deployment-wide roles (sending Telegram/SMS, polling Telegram) are released, so
+   another process takes them at once rather than after leader_retry_seconds.
+5. Then the usual shutdown; the whole drain is bounded by [server] drain_seconds.
 
 The state of it is here, in one Drain per app (app[DRAIN]).
 """
@@ -25,6 +27,7 @@ from aiohttp import web
 from channels.web.ws import WidgetSocket
 from core.delivery import OutboxDispatcher
 from core.engine import Engine
+from core.leadership import Leadership
 from core.metrics import Metrics
 
 log = logging.getLogger("autodoctor.drain")
@@ -38,12 +41,14 @@ class Drain:
     """Whether this process is draining, and how to drain it."""
 
     def __init__(self, seconds: float, metrics: Metrics, *, sockets: WidgetSocket,
-                 engine: Engine, dispatcher: OutboxDispatcher) -> None:
+                 engine: Engine, dispatcher: OutboxDispatcher,
+                 leadership: Leadership | None = None) -> None:
         self.seconds = seconds
         self.metrics = metrics
         self.sockets = sockets
         self.engine = engine
         self.dispatcher = dispatcher
+        self.leadership = leadership
         self.started: float | None = None  # time.monotonic() of the SIGTERM
         self.finished = False
 
@@ -75,6 +80,8 @@ class Drain:
                     # Half the time for the sends under way, the rest to hand back leases.
                     self.dispatcher.hand_back(self.seconds / 2),
                     self.engine.drain())
+                if self.leadership is not None:
+                    await self.leadership.release()
         except TimeoutError:
             log.warning("drain: not finished after %.0fs; stopping anyway", self.seconds)
             return False

@@ -1,6 +1,8 @@
 """The Telegram channel: aiogram's Bot as the transport, the flows behind core.Engine.
 
-Polling (`[telegram] mode = "polling"`) runs one getUpdates loop in the background; webhook
+Polling (`[telegram] mode = "polling"`) runs one getUpdates loop in the background, in one
+process of the deployment at a time (the one holding the "poll:telegram" role: Telegram
+serves one poller per bot, and answers a second with 409 Conflict); webhook
 mode registers POST /webhooks/telegram with a secret token derived from the service's secret
 key. Either way each update becomes one Inbound (its update_id is the provider id, so a
 redelivery is dropped by the engine) and replies go out through the outbox and `sender`.
@@ -36,6 +38,7 @@ from core.delivery import Sender
 from core.engine import Engine
 from core.errors import ConfigError
 from core.files import blob_path
+from core.leadership import Leadership
 from core.runtime import Runtime
 
 log = logging.getLogger("autodoctor.channels.telegram")
@@ -44,6 +47,7 @@ WEBHOOK_PATH = "/webhooks/telegram"
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 ALLOWED_UPDATES = ["message", "callback_query"]
 POLL_TIMEOUT = 25  # seconds a getUpdates call waits for something to arrive
+POLL_ROLE = "poll:telegram"
 
 
 def webhook_secret(secret_key: str) -> str:
@@ -55,7 +59,8 @@ class TelegramChannel:
     """Holds the aiogram Bot; receives updates (polling or webhook) and sends via `sender`."""
 
     def __init__(self, runtime: Runtime, engine: Engine, *,
-                 poll_timeout: int = POLL_TIMEOUT) -> None:
+                 poll_timeout: int = POLL_TIMEOUT,
+                 leadership: Leadership | None = None) -> None:
         config = runtime.config
         self.runtime = runtime
         self.mode = config.telegram.mode
@@ -71,6 +76,10 @@ class TelegramChannel:
         self.secret = webhook_secret(config.secrets.secret_key)
         self.webhook_url = f"{config.public_url.rstrip('/')}{WEBHOOK_PATH}"
         self.poll_timeout = poll_timeout
+        # None: this process always polls (one process, or tests).
+        self.leadership = leadership
+        if leadership is not None and self.mode == "polling":
+            leadership.want(POLL_ROLE)
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -136,10 +145,15 @@ class TelegramChannel:
         offset: int | None = None
         failures = 0
         while True:
+            if self.leadership is not None and not self.leadership.holds(POLL_ROLE):
+                log.info("telegram: another process polls; waiting for the %s role", POLL_ROLE)
+                await self.leadership.wait_held(POLL_ROLE)
+                log.info("telegram: polling here now")
+                offset = None  # whatever another poller confirmed is gone from Telegram
             try:
-                updates = await self.bot.get_updates(
-                    offset=offset, timeout=self.poll_timeout, allowed_updates=ALLOWED_UPDATES,
-                    request_timeout=self.poll_timeout + 10)
+                updates = await self._get_updates(offset)
+                if updates is None:
+                    continue  # the role went elsewhere mid-call
                 failures = 0
             except asyncio.CancelledError:
                 raise
@@ -163,6 +177,24 @@ class TelegramChannel:
             if updates:
                 await self.process_batch(updates)
                 offset = updates[-1].update_id + 1
+
+    async def _get_updates(self, offset: int | None) -> list[Update] | None:
+        """One getUpdates call; None if this process stopped being the poller meanwhile."""
+        call = asyncio.ensure_future(self.bot.get_updates(
+            offset=offset, timeout=self.poll_timeout, allowed_updates=ALLOWED_UPDATES,
+            request_timeout=self.poll_timeout + 10))
+        if self.leadership is None:
+            return await call
+        lost = asyncio.ensure_future(self.leadership.wait_lost(POLL_ROLE))
+        try:
+            await asyncio.wait({call, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+            if not call.done():
+                call.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await call
+        return None if call.cancelled() else call.result()
 
     async def _drop_webhook(self) -> bool:
         # Polling was asked for, but a webhook is set (an earlier webhook run, or the same
@@ -194,14 +226,15 @@ class TelegramChannel:
 TELEGRAM = web.AppKey("telegram", TelegramChannel)
 
 
-def setup(app: web.Application, runtime: Runtime, engine: Engine) -> Sender | None:
+def setup(app: web.Application, runtime: Runtime, engine: Engine,
+          leadership: Leadership | None = None) -> Sender | None:
     """Add the Telegram channel to the app when TELEGRAM_BOT_TOKEN is set; returns its sender.
 
     Call after the app's database lifecycle is in cleanup_ctx, so the bot stops first.
     """
     if not runtime.config.secrets.telegram_bot_token:
         return None
-    channel = TelegramChannel(runtime, engine)
+    channel = TelegramChannel(runtime, engine, leadership=leadership)
     app[TELEGRAM] = channel
     app.router.add_post(WEBHOOK_PATH, channel.handle_webhook, name="telegram_webhook")
 
@@ -214,4 +247,4 @@ def setup(app: web.Application, runtime: Runtime, engine: Engine) -> Sender | No
     return channel.sender
 
 
-__all__ = ["CHANNEL", "TELEGRAM", "TelegramChannel", "setup", "webhook_secret"]
+__all__ = ["CHANNEL", "POLL_ROLE", "TELEGRAM", "TelegramChannel", "setup", "webhook_secret"]

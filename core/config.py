@@ -30,6 +30,9 @@ class ServerConfig:
     # On SIGTERM: how long the drain (refuse new sockets and webhooks, finish what is under
     # way, hand back outbox claims, close widget sockets with 1012) may take before exiting.
     drain_seconds: float = field(default=10.0, metadata=rule(min=0.5, max=300))
+    # Several processes on PostgreSQL: how often one that is not the Telegram/SMS sender (or
+    # the Telegram poller) tries to become it; the take-over time when the holder dies.
+    leader_retry_seconds: float = field(default=2.0, metadata=rule(min=0.1, max=60))
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,10 @@
 Per-chat order: only the oldest pending row of each chat can be claimed, so a message never
 overtakes one still waiting to be retried. A row leased by a process that died is claimable
 again once its lease runs out. Waiting rows are woken at once by the hub on commit.
+
+Provider limits for the whole deployment: a channel given a role (`roles`, e.g. telegram →
+"send:telegram") is sent only by the process holding that role (core.leadership), so its
+limiter is the deployment's; the other processes leave that channel's rows alone.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Protocol
 from sqlalchemy import func, select, update
 
 from core.errors import PermanentFailure, RetryLater
+from core.leadership import Leadership
 from core.messages import Outbound
 from core.models import Identity, Offer, OutboxItem
 from core.ratelimit import ChannelLimiter
@@ -54,10 +59,19 @@ class OutboxDispatcher:
     def __init__(self, runtime: Runtime, senders: Mapping[str, Sender],
                  limiters: Mapping[str, ChannelLimiter] | None = None, *,
                  lease_seconds: float = 60, batch: int = 100,
-                 worker_id: str | None = None) -> None:
+                 worker_id: str | None = None, leadership: Leadership | None = None,
+                 roles: Mapping[str, str] | None = None) -> None:
         self.runtime = runtime
         self.senders = dict(senders)
         self.limiters = dict(limiters or {})
+        # channel → the deployment-wide role a process must hold to send it (module docstring).
+        self.roles = dict(roles or {})
+        self.leadership = leadership
+        if self.roles:
+            if leadership is None:
+                raise ValueError("roles need a Leadership to hold them")
+            for role in self.roles.values():
+                leadership.want(role)
         self.lease = timedelta(seconds=lease_seconds)
         self.batch = batch
         self.worker_id = worker_id or f"w-{uuid.uuid4().hex[:12]}"
@@ -69,13 +83,23 @@ class OutboxDispatcher:
         # Deliveries still waiting for their turn (the rate limiter): cancelled by a drain.
         self._queued: set[asyncio.Task[None]] = set()
 
+    def may_send(self, channel: str) -> bool:
+        """Whether this process sends `channel` now: it needs no role, or the role is held."""
+        role = self.roles.get(channel)
+        return role is None or (self.leadership is not None and self.leadership.holds(role))
+
+    def sending(self) -> list[str]:
+        """The channels this process sends now."""
+        return [channel for channel in self.senders if self.may_send(channel)]
+
     async def claim(self, now: datetime) -> list[OutboxItem]:
         """Lease the oldest due row of each chat (FOR UPDATE SKIP LOCKED on PostgreSQL)."""
-        if not self.senders or self.handing_back.is_set():
+        channels = self.sending()
+        if not channels or self.handing_back.is_set():
             return []
         # The head of each chat: its oldest pending row (the partial index answers this).
         heads = (select(func.min(OutboxItem.id))
-                 .where(OutboxItem.status == "pending", OutboxItem.channel.in_(self.senders))
+                 .where(OutboxItem.status == "pending", OutboxItem.channel.in_(channels))
                  .group_by(OutboxItem.channel, OutboxItem.address))
         due = (select(OutboxItem.id).where(
             OutboxItem.id.in_(heads), OutboxItem.next_attempt_at <= now,
@@ -122,6 +146,10 @@ class OutboxDispatcher:
                 return
         if self.handing_back.is_set():
             return  # not sent: its lease is handed back (hand_back)
+        if not self.may_send(row.channel):
+            # The role went to another process while this row waited: that one sends it.
+            await self._release(row)
+            return
         try:
             provider_id = await self.senders[row.channel].send(out)
         except RetryLater as exc:
@@ -148,6 +176,19 @@ class OutboxDispatcher:
                                       .values(provider_message_id=provider_id))
         self.runtime.metrics.messages_out.labels(row.channel).inc()
         stats.sent += 1
+
+    async def _release(self, row: OutboxItem) -> None:
+        try:
+            async with self.runtime.sessions.begin() as session:
+                await session.execute(
+                    update(OutboxItem).where(OutboxItem.id == row.id,
+                                             OutboxItem.lease_owner == self.worker_id)
+                    .values(lease_owner=None, lease_until=None))
+        except Exception:  # noqa: BLE001 - the lease runs out by itself
+            log.warning("outbox=%s lease not handed back (runs out by itself)", row.id)
+            return
+        log.info("outbox=%s channel=%s no longer sent here: lease handed back", row.id,
+                 row.channel)
 
     def _lease_left(self, row: OutboxItem) -> bool:
         """Whether enough of the row's lease is left to start sending it: a quarter of the
@@ -217,10 +258,13 @@ class OutboxDispatcher:
         return len(released)
 
     async def next_due_in(self, now: datetime) -> float | None:
+        channels = self.sending()
+        if not channels:
+            return None
         async with self.runtime.readers() as session:
             due = await session.scalar(
                 select(OutboxItem.next_attempt_at).where(
-                    OutboxItem.status == "pending", OutboxItem.channel.in_(self.senders))
+                    OutboxItem.status == "pending", OutboxItem.channel.in_(channels))
                 .order_by(OutboxItem.next_attempt_at).limit(1))
         return None if due is None else max(0.0, (due - now).total_seconds())
 

@@ -60,6 +60,10 @@ class Metrics:
             registry=self.registry, buckets=ACCEPT_BUCKETS)
         self.draining = Gauge("autodoctor_draining", "1 while this process drains (SIGTERM)",
                               registry=self.registry)
+        # core.leadership: 1 for each deployment-wide role ("send:telegram") this process holds.
+        self.roles_held = Gauge(
+            "autodoctor_roles_held", "Deployment-wide roles this process holds (1: held)",
+            ["role"], registry=self.registry)
         # Read at scrape time (read_gauges).
         self.outbox_depth = Gauge(
             "autodoctor_outbox_depth", "Messages waiting in the outbox", ["channel"],

@@ -138,6 +138,10 @@ class TelegramApi:
         # from the bot, or more than one a second to one chat, is answered 429 retry_after.
         self.flood_limits = flood_limits
         self.flood_refusals = 0
+        # getUpdates calls that arrived while another was still open: two pollers of one bot
+        # (Telegram answers one of them 409 Conflict; here they are counted).
+        self.poll_overlaps = 0
+        self._polls_open = 0
         self._sent_at: collections.deque[float] = collections.deque()
         self._chat_sent_at: dict[int, float] = {}
         self.username = username
@@ -270,15 +274,21 @@ class TelegramApi:
             self._confirmed = max(self._confirmed, offset - 1)
             await self._notify()
         deadline = time.monotonic() + timeout
-        async with self._changed:
-            while not self._updates and not self._closing:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                try:
-                    await asyncio.wait_for(self._changed.wait(), left)
-                except TimeoutError:
-                    break
+        if self._polls_open:
+            self.poll_overlaps += 1
+        self._polls_open += 1
+        try:
+            async with self._changed:
+                while not self._updates and not self._closing:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    try:
+                        await asyncio.wait_for(self._changed.wait(), left)
+                    except TimeoutError:
+                        break
+        finally:
+            self._polls_open -= 1
         return self._updates[:limit]
 
     async def _set_webhook(self, params: dict[str, Any]) -> bool:
