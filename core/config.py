@@ -48,6 +48,15 @@ class TimeoutsConfig:
 
 
 @dataclass(frozen=True)
+class DispatchConfig:
+    """Offers in waves: the best `wave_size` eligible mechanics first, the next ones every
+    `wave_seconds` until someone accepts, each wave within the channel's sending budget."""
+
+    wave_size: int = field(default=20, metadata=rule(min=1))
+    wave_seconds: int = field(default=10, metadata=rule(min=1))
+
+
+@dataclass(frozen=True)
 class Plan:
     name: str
     price_cents: int = field(metadata=rule(min=50))
@@ -223,6 +232,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
+    dispatch: DispatchConfig = field(default_factory=DispatchConfig)
     plans: dict[str, Plan] = field(default_factory=dict)
     billing: BillingConfig = field(default_factory=BillingConfig)
     extensions: ExtensionsConfig = field(default_factory=ExtensionsConfig)

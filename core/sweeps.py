@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, exists, select, update
 
 from core import timers
-from core.dispatch import customer_identity, mechanic_identity, notify_unattended
+from core.dispatch import customer_identity, mechanic_identity, notify_unattended, widen_due
 from core.files import delete_unattached
 from core.messages import Button
 from core.models import (
@@ -37,6 +37,7 @@ log = logging.getLogger("autodoctor.sweeps")
 
 @dataclass
 class CleanupStats:
+    offers_widened: int = 0
     unattended: int = 0
     expired: int = 0
     no_show: int = 0
@@ -62,6 +63,9 @@ async def run_sweeps(runtime: Runtime, now: datetime | None = None) -> CleanupSt
     for sweep in (_unattended, _expired, _no_show, _orphaned):
         async with runtime.transaction() as uow:
             await sweep(uow, runtime, now, stats)
+    # After the timeouts: a request that just expired is offered to nobody more.
+    async with runtime.transaction() as uow:
+        stats.offers_widened += await widen_due(uow, runtime, now)
     for minutes in timers.WARNINGS:
         async with runtime.transaction() as uow:
             stats.warned += await timers.warn(uow, runtime, now, minutes)
