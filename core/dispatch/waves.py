@@ -30,24 +30,31 @@ class Standing:
     """What ranks a mechanic for an offer."""
 
     mechanic_id: int
+    considering: int  # open offers of other requests they hold now
     rating: float | None  # average of their sessions' ratings; None when never rated
     accepted_recently: int  # requests they accepted within RECENT
     idle_since: datetime  # their last session's end (or start), else when they joined
 
 
 def rank(standings: Iterable[Standing]) -> list[Standing]:
-    """Best first: higher rating (to a tenth), then more recent acceptances, then the longest
-    idle, then the longest-standing mechanic."""
-    def key(s: Standing) -> tuple[float, int, datetime, int]:
+    """Best first: those not considering another request's offer, then higher rating (to a
+    tenth), then more recent acceptances, then the longest idle, then the longest-standing."""
+    # Considering another offer first: otherwise the same best few get every request at once,
+    # past their chat's 1 message a second, and can take only one of them.
+    def key(s: Standing) -> tuple[bool, float, int, datetime, int]:
         rating = NEUTRAL_RATING if s.rating is None else round(s.rating, 1)
-        return (-rating, -s.accepted_recently, s.idle_since, s.mechanic_id)
+        return (s.considering > 0, -rating, -s.accepted_recently, s.idle_since, s.mechanic_id)
     return sorted(standings, key=key)
 
 
 async def standings(session: AsyncSession, mechanics: list[Mechanic],
                     now: datetime) -> list[Standing]:
-    """The standing of each of these mechanics, in three grouped reads."""
+    """The standing of each of these mechanics, in four grouped reads."""
     ids = [m.id for m in mechanics]
+    considering = {mechanic_id: int(count) for mechanic_id, count in (await session.execute(
+        select(Offer.mechanic_id, func.count())
+        .where(Offer.mechanic_id.in_(ids), Offer.status == "offered")
+        .group_by(Offer.mechanic_id))).all()}
     ratings = {mechanic_id: float(avg) for mechanic_id, avg in (await session.execute(
         select(Consultation.mechanic_id, func.avg(Consultation.rating))
         .where(Consultation.mechanic_id.in_(ids), Consultation.rating.is_not(None))
@@ -63,7 +70,7 @@ async def standings(session: AsyncSession, mechanics: list[Mechanic],
                            func.max(Consultation.ended_at))
                     .where(Consultation.mechanic_id.in_(ids))
                     .group_by(Consultation.mechanic_id))).all()}
-    return [Standing(m.id, ratings.get(m.id), accepted.get(m.id, 0),
+    return [Standing(m.id, considering.get(m.id, 0), ratings.get(m.id), accepted.get(m.id, 0),
                      last_job.get(m.id, m.created_at)) for m in mechanics]
 
 

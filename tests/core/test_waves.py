@@ -49,14 +49,17 @@ async def mechanics(runtime: Runtime, count: int, prefix: str = "M",
     return linked
 
 
-def test_rank_puts_rating_then_recent_acceptances_then_longest_idle_first() -> None:
-    def s(mechanic_id: int, rating: float | None, accepted: int, idle_hours: int) -> Standing:
-        return Standing(mechanic_id, rating, accepted, T0 - timedelta(hours=idle_hours))
+def test_rank_free_mechanics_then_rating_recent_acceptances_longest_idle() -> None:
+    def s(mechanic_id: int, rating: float | None, accepted: int, idle_hours: int,
+          considering: int = 0) -> Standing:
+        return Standing(mechanic_id, considering, rating, accepted,
+                        T0 - timedelta(hours=idle_hours))
 
     standings = [s(1, None, 0, 1), s(2, 4.9, 0, 1), s(3, 4.94, 3, 1), s(4, 4.2, 9, 50),
-                 s(5, None, 2, 1), s(6, None, 2, 5), s(7, 3.0, 0, 100)]
-    # 4.94 and 4.9 are one tenth: 3's acceptances win; unrated ranks as 4.0, above 3.0.
-    assert [x.mechanic_id for x in rank(standings)] == [3, 2, 4, 6, 5, 1, 7]
+                 s(5, None, 2, 1), s(6, None, 2, 5), s(7, 3.0, 0, 100), s(8, 5.0, 9, 90, 1)]
+    # 4.94 and 4.9 are one tenth: 3's acceptances win; unrated ranks as 4.0, above 3.0; the
+    # best of all (8) is looking at another request's offer: last.
+    assert [x.mechanic_id for x in rank(standings)] == [3, 2, 4, 6, 5, 1, 7, 8]
 
 
 async def rated(runtime: Runtime, mechanic: Identity, rating: int) -> None:
