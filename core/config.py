@@ -15,10 +15,7 @@ from core.errors import ConfigError
 from core.typed_toml import build, rule
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.toml"
-
-
-# The plan code of a checkout that buys more time for a consultation under way.
-EXTENSION_PLAN = "extension"
+EXTENSION_PLAN = "extension"  # the plan code of a checkout buying more time for a session
 
 
 @dataclass(frozen=True)
@@ -48,10 +45,7 @@ class TimeoutsConfig:
 
 
 @dataclass(frozen=True)
-class DispatchConfig:
-    """Offers in waves: the best `wave_size` eligible mechanics first, the next ones every
-    `wave_seconds` until someone accepts, each wave within the channel's sending budget."""
-
+class DispatchConfig:  # offers in waves, core.dispatch.waves: the best wave_size first, and so on
     wave_size: int = field(default=20, metadata=rule(min=1))
     wave_seconds: int = field(default=10, metadata=rule(min=1))
 
