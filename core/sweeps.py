@@ -37,7 +37,6 @@ log = logging.getLogger("autodoctor.sweeps")
 
 @dataclass
 class CleanupStats:
-    offers_widened: int = 0
     unattended: int = 0
     expired: int = 0
     no_show: int = 0
@@ -51,6 +50,7 @@ class CleanupStats:
     rooms_opened: int = 0
     rooms_closed: int = 0
     rooms_failed: int = 0
+    offers_widened: int = 0
 
     def total(self) -> int:
         return sum(getattr(self, f.name) for f in fields(self))
