@@ -45,7 +45,7 @@ from bot.cli import settle_heap
 from bot.flows import route
 from core import dispatch
 from core.clock import SystemClock
-from core.config import Config, load_config
+from core.config import Config, load_config, with_changes
 from core.db import create_engine
 from core.engine import Engine, Handled
 from core.messages import Inbound
@@ -332,6 +332,10 @@ async def main_async(args: argparse.Namespace) -> int:
         tmp = Path(tmpdir)
         env = {"AUTODOCTOR_SECRET_KEY": "bench-secret-key-not-for-production"}
         config = load_config(environ=env, data_dir=tmp / "data")
+        # Every mechanic offered at once, as the race needs (the service offers waves of 20:
+        # bench/waves.py), with a wave budget wide enough for them all.
+        config = with_changes(config, dispatch={"wave_size": args.mechanics, "wave_seconds": max(
+            10, -(-2 * args.mechanics // int(config.rate_limits.telegram_per_second)))})
         for db in args.db:
             for instances in args.instances:
                 async with database_url(db, args.pg_url, tmp / f"race-{instances}.db") as url:

@@ -15,10 +15,7 @@ from core.errors import ConfigError
 from core.typed_toml import build, rule
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.toml"
-
-
-# The plan code of a checkout that buys more time for a consultation under way.
-EXTENSION_PLAN = "extension"
+EXTENSION_PLAN = "extension"  # the plan code of a checkout buying more time for a session
 
 
 @dataclass(frozen=True)
@@ -48,6 +45,12 @@ class TimeoutsConfig:
     expire_after_seconds: int = field(default=7200, metadata=rule(min=1))
     no_show_after_seconds: int = field(default=1800, metadata=rule(min=1))
     sweep_interval_seconds: int = field(default=5, metadata=rule(min=1))
+
+
+@dataclass(frozen=True)
+class DispatchConfig:  # offers in waves, core.dispatch.waves: the best wave_size first, and so on
+    wave_size: int = field(default=20, metadata=rule(min=1))
+    wave_seconds: int = field(default=10, metadata=rule(min=1))
 
 
 @dataclass(frozen=True)
@@ -226,6 +229,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
+    dispatch: DispatchConfig = field(default_factory=DispatchConfig)
     plans: dict[str, Plan] = field(default_factory=dict)
     billing: BillingConfig = field(default_factory=BillingConfig)
     extensions: ExtensionsConfig = field(default_factory=ExtensionsConfig)

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, exists, select, update
 
 from core import timers
-from core.dispatch import customer_identity, mechanic_identity, notify_unattended
+from core.dispatch import customer_identity, mechanic_identity, notify_unattended, widen_due
 from core.files import delete_unattached
 from core.messages import Button
 from core.models import (
@@ -50,6 +50,7 @@ class CleanupStats:
     rooms_opened: int = 0
     rooms_closed: int = 0
     rooms_failed: int = 0
+    offers_widened: int = 0
 
     def total(self) -> int:
         return sum(getattr(self, f.name) for f in fields(self))
@@ -62,6 +63,9 @@ async def run_sweeps(runtime: Runtime, now: datetime | None = None) -> CleanupSt
     for sweep in (_unattended, _expired, _no_show, _orphaned):
         async with runtime.transaction() as uow:
             await sweep(uow, runtime, now, stats)
+    # After the timeouts: a request that just expired is offered to nobody more.
+    async with runtime.transaction() as uow:
+        stats.offers_widened += await widen_due(uow, runtime, now)
     for minutes in timers.WARNINGS:
         async with runtime.transaction() as uow:
             stats.warned += await timers.warn(uow, runtime, now, minutes)

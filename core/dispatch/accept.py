@@ -148,7 +148,8 @@ async def accept(uow: UnitOfWork, runtime: Runtime, ref: str, mechanic_id: int,
                 update(SessionRequest)
                 .where(SessionRequest.id == request.id,
                        SessionRequest.status.in_(OPEN_STATUSES))
-                .values(status="accepted", mechanic_id=mechanic_id, accepted_at=now)
+                .values(status="accepted", mechanic_id=mechanic_id, accepted_at=now,
+                        next_wave_at=None)
                 .returning(SessionRequest.id)
                 # The request is refreshed below: no need to search the session's objects.
                 .execution_options(synchronize_session=False))).scalar_one_or_none()

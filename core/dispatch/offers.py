@@ -4,7 +4,7 @@ when nobody can."""
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import insert, select, update
@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.admins import alert_admins
 from core.consultations import attachments, first_name
+from core.dispatch.waves import next_wave
 from core.messages import Button, Outbound
 from core.models import (
     Availability,
@@ -103,10 +104,10 @@ async def customer_identity(session: AsyncSession, request: SessionRequest) -> I
 
 async def offer_request(uow: UnitOfWork, runtime: Runtime, request: SessionRequest,
                         now: datetime) -> int:
-    """Offer a pending request to every eligible mechanic not yet offered it; returns count.
-
-    With nobody eligible the request goes straight to the admin queue.
-    """
+    """Offer a pending request to the next wave of eligible mechanics not yet offered it
+    (core.dispatch.waves); returns the count. While others are left, the next wave is due in
+    wave_seconds (widen_due). With nobody eligible the request goes straight to the admin
+    queue."""
     session = uow.session
     intake = await session.get(Intake, request.intake_id)
     assert intake is not None
@@ -125,9 +126,10 @@ async def offer_request(uow: UnitOfWork, runtime: Runtime, request: SessionReque
     round_no = request.accepted_at.timestamp() if request.accepted_at else 0
     earlier = {o.mechanic_id: o for o in (await session.scalars(
         select(Offer).where(Offer.request_id == request.id))).all()}
-    targets = [(mechanic, identity) for mechanic, identity
+    waiting = [(mechanic, identity) for mechanic, identity
                in await eligible_mechanics(session, runtime, request.plan, now)
                if mechanic.id not in already]
+    targets = await next_wave(uow, runtime.config, waiting, now)
     keys = {mechanic.id: f"offer:{request.id}:{mechanic.id}:{round_no:.0f}"
             for mechanic, _identity in targets}
     buttons = (Button("Accept", f"accept:{request.ref}"),)
@@ -154,10 +156,30 @@ async def offer_request(uow: UnitOfWork, runtime: Runtime, request: SessionReque
     if new_offers:
         await session.execute(insert(Offer), new_offers)
     sent = len(targets)
-    log.info("request=%s offered to %s mechanics", request.ref, sent)
-    if sent == 0 and not already and request.status == "pending":
+    # Widened again later while anyone eligible is left out of this wave (over the budget too).
+    request.next_wave_at = (now + timedelta(seconds=runtime.config.dispatch.wave_seconds)
+                            if len(waiting) > sent else None)
+    log.info("request=%s offered to %s mechanics, %s waiting for the next wave", request.ref,
+             sent, len(waiting) - sent)
+    if not waiting and not already and request.status == "pending":
         await mark_unattended(uow, runtime, request, now)
     return sent
+
+
+async def widen_due(uow: UnitOfWork, runtime: Runtime, now: datetime) -> int:
+    """Offer the next wave of every open request whose wave is due; returns the offers made.
+
+    The conditional UPDATE claims each due request in one process only (on PostgreSQL a second
+    sweep waits for the row, then no longer finds it due)."""
+    due = (await uow.session.scalars(
+        update(SessionRequest)
+        .where(SessionRequest.status.in_(OPEN_STATUSES), SessionRequest.next_wave_at <= now)
+        .values(next_wave_at=None)
+        .returning(SessionRequest).execution_options(populate_existing=True))).all()
+    offered = 0
+    for request in due:
+        offered += await offer_request(uow, runtime, request, now)
+    return offered
 
 
 async def mark_unattended(uow: UnitOfWork, runtime: Runtime, request: SessionRequest,

@@ -100,6 +100,10 @@ class SessionRequest(Base):
               sqlite_where=text("status = 'accepted'"),
               postgresql_where=text("status = 'accepted'")),
         Index("ix_session_requests_status_paid_at", "status", "paid_at"),
+        # The sweep widening offers reads the few requests with a wave due.
+        Index("ix_session_requests_next_wave_at", "next_wave_at",
+              sqlite_where=text("next_wave_at IS NOT NULL"),
+              postgresql_where=text("next_wave_at IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -120,6 +124,9 @@ class SessionRequest(Base):
     unattended_at: Mapped[datetime | None]
     closed_at: Mapped[datetime | None]
     close_reason: Mapped[str | None] = mapped_column(String(64))
+    # When the offer widens to the next wave of mechanics (core.dispatch.waves); None once
+    # accepted, closed, or nobody is left to offer it to.
+    next_wave_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = created_column()
 
 

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.flows import route
 from core import dispatch
+from core.config import with_changes
 from core.engine import Engine, Handled
 from core.messages import Inbound
 from core.models import (
@@ -132,6 +133,8 @@ def taken_notices(texts: list[str], ref: str) -> int:
 
 
 async def test_fifty_mechanics_tap_accept_at_once_exactly_one_wins(runtime: Runtime) -> None:
+    # All fifty in one wave (the default offers the best 20 first).
+    runtime.config = with_changes(runtime.config, dispatch={"wave_size": 50})
     mechanics = [await linked_mechanic(runtime, f"M{i}") for i in range(50)]
     request = await paid_request(runtime, "chat10")
     await offer(runtime, request)
@@ -364,7 +367,8 @@ async def test_join_code_typed_from_any_chat_links_the_mechanic(runtime: Runtime
 async def test_offering_to_many_mechanics_takes_as_many_statements_as_offering_to_a_few(
         runtime: Runtime, engine: AsyncEngine) -> None:
     # A paid request should reach 1,000 mechanics about as soon as it reaches 5: the offers
-    # go out in multi-row statements, not a round trip (or five) per mechanic.
+    # go out in multi-row statements, not a round trip (or five) per mechanic. One wave here.
+    runtime.config = with_changes(runtime.config, dispatch={"wave_size": 1000})
     counts = []
     for round_no, how_many in enumerate((5, 40)):
         async with runtime.sessions.begin() as s:
@@ -390,7 +394,8 @@ async def test_closing_many_offers_writes_their_edits_linked_in_statements_of_on
     # The winner's tap edits every other offer; each edit's outbox row is written pointing at
     # its transcript row (messages first, then outbox rows: no UPDATE to link them), in
     # statements whose SQL does not depend on how many there are (so the database prepares
-    # them once, instead of parsing a new statement for each count).
+    # them once, instead of parsing a new statement for each count). One wave here.
+    runtime.config = with_changes(runtime.config, dispatch={"wave_size": 1000})
     links, bulk = [], []
     for round_no, how_many in enumerate((3, 30)):
         async with runtime.sessions.begin() as s:
