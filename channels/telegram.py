@@ -31,6 +31,7 @@ from aiogram.types import Update
 from aiogram.utils.token import TokenValidationError, validate_token
 from aiohttp import web
 from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError
 
 from channels.telegram_inbound import CHANNEL, UpdateHandler, chat_key
 from channels.telegram_send import TelegramSender
@@ -175,7 +176,16 @@ class TelegramChannel:
                 await asyncio.sleep(min(30.0, 0.5 * 2 ** failures))
                 continue
             if updates:
-                await self.process_batch(updates)
+                try:
+                    await self.process_batch(updates)
+                except (DBAPIError, OSError) as exc:
+                    # The database is down: the batch is not confirmed, so getUpdates gives
+                    # it again (what was handled meanwhile is deduplicated by update id).
+                    failures += 1
+                    log.warning("telegram updates not handled, database unreachable (%s): %s",
+                                failures, type(exc).__name__)
+                    await asyncio.sleep(min(30.0, 0.5 * 2 ** failures))
+                    continue
                 offset = updates[-1].update_id + 1
 
     async def _get_updates(self, offset: int | None) -> list[Update] | None:
@@ -217,10 +227,16 @@ class TelegramChannel:
             for update in batch:
                 try:
                     await self.updates.process(update)
+                except (DBAPIError, OSError):
+                    raise  # the database is down (process() checked): the rest waits too
                 except Exception:  # process() reports its own failures; this is a last guard
                     log.exception("telegram update=%s not handled", update.update_id)
 
-        await asyncio.gather(*(one_chat(batch) for batch in chats.values()))
+        results = await asyncio.gather(*(one_chat(batch) for batch in chats.values()),
+                                       return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
 
 TELEGRAM = web.AppKey("telegram", TelegramChannel)

@@ -9,8 +9,10 @@ import aiohttp
 from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError, TelegramBadRequest
 from aiogram.types import CallbackQuery, Message, Update, User
+from sqlalchemy.exc import DBAPIError
 
 from channels.telegram_render import toast_text
+from core.db import ping
 from core.delivery import Sender
 from core.engine import Engine
 from core.errors import DeliveryError, RaceLost
@@ -84,7 +86,11 @@ class UpdateHandler:
             return
         try:
             await self._on_message(message, update.update_id)
-        except Exception:
+        except Exception as exc:
+            if isinstance(exc, (DBAPIError, OSError)) and not await ping(self.runtime.engine):
+                # The database is down: neither handled nor answered, so that Telegram
+                # delivers it again (the webhook answers 503; polling does not confirm it).
+                raise
             log.exception("telegram update=%s chat=%s failed", update.update_id,
                           message.chat.id)
             await self._reply(str(message.chat.id), NOT_PROCESSED)
