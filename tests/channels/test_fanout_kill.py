@@ -92,8 +92,10 @@ def api() -> Iterator[StandInThread]:
 def _config(tmp_path: Path, base: str) -> Path:
     text = (ROOT / "config.toml").read_text()
     text = text.replace('api_base = "https://api.telegram.org"', f'api_base = "{base}"')
-    # Offers in waves, where configured: one wave of everyone, so the kill lands in a fan-out.
+    # Offers go in waves: here one wave of everyone, so the kill lands in a fan-out, and a wave
+    # long enough for Telegram's budget to take them all (30/s x 20 s, two messages an offer).
     text = re.sub(r"(?m)^wave_size\s*=.*$", f"wave_size = {MECHANICS}", text)
+    text = re.sub(r"(?m)^wave_seconds\s*=.*$", "wave_seconds = 20", text)
     path = tmp_path / "config.toml"
     path.write_text(text)
     return path
