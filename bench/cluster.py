@@ -89,7 +89,7 @@ def front_config(listen: int, ports: list[int], tmp: Path) -> str:
 def cluster_config(tmp: Path, public_url: str, api_base: str | None, wave: int) -> Path:
     """bench_config's file behind the proxy: X-Forwarded-For trusted from 127.0.0.1, the
     per-visitor message limit lifted, links on nginx's address, Telegram (webhook mode, so no
-    polling) on the stand-in, and one offer wave of `wave` mechanics."""
+    polling) on the stand-in, and (wave > 0) one offer wave of `wave` mechanics."""
     path = bench_config(tmp)
     text = path.read_text(encoding="utf-8")
     edits = [(r"^trusted_proxies = \[\]$", 'trusted_proxies = ["127.0.0.1"]'),
@@ -104,9 +104,10 @@ def cluster_config(tmp: Path, public_url: str, api_base: str | None, wave: int) 
             raise RuntimeError(f"config.toml: no line {pattern!r} to change for the bench")
     # One wave of everyone, and a wave long enough for Telegram's budget to hold it (30/s,
     # two messages an offer): the fan-out measures the senders; bench/waves.py the waves.
-    text = re.sub(r"^wave_size = \d+$", f"wave_size = {wave}", text, flags=re.M)
-    text = re.sub(r"^wave_seconds = \d+$", f"wave_seconds = {max(10, -(-wave * 2 // 30))}",
-                  text, flags=re.M)
+    if wave:
+        text = re.sub(r"^wave_size = \d+$", f"wave_size = {wave}", text, flags=re.M)
+        text = re.sub(r"^wave_seconds = \d+$", f"wave_seconds = {max(10, -(-wave * 2 // 30))}",
+                      text, flags=re.M)
     path.write_text(text, encoding="utf-8")
     return path
 
