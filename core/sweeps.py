@@ -111,7 +111,8 @@ async def _expired(uow: UnitOfWork, runtime: Runtime, now: datetime,
         update(SessionRequest)
         .where(SessionRequest.status.in_(("pending", "unattended")),
                SessionRequest.paid_at < cutoff)
-        .values(status="expired", closed_at=now, close_reason="unmatched")
+        .values(status="expired", closed_at=now, close_reason="unmatched",
+                next_wave_at=None)
         .returning(SessionRequest).execution_options(populate_existing=True))).all()
     for request in changed:
         await withdraw_offers(uow, runtime, request, now)

@@ -8,9 +8,12 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, update
 
+from bot.flows import route
 from core import dispatch
 from core.config import with_changes
 from core.dispatch.waves import Standing, rank
+from core.engine import Engine
+from core.messages import Inbound
 from core.models import Consultation, Identity, Offer, OutboxItem, SessionRequest
 from core.runtime import Runtime
 from core.sweeps import run_sweeps
@@ -178,3 +181,31 @@ async def test_a_wave_stays_within_the_channels_budget(runtime: Runtime) -> None
     async with runtime.sessions() as s:
         fresh = await s.get(SessionRequest, request.id)
         assert fresh is not None and fresh.status == "pending"
+
+
+async def test_a_request_closed_unmatched_waits_for_no_further_wave(runtime: Runtime) -> None:
+    # Expired by the sweep, cancelled by an admin or by the customer: its next wave is
+    # cleared with it, so closed requests do not pile up in the partial index sweeps read.
+    waves(runtime, 1)
+    await mechanics(runtime, 5)
+    expiring = await paid_request(runtime, address="c1")
+    cancelled = await paid_request(runtime, address="c2")
+    withdrawn = await paid_request(runtime, address="c3")
+    for request in (expiring, cancelled, withdrawn):
+        await offer(runtime, request)
+    async with runtime.transaction() as uow:
+        closed = await dispatch.cancel_unmatched(uow, runtime, cancelled.ref, "admin:1",
+                                                 runtime.clock.now())
+    assert closed is not None
+    [answer] = await Engine(runtime, route).receive(
+        Inbound(channel="console", address="c3", text="cancel"))
+    assert "refunded in full" in answer.text
+    runtime.clock.advance(runtime.config.timeouts.expire_after_seconds + 1)
+    await run_sweeps(runtime)
+    async with runtime.sessions() as s:
+        rows = (await s.execute(select(SessionRequest.status, SessionRequest.next_wave_at)
+                                .where(SessionRequest.id.in_((expiring.id, cancelled.id,
+                                                              withdrawn.id)))
+                                .order_by(SessionRequest.id))).all()
+    assert [tuple(row) for row in rows] == [("expired", None), ("cancelled", None),
+                                            ("cancelled", None)]
