@@ -140,7 +140,7 @@ def create_app(config: Config, *, engine: AsyncEngine | None = None,
     every_sender = {**built, **(senders or {})}
     # The providers' limits are per bot and per sending number, not per process: one process
     # at a time sends each provider channel (core.delivery, core.leadership).
-    roles = {channel: f"send:{channel}" for channel in PROVIDER_CHANNELS
+    roles = {channel: f"send:{channel}" for channel in config.rate_limits.provider_rates()
              if channel in every_sender}
     dispatcher = OutboxDispatcher(runtime, every_sender, _limiters(config),
                                   leadership=leadership, roles=roles)
@@ -153,10 +153,6 @@ def create_app(config: Config, *, engine: AsyncEngine | None = None,
         if dispatcher.senders:
             app.cleanup_ctx.append(_background("outbox", dispatcher.run_forever))
     return app
-
-
-# Channels whose provider limits the whole deployment (per bot, per sending number).
-PROVIDER_CHANNELS = ("telegram", "sms")
 
 
 def _holding(leadership: Leadership) -> Callable[[web.Application], AsyncIterator[None]]:

@@ -166,14 +166,14 @@ class TelegramChannel:
                     continue
                 failures += 1
                 log.warning("telegram getUpdates conflict (another poller?): %s", exc.message)
-                await asyncio.sleep(min(30.0, 0.5 * 2 ** failures))
+                await _pause(failures)
                 continue
             except Exception as exc:  # noqa: BLE001 - the loop must outlive any failure
                 failures += 1
                 level = logging.ERROR if isinstance(exc, TelegramUnauthorizedError) else (
                     logging.WARNING)
                 log.log(level, "telegram getUpdates failed (%s): %s", failures, exc)
-                await asyncio.sleep(min(30.0, 0.5 * 2 ** failures))
+                await _pause(failures)
                 continue
             if updates:
                 try:
@@ -184,7 +184,7 @@ class TelegramChannel:
                     failures += 1
                     log.warning("telegram updates not handled, database unreachable (%s): %s",
                                 failures, type(exc).__name__)
-                    await asyncio.sleep(min(30.0, 0.5 * 2 ** failures))
+                    await _pause(failures)
                     continue
                 offset = updates[-1].update_id + 1
 
@@ -237,6 +237,11 @@ class TelegramChannel:
         for result in results:
             if isinstance(result, BaseException):
                 raise result
+
+
+async def _pause(failures: int) -> None:
+    """The poller's wait after its n-th failure in a row: 1 s, doubling, at most 30 s."""
+    await asyncio.sleep(min(30.0, 0.5 * 2 ** failures))
 
 
 TELEGRAM = web.AppKey("telegram", TelegramChannel)

@@ -133,6 +133,11 @@ class RateLimitsConfig:
     uploads_per_hour: int = field(default=120, metadata=rule(min=1))
     invite_failures_per_hour: int = field(default=10, metadata=rule(min=1))
 
+    def provider_rates(self) -> dict[str, float]:
+        """Messages a second of each channel whose provider limits the whole deployment (per
+        bot, per sending number), not each process: one process at a time sends these."""
+        return {"telegram": self.telegram_per_second, "sms": self.sms_per_second}
+
 
 @dataclass(frozen=True)
 class TelegramConfig:

@@ -216,7 +216,7 @@ async def complete(uow: UnitOfWork, runtime: Runtime, consultation_id: int, reas
     await session.execute(
         update(SessionRequest).where(SessionRequest.id == request.id,
                                      SessionRequest.status == "accepted")
-        .values(status="completed", closed_at=now, close_reason="completed")
+        .values(SessionRequest.closing("completed", "completed", now))
         .execution_options(synchronize_session=False))
     await queue_payout(session, runtime, consultation, request, now)
     plan = runtime.config.plan(consultation.plan)
@@ -270,7 +270,7 @@ async def cancel_for_emergency(uow: UnitOfWork, runtime: Runtime, consultation: 
     await session.execute(
         update(SessionRequest).where(SessionRequest.id == request.id,
                                      SessionRequest.status == "accepted")
-        .values(status="cancelled", closed_at=now, close_reason=reason))
+        .values(SessionRequest.closing("cancelled", reason, now)))
     plan = runtime.config.plan(consultation.plan)
     texts = ("emergency_customer", "emergency_mechanic") if reason == "emergency" else \
         ("session_cancelled_customer", "session_cancelled_mechanic")

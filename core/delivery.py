@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, select, update
 
 from core.errors import PermanentFailure, RetryLater
 from core.leadership import Leadership
@@ -177,13 +177,19 @@ class OutboxDispatcher:
         self.runtime.metrics.messages_out.labels(row.channel).inc()
         stats.sent += 1
 
+    async def _give_back(self, *where: ColumnElement[bool]) -> int:
+        """Release this process's leases on the pending rows `where` selects (all of them
+        without it), so any process may claim them at once; returns how many."""
+        async with self.runtime.sessions.begin() as session:
+            return len((await session.execute(
+                update(OutboxItem).where(OutboxItem.lease_owner == self.worker_id,
+                                         OutboxItem.status == "pending", *where)
+                .values(lease_owner=None, lease_until=None)
+                .returning(OutboxItem.id))).all())
+
     async def _release(self, row: OutboxItem) -> None:
         try:
-            async with self.runtime.sessions.begin() as session:
-                await session.execute(
-                    update(OutboxItem).where(OutboxItem.id == row.id,
-                                             OutboxItem.lease_owner == self.worker_id)
-                    .values(lease_owner=None, lease_until=None))
+            await self._give_back(OutboxItem.id == row.id)
         except Exception:  # noqa: BLE001 - the lease runs out by itself
             log.warning("outbox=%s lease not handed back (runs out by itself)", row.id)
             return
@@ -248,14 +254,9 @@ class OutboxDispatcher:
         except TimeoutError:
             log.warning("outbox: sends still under way after %.1fs; handing them back",
                         wait_seconds)
-        async with self.runtime.sessions.begin() as session:
-            released = (await session.execute(
-                update(OutboxItem).where(OutboxItem.lease_owner == self.worker_id,
-                                         OutboxItem.status == "pending")
-                .values(lease_owner=None, lease_until=None)
-                .returning(OutboxItem.id))).all()
-        log.info("outbox: stopped claiming; %s claimed rows handed back", len(released))
-        return len(released)
+        released = await self._give_back()
+        log.info("outbox: stopped claiming; %s claimed rows handed back", released)
+        return released
 
     async def next_due_in(self, now: datetime) -> float | None:
         channels = self.sending()

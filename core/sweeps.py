@@ -111,8 +111,7 @@ async def _expired(uow: UnitOfWork, runtime: Runtime, now: datetime,
         update(SessionRequest)
         .where(SessionRequest.status.in_(("pending", "unattended")),
                SessionRequest.paid_at < cutoff)
-        .values(status="expired", closed_at=now, close_reason="unmatched",
-                next_wave_at=None)
+        .values(SessionRequest.closing("expired", "unmatched", now))
         .returning(SessionRequest).execution_options(populate_existing=True))).all()
     for request in changed:
         await withdraw_offers(uow, runtime, request, now)
@@ -156,7 +155,7 @@ async def _no_show(uow: UnitOfWork, runtime: Runtime, now: datetime,
         update(SessionRequest)
         .where(SessionRequest.status == "accepted", SessionRequest.accepted_at < cutoff,
                ~customer_wrote, ~joined)
-        .values(status="cancelled", closed_at=now, close_reason="no_show")
+        .values(SessionRequest.closing("cancelled", "no_show", now))
         .returning(SessionRequest).execution_options(populate_existing=True))).all()
     for request in changed:
         await session.execute(update(Consultation).where(

@@ -74,8 +74,7 @@ async def _cancel(ctx: Context, intake: IntakeRecord, request: SessionRequest) -
         .where(SessionRequest.id == request.id,
                SessionRequest.status.in_(("pending", "unattended", "cancelled")),
                SessionRequest.close_reason.is_distinct_from("customer_cancelled"))
-        .values(status="cancelled", closed_at=ctx.now, close_reason="customer_cancelled",
-                next_wave_at=None)
+        .values(SessionRequest.closing("cancelled", "customer_cancelled", ctx.now))
         .returning(SessionRequest.id))).scalar_one_or_none()
     if cancelled is None:
         await ctx.say(text("nothing_to_cancel"))

@@ -95,8 +95,7 @@ async def cancel_unmatched(uow: UnitOfWork, runtime: Runtime, ref: str, actor: s
     cancelled = (await session.execute(
         update(SessionRequest)
         .where(SessionRequest.ref == ref, SessionRequest.status.in_(OPEN_STATUSES))
-        .values(status="cancelled", closed_at=now, close_reason=ADMIN_CANCELLED,
-                next_wave_at=None)
+        .values(SessionRequest.closing("cancelled", ADMIN_CANCELLED, now))
         .returning(SessionRequest.id))).scalar_one_or_none()
     if cancelled is None:
         return None

@@ -74,16 +74,10 @@ async def standings(session: AsyncSession, mechanics: list[Mechanic],
                      last_job.get(m.id, m.created_at)) for m in mechanics]
 
 
-def channel_rate(config: Config, channel: str) -> float | None:
-    """Messages a second the provider of this channel takes; None: no provider limit."""
-    limits = config.rate_limits
-    return {"telegram": limits.telegram_per_second, "sms": limits.sms_per_second}.get(channel)
-
-
 async def offer_room(uow: UnitOfWork, config: Config, channels: set[str]) -> dict[str, int]:
     """Offers each rate-limited channel can still take in this wave: what it sends in one
     wave_seconds, less the messages already pending for it, MESSAGES_PER_OFFER an offer."""
-    rates = {c: r for c in channels if (r := channel_rate(config, c)) is not None}
+    rates = {c: r for c, r in config.rate_limits.provider_rates().items() if c in channels}
     if not rates:
         return {}
     if uow.is_postgresql:

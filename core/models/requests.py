@@ -129,6 +129,13 @@ class SessionRequest(Base):
     next_wave_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = created_column()
 
+    @staticmethod
+    def closing(status: str, reason: str, now: datetime) -> dict[str, Any]:
+        """The columns of a request closed for good (completed, cancelled, expired), for an
+        UPDATE's values: closed now for this reason, and no wave of offers to come."""
+        return {"status": status, "closed_at": now, "close_reason": reason,
+                "next_wave_at": None}
+
 
 class Offer(Base):
     """One mechanic a request was offered to, with the provider's message id once sent."""
