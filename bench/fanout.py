@@ -49,6 +49,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from benchdb import database_url
+from sqlalchemy.ext.asyncio import AsyncSession
 
 import migrations
 from bot.app import build_runtime
@@ -285,8 +286,8 @@ async def make_sender(kind: str, base: str) -> AsyncIterator[BotApiSender | Coun
 
 
 
-async def seed(runtime: Runtime, n: int) -> SessionRequest:
-    """N linked, available mechanics on CHANNEL, and one customer's paid, pending request."""
+async def seed_mechanics(runtime: Runtime, n: int) -> dict[str, int]:
+    """N linked, available mechanics on CHANNEL: chat id -> mechanic id."""
     now = runtime.clock.now()
     async with runtime.sessions.begin() as s:
         mechanics = [Mechanic(name=f"Mechanic {i}", created_at=now) for i in range(n)]
@@ -295,28 +296,40 @@ async def seed(runtime: Runtime, n: int) -> SessionRequest:
         s.add_all(Identity(channel=CHANNEL, address=str(700_000_000 + i), mechanic_id=m.id,
                            display_name=m.name, created_at=now)
                   for i, m in enumerate(mechanics))
-        # As tests/factories.paid_request: a customer who finished the intake and paid.
-        customer = Customer(display_name="Bench customer", created_at=now)
-        s.add(customer)
-        await s.flush()
-        identity = Identity(channel="console", address="bench-customer",
-                            customer_id=customer.id, created_at=now)
-        s.add(identity)
-        intake = Intake(customer_id=customer.id, channel="console", status="paid",
-                        plan="chat10", vehicle_year=2015, vehicle_make="Honda",
-                        vehicle_model="Civic", created_at=now, updated_at=now,
-                        problem="Grinding noise from the front wheel when braking")
-        s.add(intake)
-        await s.flush()
-        request = SessionRequest(ref=f"R-{secrets.randbelow(900_000) + 100_000}",
-                                 intake_id=intake.id, customer_id=customer.id, plan="chat10",
-                                 price_cents=runtime.config.plan("chat10").price_cents,
-                                 status="pending", paid_at=now, created_at=now)
-        s.add(request)
-        await s.flush()
-        s.add(Conversation(identity_id=identity.id, flow="customer", step="matching", data={},
-                           intake_id=intake.id, created_at=now, updated_at=now))
+    return {str(700_000_000 + i): m.id for i, m in enumerate(mechanics)}
+
+
+async def add_paid_request(s: AsyncSession, runtime: Runtime, label: str) -> SessionRequest:
+    """As tests/factories.paid_request, in the caller's transaction: a customer who finished
+    the intake and paid, and their pending request."""
+    now = runtime.clock.now()
+    customer = Customer(display_name=f"Bench customer {label}", created_at=now)
+    s.add(customer)
+    await s.flush()
+    identity = Identity(channel="console", address=f"bench-customer-{label}",
+                        customer_id=customer.id, created_at=now)
+    intake = Intake(customer_id=customer.id, channel="console", status="paid",
+                    plan="chat10", vehicle_year=2015, vehicle_make="Honda",
+                    vehicle_model="Civic", created_at=now, updated_at=now,
+                    problem="Grinding noise from the front wheel when braking")
+    s.add_all([identity, intake])
+    await s.flush()
+    request = SessionRequest(ref=f"R-{secrets.randbelow(9_000_000) + 1_000_000}",
+                             intake_id=intake.id, customer_id=customer.id, plan="chat10",
+                             price_cents=runtime.config.plan("chat10").price_cents,
+                             status="pending", paid_at=now, created_at=now)
+    s.add(request)
+    await s.flush()
+    s.add(Conversation(identity_id=identity.id, flow="customer", step="matching", data={},
+                       intake_id=intake.id, created_at=now, updated_at=now))
     return request
+
+
+async def seed(runtime: Runtime, n: int) -> SessionRequest:
+    """N linked, available mechanics on CHANNEL, and one customer's paid, pending request."""
+    await seed_mechanics(runtime, n)
+    async with runtime.sessions.begin() as s:
+        return await add_paid_request(s, runtime, "fanout")
 
 
 # --- one run -------------------------------------------------------------------------------------

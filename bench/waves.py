@@ -25,7 +25,6 @@ import asyncio
 import os
 import random
 import re
-import secrets
 import sys
 import tempfile
 import time
@@ -33,7 +32,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchdb import database_url
-from fanout import CHANNEL, PG_URL, BotApiStandIn, make_sender, stop_dispatcher
+from fanout import (
+    CHANNEL,
+    PG_URL,
+    BotApiStandIn,
+    add_paid_request,
+    make_sender,
+    seed_mechanics,
+    stop_dispatcher,
+)
 from fanout import Result as FanoutResult
 from sqlalchemy import func, select
 
@@ -45,14 +52,8 @@ from core.config import Config, load_config
 from core.db import create_engine
 from core.delivery import OutboxDispatcher
 from core.models import (
-    Conversation,
-    Customer,
-    Identity,
-    Intake,
-    Mechanic,
     Offer,
     OutboxItem,
-    SessionRequest,
 )
 from core.ratelimit import ChannelLimiter
 from core.runtime import Runtime
@@ -90,44 +91,11 @@ def pct(values: list[float], q: float) -> float | None:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-async def seed_mechanics(runtime: Runtime, m: int) -> dict[str, int]:
-    """M linked, available mechanics on Telegram: chat id -> mechanic id."""
-    now = runtime.clock.now()
-    async with runtime.sessions.begin() as s:
-        mechanics = [Mechanic(name=f"Mechanic {i}", created_at=now) for i in range(m)]
-        s.add_all(mechanics)
-        await s.flush()
-        s.add_all(Identity(channel=CHANNEL, address=str(700_000_000 + i), mechanic_id=x.id,
-                           display_name=x.name, created_at=now)
-                  for i, x in enumerate(mechanics))
-    return {str(700_000_000 + i): x.id for i, x in enumerate(mechanics)}
-
-
 async def pay(runtime: Runtime, n: int) -> str:
     """A customer's paid request, made and offered (its first wave) in one transaction."""
-    now = runtime.clock.now()
     async with runtime.transaction() as uow:
-        s = uow.session
-        customer = Customer(display_name=f"Customer {n}", created_at=now)
-        s.add(customer)
-        await s.flush()
-        identity = Identity(channel="console", address=f"bench-customer-{n}",
-                            customer_id=customer.id, created_at=now)
-        intake = Intake(customer_id=customer.id, channel="console", status="paid",
-                        plan="chat10", vehicle_year=2015, vehicle_make="Honda",
-                        vehicle_model="Civic", created_at=now, updated_at=now,
-                        problem="Grinding noise from the front wheel when braking")
-        s.add_all([identity, intake])
-        await s.flush()
-        request = SessionRequest(ref=f"R-{secrets.randbelow(9_000_000) + 1_000_000}",
-                                 intake_id=intake.id, customer_id=customer.id, plan="chat10",
-                                 price_cents=runtime.config.plan("chat10").price_cents,
-                                 status="pending", paid_at=now, created_at=now)
-        s.add(request)
-        await s.flush()
-        s.add(Conversation(identity_id=identity.id, flow="customer", step="matching", data={},
-                           intake_id=intake.id, created_at=now, updated_at=now))
-        await dispatch.offer_request(uow, runtime, request, now)
+        request = await add_paid_request(uow.session, runtime, str(n))
+        await dispatch.offer_request(uow, runtime, request, runtime.clock.now())
         return request.ref
 
 

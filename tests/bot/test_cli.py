@@ -52,6 +52,27 @@ def _wait_health(port: int, proc: subprocess.Popen[str]) -> dict[str, object]:
     raise AssertionError("serve did not answer /healthz within 30 s")
 
 
+def _serve(env: dict[str, str], port: int, log: Path | None = None) -> subprocess.Popen[str]:
+    """`autodoctor serve` on this port, once it answers /healthz; its output appended to
+    `log` (or dropped)."""
+    if log is None:
+        proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "serve", "--port", str(port)],
+                                env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, text=True)
+    else:
+        with log.open("a") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "bot.cli", "serve", "--port", str(port)], env=env,
+                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_health(port, proc)
+    except AssertionError:
+        proc.kill()  # not left running past a failed test
+        proc.wait()
+        raise
+    return proc
+
+
 def _serve_and_stop(env: dict[str, str], sig: int) -> str:
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "serve", "--port", str(port)],

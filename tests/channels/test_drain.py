@@ -9,8 +9,6 @@ import asyncio
 import re
 import signal
 import sqlite3
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,7 +21,7 @@ from sqlalchemy import func, select, text
 from channels.web.frames import visitor_address
 from core.db import create_engine
 from core.models import Identity, Message
-from tests.bot.test_cli import ROOT, _cli, _env, _free_port, _wait_health
+from tests.bot.test_cli import ROOT, _cli, _env, _free_port, _serve
 
 T = TypeVar("T")
 CLIENTS = 4
@@ -129,13 +127,6 @@ async def _holding_the_write_lock(env: dict[str, str], tmp_path: Path) -> AsyncI
     finally:
         await engine.dispose()
 
-
-def _serve(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[str]:
-    with log.open("a") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "serve", "--port", str(port)],
-                                env=env, cwd=ROOT, stdout=out, stderr=out, text=True)
-    _wait_health(port, proc)
-    return proc
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

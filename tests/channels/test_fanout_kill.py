@@ -12,8 +12,6 @@ import asyncio
 import collections
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,16 +27,14 @@ from core.clock import SystemClock
 from core.config import load_config
 from core.db import create_engine
 from core.models import (
-    Conversation,
-    Customer,
     Identity,
-    Intake,
     Mechanic,
     OutboxItem,
     SessionRequest,
 )
-from tests.bot.test_cli import ROOT, _env, _free_port, _wait_health
+from tests.bot.test_cli import ROOT, _env, _free_port, _serve
 from tests.channels.test_telegram import TOKEN
+from tests.factories import paid_request
 from tests.standins.telegram_api import TelegramApi, TgUser
 
 MECHANICS = 200
@@ -118,26 +114,7 @@ async def _seed_and_offer(url: str, env: dict[str, str]) -> str:
             s.add_all(Identity(channel="telegram", address=str(FIRST_CHAT + i),
                                mechanic_id=m.id, display_name=m.name, created_at=now)
                       for i, m in enumerate(mechanics))
-            customer = Customer(display_name="Dana Driver", created_at=now)
-            s.add(customer)
-            await s.flush()
-            identity = Identity(channel="console", address="fanout-customer",
-                                customer_id=customer.id, created_at=now)
-            s.add(identity)
-            intake = Intake(customer_id=customer.id, channel="console", status="paid",
-                            plan="chat10", vehicle_year=2015, vehicle_make="Honda",
-                            vehicle_model="Civic", created_at=now, updated_at=now,
-                            problem="Grinding noise from the front wheel when braking")
-            s.add(intake)
-            await s.flush()
-            request = SessionRequest(ref="R-770001", intake_id=intake.id,
-                                     customer_id=customer.id, plan="chat10",
-                                     price_cents=config.plan("chat10").price_cents,
-                                     status="pending", paid_at=now, created_at=now)
-            s.add(request)
-            await s.flush()
-            s.add(Conversation(identity_id=identity.id, flow="customer", step="matching",
-                               data={}, intake_id=intake.id, created_at=now, updated_at=now))
+        request = await paid_request(runtime, address="fanout-customer")
         async with runtime.transaction() as uow:
             fresh = await uow.session.get(SessionRequest, request.id)
             assert fresh is not None
@@ -165,13 +142,6 @@ async def _outbox(url: str) -> tuple[int, set[int], int]:
     finally:
         await engine.dispose()
 
-
-def _serve(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[str]:
-    with log.open("a") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "serve", "--port", str(port)],
-                                env=env, cwd=ROOT, stdout=out, stderr=out, text=True)
-    _wait_health(port, proc)
-    return proc
 
 
 def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +15,10 @@ from sqlalchemy import select
 
 from core.db import create_engine
 from core.models import Message
-from tests.bot.test_cli import ROOT, _cli, _env, _free_port, _wait_health
+from tests.bot.test_cli import ROOT, _cli, _env, _free_port, _serve
 
 FRAMES = 300
 
-
-def _serve(env: dict[str, str], port: int) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "serve", "--port", str(port)],
-                            env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, text=True)
-    _wait_health(port, proc)
-    return proc
 
 
 async def _write(port: int, visitor: str | None, frames: list[dict[str, Any]],

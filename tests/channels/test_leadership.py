@@ -10,8 +10,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from aiogram import Bot as AiogramBot
-from aiogram.client.session.aiohttp import AiohttpSession
-from aiogram.client.telegram import TelegramAPIServer
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -26,12 +24,11 @@ from core.config import Config
 from core.delivery import OutboxDispatcher
 from core.engine import Engine
 from core.leadership import Leadership
-from core.messages import Outbound
-from core.models import Base, Customer, Identity, OutboxItem
-from core.outbox import enqueue
+from core.models import Base, OutboxItem
 from core.runtime import Runtime
+from tests.channels.telegram_outbox import bot_on, chats_with_notes
 from tests.channels.test_telegram import TOKEN, telegram_config
-from tests.standins.telegram_api import TelegramApi, TgUser
+from tests.standins.telegram_api import TelegramApi
 
 SEND = "send:telegram"
 ROLES = {"telegram": SEND}
@@ -62,28 +59,11 @@ async def processes(engine_factory: Callable[[], AsyncEngine], config: Config,
     yield make
 
 
-async def _queue(runtime: Runtime, api: TelegramApi, chats: int, per_chat: int) -> None:
-    now = runtime.clock.now()
-    async with runtime.transaction() as uow:
-        for n in range(chats):
-            user = TgUser(800_000 + n, f"User{n}")
-            api.chats[user.id] = user
-            customer = Customer(created_at=now)
-            uow.session.add(customer)
-            await uow.session.flush()
-            identity = Identity(channel="telegram", address=str(user.id),
-                                customer_id=customer.id, created_at=now)
-            uow.session.add(identity)
-            await uow.session.flush()
-            for k in range(per_chat):
-                await enqueue(uow, identity, Outbound("telegram", str(user.id), f"note {k}"),
-                              now)
 
 
 def _dispatcher(runtime: Runtime, api: TelegramApi, leadership: Leadership | None,
                 batch: int = 100) -> tuple[OutboxDispatcher, AiogramBot]:
-    bot = AiogramBot(TOKEN, session=AiohttpSession(api=TelegramAPIServer.from_base(
-        api.base_url)))
+    bot = bot_on(api)
     dispatcher = OutboxDispatcher(
         runtime, {"telegram": TelegramSender(bot)}, _limiters(runtime.config),
         leadership=leadership, roles=ROLES if leadership is not None else None, batch=batch)
@@ -135,7 +115,7 @@ async def test_two_processes_send_telegram_within_its_limits(
         processes: Callable[..., Runtime], strict_api: TelegramApi) -> None:
     chats = 90  # about 3 s of sends at the bot's limit; two senders would make 54/s
     first, second = processes(), processes()
-    await _queue(first, strict_api, chats, 1)
+    await chats_with_notes(first, strict_api, [1] * chats)
     leaders = [Leadership(r.engine, retry_seconds=0.2) for r in (first, second)]
     # Small batches: each process claims a share, as it would with more chats than a batch.
     made = [_dispatcher(r, strict_api, lead, batch=10)
@@ -166,7 +146,7 @@ async def test_when_the_senders_connection_dies_another_takes_over_and_sends_eve
         processes: Callable[..., Runtime], strict_api: TelegramApi, clock: ManualClock) -> None:
     chats, per_chat = 5, 3
     first, second = processes(), processes()
-    await _queue(first, strict_api, chats, per_chat)
+    await chats_with_notes(first, strict_api, [per_chat] * chats)
     old, new = Leadership(first.engine), Leadership(second.engine)
     old_sender, old_bot = _dispatcher(first, strict_api, old)
     new_sender, new_bot = _dispatcher(second, strict_api, new)

@@ -7,25 +7,17 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.bot.test_cli import ROOT, _cli, _env, _free_port, _wait_health
+from tests.bot.test_cli import ROOT, _cli, _env, _free_port, _serve
 from tests.channels.test_telegram import TOKEN
 from tests.standins.telegram_api import TelegramApi, TgUser
 
 ALICE, BOB = TgUser(4101, "Alice"), TgUser(4102, "Bob")
 
-
-def _serve(env: dict[str, str], port: int) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "serve", "--port", str(port)],
-                            env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, text=True)
-    _wait_health(port, proc)
-    return proc
 
 
 def _roles(port: int) -> set[str]:

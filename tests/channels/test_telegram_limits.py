@@ -8,20 +8,16 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from aiogram import Bot as AiogramBot
-from aiogram.client.session.aiohttp import AiohttpSession
-from aiogram.client.telegram import TelegramAPIServer
 
 from bot.app import _limiters
 from channels.telegram_send import TelegramSender
 from core.delivery import OutboxDispatcher
-from core.messages import Outbound
-from core.models import Customer, Identity, OutboxItem
-from core.outbox import enqueue
+from core.models import OutboxItem
 from core.ratelimit import ChannelLimiter
 from core.runtime import Runtime
+from tests.channels.telegram_outbox import bot_on, chats_with_notes
 from tests.channels.test_telegram import TOKEN
-from tests.standins.telegram_api import TelegramApi, TgUser
+from tests.standins.telegram_api import TelegramApi
 
 CHATS = 40
 
@@ -36,28 +32,13 @@ async def strict_api() -> AsyncIterator[TelegramApi]:
 
 async def _queue(runtime: Runtime, api: TelegramApi) -> int:
     """One message to each of CHATS chats, and three more to the first: CHATS + 3 sends."""
-    now = runtime.clock.now()
-    users = [TgUser(900_000 + n, f"User{n}") for n in range(CHATS)]
-    async with runtime.transaction() as uow:
-        for user in users:
-            api.chats[user.id] = user  # they have talked to the bot before
-            customer = Customer(created_at=now)
-            uow.session.add(customer)
-            await uow.session.flush()
-            identity = Identity(channel="telegram", address=str(user.id),
-                                customer_id=customer.id, created_at=now)
-            uow.session.add(identity)
-            await uow.session.flush()
-            for k in range(4 if user is users[0] else 1):
-                await enqueue(uow, identity, Outbound("telegram", str(user.id), f"note {k}"),
-                              now)
+    await chats_with_notes(runtime, api, [4] + [1] * (CHATS - 1))
     return CHATS + 3
 
 
 async def _deliver(runtime: Runtime, api: TelegramApi, limiter: ChannelLimiter,
                    expected: int, seconds: float) -> int:
-    bot = AiogramBot(TOKEN, session=AiohttpSession(api=TelegramAPIServer.from_base(
-        api.base_url)))
+    bot = bot_on(api)
     dispatcher = OutboxDispatcher(runtime, {"telegram": TelegramSender(bot)},
                                   {"telegram": limiter})
     task = asyncio.create_task(dispatcher.run_forever(idle_poll=0.05))

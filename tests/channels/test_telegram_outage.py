@@ -15,20 +15,16 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
-from aiogram import Bot as AiogramBot
-from aiogram.client.session.aiohttp import AiohttpSession
-from aiogram.client.telegram import TelegramAPIServer
 
 from bot.app import _limiters
 from channels.telegram_send import TelegramSender
 from core.clock import ManualClock
 from core.delivery import OutboxDispatcher
-from core.messages import Outbound
-from core.models import Customer, Identity, OutboxItem
-from core.outbox import enqueue
+from core.models import OutboxItem
 from core.runtime import Runtime
+from tests.channels.telegram_outbox import bot_on, chats_with_notes
 from tests.channels.test_telegram import TOKEN
-from tests.standins.telegram_api import TelegramApi, TgUser, too_many_requests
+from tests.standins.telegram_api import TelegramApi, too_many_requests
 
 CHATS, EACH = 5, 3
 RETRY_AFTER = 7
@@ -42,23 +38,6 @@ async def api(clock: ManualClock) -> AsyncIterator[TelegramApi]:
     await api.close()
 
 
-async def _queue(runtime: Runtime, api: TelegramApi) -> list[TgUser]:
-    now = runtime.clock.now()
-    users = [TgUser(800_000 + n, f"User{n}") for n in range(CHATS)]
-    async with runtime.transaction() as uow:
-        for user in users:
-            api.chats[user.id] = user
-            customer = Customer(created_at=now)
-            uow.session.add(customer)
-            await uow.session.flush()
-            identity = Identity(channel="telegram", address=str(user.id),
-                                customer_id=customer.id, created_at=now)
-            uow.session.add(identity)
-            await uow.session.flush()
-            for k in range(EACH):
-                await enqueue(uow, identity, Outbound("telegram", str(user.id), f"note {k}"),
-                              now)
-    return users
 
 
 async def _statuses(runtime: Runtime) -> list[str]:
@@ -70,9 +49,8 @@ async def _statuses(runtime: Runtime) -> list[str]:
 async def test_an_outage_of_a_minute_loses_nothing_and_keeps_each_chats_order(
         runtime: Runtime, clock: ManualClock, api: TelegramApi) -> None:
     await api.go_down()
-    users = await _queue(runtime, api)
-    bot = AiogramBot(TOKEN, session=AiohttpSession(api=TelegramAPIServer.from_base(
-        api.base_url)))
+    users = await chats_with_notes(runtime, api, [EACH] * CHATS)
+    bot = bot_on(api)
     dispatcher = OutboxDispatcher(runtime, {"telegram": TelegramSender(bot)},
                                   _limiters(runtime.config))
     task = asyncio.create_task(dispatcher.run_forever(idle_poll=0.02))

@@ -25,7 +25,6 @@ import os
 import pwd
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -40,7 +39,7 @@ from channels.telegram import SECRET_HEADER, webhook_secret
 from channels.telegram_inbound import NOT_PROCESSED
 from core.db import create_engine
 from core.models import Identity, Message
-from tests.bot.test_cli import ROOT, _cli, _env, _free_port, _wait_health
+from tests.bot.test_cli import ROOT, _cli, _env, _free_port, _serve
 from tests.channels.test_fanout_kill import StandInThread
 from tests.channels.test_telegram import TOKEN
 from tests.conftest import IN_CI
@@ -255,16 +254,10 @@ def test_a_database_restart_under_load_loses_nothing_and_needs_no_service_restar
     migrated = _cli("migrate", env=env)
     assert migrated.returncode == 0, migrated.stderr
     port = _free_port()
-    log = tmp_path / "serve.log"
-    with log.open("w") as out:
-        server = subprocess.Popen([sys.executable, "-m", "bot.cli", "serve", "--port",
-                                   str(port)], env=env, cwd=ROOT, stdout=out, stderr=out,
-                                  text=True)
+    server = _serve(env, port, tmp_path / "serve.log")
     load = Load(port, api, mode)
     figures: dict[str, Any] = {}
     try:
-        _wait_health(port, server)
-
         async def scenario() -> None:
             traffic = [asyncio.create_task(load.telegram(gap=0.3))] + [
                 asyncio.create_task(load.visitor(n, gap=0.8)) for n in range(VISITORS)]

@@ -11,7 +11,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from twilio.request_validator import RequestValidator
 
 from core.db import create_engine
 from core.models import Identity, Message
-from tests.bot.test_cli import ROOT, _cli, _env, _free_port, _wait_health
+from tests.bot.test_cli import ROOT, _cli, _env, _free_port, _serve, _wait_health
 from tests.bot.test_first_use import _payment_link
 from tests.conftest import IN_CI, TEST_ENV
 
@@ -75,14 +74,6 @@ class Front:
     servers: list[subprocess.Popen[str]]
     tmp: Path
 
-
-def _serve(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[str]:
-    with log.open("a") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "serve", "--port", str(port)],
-                                env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                text=True)
-    _wait_health(port, proc)
-    return proc
 
 
 @pytest.fixture
